@@ -1,0 +1,51 @@
+"""kernelenv: a Jupyter-kernel-backed code-execution environment for LLM agents and RL.
+
+The public API is what ``__all__`` lists. Names are loaded on first use so that importing
+kernelenv (and its command line) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# name -> module that defines it
+_EXPORTS = {
+    "CodeAction": "models",
+    "CodeObservation": "models",
+    "CodeState": "models",
+    "ErrorInfo": "models",
+    "ExecutionResult": "models",
+    "StepStatus": "models",
+    "KernelEnv": "env",
+    "SyncKernelEnv": "sync",
+    "KernelPool": "pool",
+    "create_codeact_env": "factories",
+    "KernelEnvError": "errors",
+    "KernelStartError": "errors",
+    "KernelCommunicationError": "errors",
+    "ResetNeeded": "errors",
+    "EnvClosedError": "errors",
+    "PoolExhaustedError": "errors",
+    "InvalidActionError": "errors",
+    "UnknownTaskError": "errors",
+    "UnknownEpisodeError": "errors",
+    "ServerError": "errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kernelenv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,269 @@
+"""KernelEnv: an episode of agent code run in its own IPython kernel (OpenEnv/Gymnasium shape)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import EnvClosedError, InvalidActionError, ResetNeeded
+from .kernel import Kernel
+from .models import CodeAction, CodeObservation, CodeState
+from .outputs import DEFAULT_MAX_OUTPUT_BYTES
+from .pool import KernelPool
+
+if TYPE_CHECKING:
+    from .sync import SyncKernelEnv
+
+Transform = Callable[[CodeObservation], CodeObservation]
+
+
+class _Default:
+    """Sentinel: "use the env's default", distinct from ``None``."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+
+# How many request ids (and their observations) an episode remembers for safe retries.
+REQUEST_ID_MEMORY = 256
+
+
+@dataclass
+class StepRecord:
+    """One step of an episode as it happened (what export and replay work from)."""
+
+    action: CodeAction
+    observation: CodeObservation
+    started_at: float
+    ended_at: float
+
+
+@dataclass
+class Episode:
+    """Everything kept about the current episode."""
+
+    episode_id: str
+    seed: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    steps: list[StepRecord] = field(default_factory=list)
+    state: CodeState = field(default_factory=CodeState)
+    kernel_lost: bool = False
+    done: bool = False
+
+
+class KernelEnv:
+    """A code-execution environment whose episodes each run in a fresh IPython kernel.
+
+    Example:
+        >>> async with KernelEnv() as env:
+        ...     await env.reset()
+        ...     obs = await env.step(CodeAction(code="x = 40 + 2; x"))
+        ...     obs.return_value
+        '42'
+
+    Args:
+        pool: A shared :class:`KernelPool`. Without one the env makes its own of
+            ``pool_size`` kernels and closes it with the env.
+        pool_size: Ready kernels kept by the env's own pool.
+        step_timeout_s: Default wall-clock budget of a step.
+        interrupt_grace_s: How long an interrupted step may take to stop before the kernel is
+            killed and replaced.
+        max_output_bytes: Output kept per step; the rest is dropped with a visible marker.
+        acquire_timeout_s: How long reset waits for a kernel from the pool.
+        transform: Called on every step's observation (rewards, see ``kernelenv.transforms``).
+    """
+
+    def __init__(
+        self,
+        *,
+        pool: KernelPool | None = None,
+        pool_size: int = 1,
+        step_timeout_s: float = 30.0,
+        interrupt_grace_s: float = 1.0,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        acquire_timeout_s: float | None = 120.0,
+        transform: Transform | None = None,
+    ) -> None:
+        if step_timeout_s <= 0:
+            raise ValueError(f"step_timeout_s must be positive, got {step_timeout_s}")
+        self._own_pool = pool is None
+        self.pool = pool if pool is not None else KernelPool(size=pool_size)
+        self.step_timeout_s = step_timeout_s
+        self.interrupt_grace_s = interrupt_grace_s
+        self.max_output_bytes = max_output_bytes
+        self.acquire_timeout_s = acquire_timeout_s
+        self.transform = transform
+        self._kernel: Kernel | None = None
+        self._episode: Episode | None = None
+        self._recorded: OrderedDict[str, CodeObservation] = OrderedDict()
+        self._lock: asyncio.Lock | None = None
+        self._closed = False
+
+    # -- public API -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> KernelEnv:
+        if self._own_pool:
+            await self.pool.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def state(self) -> CodeState:
+        """The current episode's state (an empty state before the first reset)."""
+        return self._episode.state.model_copy() if self._episode else CodeState()
+
+    @property
+    def episode(self) -> Episode | None:
+        """The current episode (its steps, seed and options), or None before reset."""
+        return self._episode
+
+    @property
+    def kernel(self) -> Kernel | None:
+        """The kernel the current episode runs on (None before reset or after it died)."""
+        return self._kernel
+
+    async def reset(
+        self, *, seed: int | None = None, episode_id: str | None = None, **options: Any
+    ) -> CodeObservation:
+        """Start a new episode on a fresh kernel and return its first observation.
+
+        Args:
+            seed: Seeds Python's ``random`` (and NumPy's global generator when imported)
+                in the new kernel.
+            episode_id: The id of the new episode (default: a random one).
+            **options: Options of subclasses and wrappers (e.g. ``task_id``).
+        """
+        self._check_open()
+        async with self._step_lock():
+            self._release_kernel()
+            self._episode = None
+            episode = Episode(episode_id=episode_id or uuid.uuid4().hex, seed=seed, options=options)
+            episode.state = CodeState(episode_id=episode.episode_id, seed=seed)
+            self._recorded.clear()
+            self._kernel = await self.pool.acquire(self.acquire_timeout_s)
+            self._episode = episode
+            if seed is not None:
+                await self._kernel.execute(_seed_code(seed), timeout_s=self.step_timeout_s, silent=True)
+            observation = CodeObservation(
+                metadata={"episode_id": episode.episode_id, "kernel_id": self._kernel.kernel_id}
+            )
+            return observation
+
+    async def step(
+        self, action: CodeAction | str, *, timeout_s: float | None = DEFAULT
+    ) -> CodeObservation:
+        """Run the action's code in the episode's kernel and return what happened.
+
+        Errors in the code are never raised: they come back in the observation
+        (``status``, ``exit_code``, ``error``). A timeout interrupts the code; if that does not
+        stop it the kernel is replaced and the next observation has ``kernel_restarted``.
+
+        Args:
+            action: A :class:`CodeAction` (or just the code as a string).
+            timeout_s: This step's budget in seconds (default: the action's, else the env's).
+
+        Raises:
+            ResetNeeded: before the first :meth:`reset`.
+            InvalidActionError: the action is not code.
+        """
+        self._check_open()
+        action = _as_action(action)
+        if self._episode is None:
+            raise ResetNeeded("call reset() before step()")
+        if action.request_id is not None and action.request_id in self._recorded:
+            return self._recorded[action.request_id].model_copy(deep=True)
+        budget = timeout_s if timeout_s is not DEFAULT else None
+        budget = budget or action.timeout_s or self.step_timeout_s
+        async with self._step_lock():
+            episode = self._episode
+            restarted = False
+            if self._kernel is None:  # the previous step lost the kernel
+                self._kernel = await self.pool.acquire(self.acquire_timeout_s)
+                restarted = True
+            loop = asyncio.get_running_loop()
+            started_at = loop.time()
+            outcome = await self._kernel.execute(
+                action.code,
+                timeout_s=budget,
+                max_output_bytes=self.max_output_bytes,
+                interrupt_grace_s=self.interrupt_grace_s,
+            )
+            observation = outcome.observation
+            observation.kernel_restarted = restarted
+            if outcome.late_output:
+                observation.metadata["late_output"] = outcome.late_output
+            if outcome.kernel_lost:
+                self._release_kernel()
+            observation.metadata.setdefault("episode_id", episode.episode_id)
+            if self.transform is not None:
+                observation = self.transform(observation)
+            episode.state.step_count += 1
+            episode.state.last_exit_code = observation.exit_code
+            episode.steps.append(StepRecord(action, observation, started_at, loop.time()))
+            if action.request_id is not None:
+                self._remember(action.request_id, observation)
+            return observation
+
+    async def close(self) -> None:
+        """End the episode and release the kernel (and the env's own pool). Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release_kernel()
+        if self._own_pool:
+            await self.pool.aclose()
+
+    def sync(self) -> SyncKernelEnv:
+        """A blocking facade with the same methods, usable inside a running event loop."""
+        from .sync import SyncKernelEnv
+
+        return SyncKernelEnv(self)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EnvClosedError("this KernelEnv is closed; create a new one")
+
+    def _step_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    def _release_kernel(self) -> None:
+        if self._kernel is not None:
+            self.pool.release(self._kernel)
+            self._kernel = None
+
+    def _remember(self, request_id: str, observation: CodeObservation) -> None:
+        self._recorded[request_id] = observation.model_copy(deep=True)
+        while len(self._recorded) > REQUEST_ID_MEMORY:
+            self._recorded.popitem(last=False)
+
+
+def _as_action(action: CodeAction | str) -> CodeAction:
+    if isinstance(action, CodeAction):
+        return action
+    if isinstance(action, str):
+        return CodeAction(code=action)
+    raise InvalidActionError(
+        f"step() takes a CodeAction or a string of code, not {type(action).__name__}"
+    )
+
+
+def _seed_code(seed: int) -> str:
+    return (
+        "import random as _kernelenv_random, sys as _kernelenv_sys\n"
+        f"_kernelenv_random.seed({int(seed)})\n"
+        "if 'numpy' in _kernelenv_sys.modules:\n"
+        f"    _kernelenv_sys.modules['numpy'].random.seed({int(seed)} % 2**32)\n"
+        "del _kernelenv_random, _kernelenv_sys\n"
+    )

@@ -1,0 +1,77 @@
+"""The exception tree of kernelenv.
+
+Errors in the agent's code are never exceptions: they are data in the observation.
+Exceptions are for faults of the infrastructure and for misuse of the API::
+
+    KernelEnvError
+    ├── KernelStartError (RuntimeError)      a kernel could not be started or did not become ready
+    ├── KernelCommunicationError (RuntimeError)  the kernel stopped answering outside of a step
+    ├── ResetNeeded (RuntimeError)           step() or state before reset(), or after close()
+    ├── EnvClosedError (RuntimeError)        the env, pool or client was closed
+    ├── PoolExhaustedError (TimeoutError)    no kernel became available in time
+    ├── InvalidActionError (ValueError)      the action is malformed
+    ├── UnknownTaskError (LookupError)       no task has that id (suggests close names)
+    ├── UnknownEpisodeError (LookupError)    no live episode has that id
+    └── ServerError (RuntimeError)           a kernelenv server answered with an error frame
+
+Third-party errors (zmq, jupyter_client) are translated at the boundary with
+``raise ... from exc`` so that callers only need to catch ``KernelEnvError``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class KernelEnvError(Exception):
+    """Root of every exception raised by kernelenv."""
+
+
+class KernelStartError(KernelEnvError, RuntimeError):
+    """A kernel could not be started or did not become ready in time."""
+
+
+class KernelCommunicationError(KernelEnvError, RuntimeError):
+    """The kernel stopped answering outside of a step (a step reports this as data)."""
+
+
+class ResetNeeded(KernelEnvError, RuntimeError):
+    """``step()`` (or ``state``) was called before ``reset()``."""
+
+
+class EnvClosedError(KernelEnvError, RuntimeError):
+    """The environment, pool or client was already closed."""
+
+
+class PoolExhaustedError(KernelEnvError, TimeoutError):
+    """No kernel became available within the acquire timeout."""
+
+
+class InvalidActionError(KernelEnvError, ValueError):
+    """The action is malformed (for example, code that is not a string)."""
+
+
+class UnknownTaskError(KernelEnvError, LookupError):
+    """No task in the library has the requested id."""
+
+    def __init__(self, task_id: str, known: Iterable[str]) -> None:
+        known = sorted(known)
+        close = difflib.get_close_matches(task_id, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listing = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
+        super().__init__(f"Unknown task id {task_id!r}.{hint} Known tasks: {listing}")
+        self.task_id = task_id
+        self.suggestions = close
+
+
+class UnknownEpisodeError(KernelEnvError, LookupError):
+    """No live episode has the requested id (it never existed, was closed, or was reaped)."""
+
+
+class ServerError(KernelEnvError, RuntimeError):
+    """A kernelenv server answered with an error."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(f"{message} (code: {code})" if code else message)
+        self.code = code

@@ -1,0 +1,183 @@
+"""The pydantic models of kernelenv: actions, observations and state (OpenEnv coding_env names).
+
+These models are the only schema: the HTTP schema, ``/schema`` and the docs come from them.
+
+Exit-code convention of :class:`CodeObservation` (``exit_code``), chosen so that an agent or a
+trainer can tell infrastructure outcomes from ordinary exceptions:
+
+========  ==============  ===========================================================
+exit code  status          meaning
+========  ==============  ===========================================================
+0          ``ok``          the cell ran to the end
+1          ``error``       the cell raised an exception (details in ``error``)
+2          ``aborted``     the kernel refused to run the cell (queued behind a failure)
+124        ``timeout``     the step ran out of time and was interrupted (as ``timeout(1)``)
+137        ``kernel_died`` the kernel process died during the step (as a killed process)
+========  ==============  ===========================================================
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_ABORTED = 2
+EXIT_TIMEOUT = 124
+EXIT_KERNEL_DIED = 137
+
+
+class StepStatus(str, Enum):
+    """How a step ended."""
+
+    OK = "ok"
+    ERROR = "error"
+    ABORTED = "aborted"
+    TIMEOUT = "timeout"
+    KERNEL_DIED = "kernel_died"
+
+    @property
+    def exit_code(self) -> int:
+        """The exit code this status maps to (see the module docstring)."""
+        return _EXIT_CODES[self]
+
+
+_EXIT_CODES = {
+    StepStatus.OK: EXIT_OK,
+    StepStatus.ERROR: EXIT_ERROR,
+    StepStatus.ABORTED: EXIT_ABORTED,
+    StepStatus.TIMEOUT: EXIT_TIMEOUT,
+    StepStatus.KERNEL_DIED: EXIT_KERNEL_DIED,
+}
+
+
+class CodeAction(BaseModel):
+    """An action: Python code to run in the episode's kernel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(description="Python source to execute in the episode's IPython kernel.")
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Wall-clock budget for this step in seconds; None uses the env's default.",
+    )
+    request_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Idempotency key: a repeated id returns the recorded observation "
+        "instead of running the code twice.",
+    )
+
+
+class ErrorInfo(BaseModel):
+    """An exception raised by the agent's code (or a timeout / dead kernel), as plain text."""
+
+    ename: str = Field(description="Exception class name, e.g. 'ZeroDivisionError'.")
+    evalue: str = Field(description="Exception message.")
+    traceback: list[str] = Field(
+        default_factory=list, description="Traceback lines as plain text, ANSI codes removed."
+    )
+
+    @property
+    def text(self) -> str:
+        """The traceback as one string, ending with the exception line."""
+        return "\n".join(self.traceback) if self.traceback else f"{self.ename}: {self.evalue}"
+
+
+class ExecutionResult(BaseModel):
+    """Seed 004's view of a step: ``obs.execution_result.stdout`` and friends."""
+
+    stdout: str = Field(description="Text the code printed to stdout.")
+    stderr: str = Field(description="Text printed to stderr, including the traceback if any.")
+    return_value: str | None = Field(
+        description="text/plain of the cell's value (its last expression), or None."
+    )
+    success: bool = Field(description="True when the step finished with status 'ok'.")
+    exception: ErrorInfo | None = Field(default=None, description="The error, if any.")
+
+
+class CodeObservation(BaseModel):
+    """What happened when a step ran: OpenEnv's fields plus everything a notebook shows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # OpenEnv coding_env's fields.
+    stdout: str = Field(default="", description="Text the code printed to stdout.")
+    stderr: str = Field(
+        default="",
+        description="Text printed to stderr; a failing cell's plain traceback is appended.",
+    )
+    exit_code: int = Field(
+        default=EXIT_OK,
+        description="0 ok, 1 exception, 2 aborted, 124 timeout, 137 kernel died.",
+    )
+    done: bool = Field(default=False, description="True when the episode has ended.")
+    reward: float | None = Field(default=None, description="Reward for this step, if any.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Anything else (transforms, tools, timings)."
+    )
+    # What a notebook shows.
+    status: StepStatus = Field(default=StepStatus.OK, description="How the step ended.")
+    return_value: str | None = Field(
+        default=None, description="text/plain of the execute_result (the last expression)."
+    )
+    outputs: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The step's outputs as nbformat v4 output dicts (rich MIME bundles included).",
+    )
+    error: ErrorInfo | None = Field(default=None, description="The exception, if any.")
+    execution_count: int | None = Field(
+        default=None, description="The kernel's execution counter for this cell."
+    )
+    duration_s: float = Field(default=0.0, description="Wall-clock time of the step in seconds.")
+    kernel_restarted: bool = Field(
+        default=False,
+        description="True when the episode's earlier state was lost and a fresh kernel took "
+        "over for this step (after a dead kernel, or a timeout the interrupt could not stop).",
+    )
+    output_truncated: bool = Field(
+        default=False, description="True when output beyond the byte cap was dropped."
+    )
+    # Task fields (set when the episode runs a graded task).
+    task_id: str | None = Field(default=None, description="Id of the task of this episode.")
+    difficulty: str | None = Field(default=None, description="Task difficulty: easy|medium|hard.")
+    task_description: str | None = Field(default=None, description="The prompt shown to the agent.")
+    task_context: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The task family's own context (for PR triage: code_snippet, pr_title, ...).",
+    )
+    previous_feedback: str | None = Field(
+        default=None, description="Grader feedback on the previous submission."
+    )
+
+    @property
+    def success(self) -> bool:
+        """True when the step finished with status ``ok``."""
+        return self.status is StepStatus.OK
+
+    @property
+    def execution_result(self) -> ExecutionResult:
+        """Seed 004's view of this observation."""
+        return ExecutionResult(
+            stdout=self.stdout,
+            stderr=self.stderr,
+            return_value=self.return_value,
+            success=self.success,
+            exception=self.error,
+        )
+
+
+class CodeState(BaseModel):
+    """The episode's state: OpenEnv's fields plus the task fields."""
+
+    episode_id: str | None = Field(default=None, description="Unique id of the episode.")
+    step_count: int = Field(default=0, description="Steps taken in this episode.")
+    last_exit_code: int = Field(default=EXIT_OK, description="Exit code of the last step.")
+    task_id: str | None = Field(default=None, description="Id of the active task, if any.")
+    difficulty: str | None = Field(default=None, description="Difficulty of the active task.")
+    last_score: float | None = Field(default=None, description="Last grade's score in [0, 1].")
+    seed: int | None = Field(default=None, description="The seed given to reset, if any.")

@@ -1,0 +1,128 @@
+"""Blocking facades over the async core, usable where an event loop already runs (Jupyter)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from .env import DEFAULT, KernelEnv, Transform
+from .errors import EnvClosedError
+from .models import CodeAction, CodeObservation, CodeState
+
+T = TypeVar("T")
+
+
+class PortalThread:
+    """An event loop on a private thread that runs coroutines for blocking callers.
+
+    Because the loop is not the caller's, this works from plain scripts and from inside a
+    running loop (a Jupyter cell) alike. Every async object driven through one portal lives on
+    its loop: do not also use it from another loop.
+    """
+
+    def __init__(self) -> None:
+        self._portal: BlockingPortal | None = None
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._lock = threading.Lock()
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the private loop and return its result."""
+        with self._lock:
+            if self._portal is None:
+                self._portal_cm = start_blocking_portal(backend="asyncio")
+                self._portal = self._portal_cm.__enter__()
+        return self._portal.call(lambda: fn(*args, **kwargs))
+
+    def stop(self) -> None:
+        """Stop the loop and its thread. Safe to call twice."""
+        with self._lock:
+            cm, self._portal_cm, self._portal = self._portal_cm, None, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+
+class SyncKernelEnv:
+    """The blocking twin of :class:`KernelEnv`: same methods, no ``await``.
+
+    Example:
+        >>> with KernelEnv().sync() as env:
+        ...     env.reset()
+        ...     env.step(CodeAction(code="print('hi')")).stdout
+        'hi\\n'
+    """
+
+    def __init__(self, env: KernelEnv) -> None:
+        self.env = env
+        self._portal = PortalThread()
+        self._closed = False
+
+    def __enter__(self) -> SyncKernelEnv:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A forgotten facade must not leave a thread and kernels running.
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def reset(
+        self, *, seed: int | None = None, episode_id: str | None = None, **options: Any
+    ) -> CodeObservation:
+        """See :meth:`KernelEnv.reset`."""
+        self._check_open()
+        return self._portal.call(self.env.reset, seed=seed, episode_id=episode_id, **options)
+
+    def step(
+        self, action: CodeAction | str, *, timeout_s: float | None = DEFAULT
+    ) -> CodeObservation:
+        """See :meth:`KernelEnv.step`."""
+        self._check_open()
+        return self._portal.call(self.env.step, action, timeout_s=timeout_s)
+
+    @property
+    def state(self) -> CodeState:
+        """See :attr:`KernelEnv.state`."""
+        return self.env.state
+
+    @property
+    def transform(self) -> Transform | None:
+        """The env's observation transform (see :attr:`KernelEnv.transform`)."""
+        return self.env.transform
+
+    @transform.setter
+    def transform(self, value: Transform | None) -> None:
+        self.env.transform = value
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run any coroutine function of the env (e.g. ``env.export_notebook``) blocking."""
+        self._check_open()
+        return self._portal.call(fn, *args, **kwargs)
+
+    def close(self) -> None:
+        """Close the env and stop the private loop. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._portal.call(self.env.close)
+        finally:
+            self._portal.stop()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EnvClosedError("this environment is closed; create a new one")
+
+    def __getattr__(self, name: str) -> Any:
+        # Plain attributes of the async env (pool, episode, step_timeout_s, ...) read through.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.env, name)

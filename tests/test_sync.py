@@ -1,0 +1,67 @@
+"""The blocking facade: plain scripts, inside a running event loop (as in Jupyter), seed 004."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kernelenv import CodeAction, EnvClosedError, KernelEnv, StepStatus, create_codeact_env
+
+
+def test_blocking_facade_runs_an_episode(no_leaks):
+    with KernelEnv().sync() as env:
+        env.reset(episode_id="sync-1")
+        assert env.step(CodeAction(code="x = 2")).status is StepStatus.OK
+        assert env.step("x ** 10").return_value == "1024"
+        assert env.state.episode_id == "sync-1"
+        assert env.state.step_count == 2
+    with pytest.raises(EnvClosedError):
+        env.step("1")
+    env.close()  # twice is fine
+
+
+def test_blocking_facade_inside_a_running_event_loop(no_leaks):
+    """Jupyter runs cells inside its event loop; the facade must not need that loop."""
+
+    async def notebook_cell() -> str:
+        asyncio.get_running_loop()  # we really are inside a running loop here
+        with KernelEnv().sync() as env:
+            env.reset()
+            return env.step("print('inside'); 6 * 7").return_value
+
+    assert asyncio.run(notebook_cell()) == "42"
+
+
+def test_seed_004_quick_start(no_leaks):
+    # Seed 004's Quick Start, with only the import line changed.
+    from kernelenv import CodeAction, create_codeact_env
+
+    env = create_codeact_env()
+    obs = env.reset()
+    action = CodeAction(code="""
+x = 10
+y = 20
+result = x * y
+print(f"Result: {result}")
+result  # Return value
+""")
+    obs = env.step(action)
+    assert obs.execution_result.stdout == "Result: 200\n"
+    assert obs.execution_result.return_value == "200"
+    assert obs.execution_result.success is True
+
+    obs = env.step(CodeAction(code="import math\nmath.sqrt(16)"))
+    assert obs.execution_result.return_value == "4.0"
+
+    # Seed 004's multi-step exploration.
+    env.step(CodeAction(code="data = [1, 2, 3, 4, 5]"))
+    obs = env.step(CodeAction(code="mean = sum(data) / len(data); mean"))
+    assert obs.execution_result.return_value == "3.0"
+    env.close()
+
+
+def test_create_codeact_env_passes_options(no_leaks):
+    with create_codeact_env(step_timeout_s=0.5) as env:
+        env.reset()
+        assert env.step("import time; time.sleep(5)").status is StepStatus.TIMEOUT
