@@ -181,3 +181,15 @@ class CodeState(BaseModel):
     difficulty: str | None = Field(default=None, description="Difficulty of the active task.")
     last_score: float | None = Field(default=None, description="Last grade's score in [0, 1].")
     seed: int | None = Field(default=None, description="The seed given to reset, if any.")
+
+
+def parse_action(data: dict[str, Any]) -> CodeAction:
+    """Turn a step payload (the action's fields, as OpenEnv clients send them) into an action.
+
+    The one place where wire payloads become actions: the server, the clients and the
+    playground all go through it, so an action kind added here is accepted everywhere.
+
+    Raises:
+        pydantic.ValidationError: the payload is not a valid action.
+    """
+    return CodeAction.model_validate(data)
