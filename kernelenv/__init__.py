@@ -22,7 +22,14 @@ _EXPORTS = {
     "KernelEnv": "env",
     "SyncKernelEnv": "sync",
     "KernelPool": "pool",
+    "SandboxConfig": "sandbox",
+    "SandboxFallbackWarning": "sandbox",
+    "SandboxUnavailableError": "errors",
     "create_codeact_env": "factories",
+    "Journal": "journal",
+    "Trajectory": "replay",
+    "replay_trajectory": "replay",
+    "replay_notebook": "replay",
     "KernelEnvError": "errors",
     "KernelStartError": "errors",
     "KernelCommunicationError": "errors",
@@ -33,6 +40,10 @@ _EXPORTS = {
     "UnknownTaskError": "errors",
     "UnknownEpisodeError": "errors",
     "ServerError": "errors",
+    "ServerStartError": "errors",
+    "CodingEnv": "client",
+    "SyncCodingEnv": "client",
+    "StepResult": "client",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

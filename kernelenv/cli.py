@@ -11,6 +11,11 @@ import sys
 # ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kernelenv.demo", "run a demo episode on local kernels"),
+    "tasks": ("kernelenv.task_commands", "list, show and validate the graded task notebooks"),
+    "serve": ("kernelenv.server.cli", "serve OpenEnv's WebSocket and HTTP protocol"),
+    "bench": ("kernelenv.bench.command", "benchmark kernelenv beside its floor and its peers"),
+    "replay": ("kernelenv.replay_cli", "re-run a notebook in a fresh kernel, report divergences"),
+    "recover": ("kernelenv.recover", "write the notebooks of episodes a dead server was running"),
 }
 
 

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from .errors import EnvClosedError, InvalidActionError, ResetNeeded
 from .kernel import Kernel
-from .models import CodeAction, CodeObservation, CodeState
+from .models import CodeAction, CodeObservation, CodeState, ReviewAction
 from .outputs import DEFAULT_MAX_OUTPUT_BYTES
 from .pool import KernelPool
 
 if TYPE_CHECKING:
+    from nbformat import NotebookNode
+
+    from .grading import Grade
+    from .journal import Journal
+    from .sandbox import SandboxConfig
     from .sync import SyncKernelEnv
+    from .task_episode import TaskRun
+    from .task_format import Task
+    from .task_library import TaskLibrary
+    from .tool_bridge import ToolBridge
+    from .tools import ToolRegistry
 
 Transform = Callable[[CodeObservation], CodeObservation]
 
@@ -55,6 +68,7 @@ class Episode:
     state: CodeState = field(default_factory=CodeState)
     kernel_lost: bool = False
     done: bool = False
+    task: TaskRun | None = None  # set when reset(task_id=...) started a graded task
 
 
 class KernelEnv:
@@ -71,12 +85,20 @@ class KernelEnv:
         pool: A shared :class:`KernelPool`. Without one the env makes its own of
             ``pool_size`` kernels and closes it with the env.
         pool_size: Ready kernels kept by the env's own pool.
+        backend: Where the env's own pool keeps kernels: ``"local"`` (this machine) or
+            ``"ray"`` (Ray actors, see ``kernelenv.ray_backend``; needs ``kernelenv[ray]``).
         step_timeout_s: Default wall-clock budget of a step.
         interrupt_grace_s: How long an interrupted step may take to stop before the kernel is
             killed and replaced.
         max_output_bytes: Output kept per step; the rest is dropped with a visible marker.
         acquire_timeout_s: How long reset waits for a kernel from the pool.
         transform: Called on every step's observation (rewards, see ``kernelenv.transforms``).
+        tools: Host-side tools defined as functions in every episode's kernel; their calls are
+            recorded in ``metadata["tool_calls"]`` (see ``kernelenv.tools``).
+        journal: Records every episode durably as it happens (see ``kernelenv.journal``).
+        task_library: Where ``reset(task_id=...)`` finds tasks (default: the shipped library).
+        sandbox: Containment of the env's own pool's kernels (see ``kernelenv.sandbox``): a
+            ``SandboxConfig`` or a level name; default the strongest level available.
     """
 
     def __init__(
@@ -84,21 +106,32 @@ class KernelEnv:
         *,
         pool: KernelPool | None = None,
         pool_size: int = 1,
+        backend: str = "local",
         step_timeout_s: float = 30.0,
         interrupt_grace_s: float = 1.0,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         acquire_timeout_s: float | None = 120.0,
         transform: Transform | None = None,
+        tools: ToolRegistry | None = None,
+        journal: Journal | None = None,
+        task_library: TaskLibrary | None = None,
+        sandbox: SandboxConfig | str | None = None,
     ) -> None:
         if step_timeout_s <= 0:
             raise ValueError(f"step_timeout_s must be positive, got {step_timeout_s}")
+        if pool is not None and sandbox is not None:
+            raise ValueError("pass sandbox to the KernelPool, not to an env that shares it")
         self._own_pool = pool is None
-        self.pool = pool if pool is not None else KernelPool(size=pool_size)
+        self.pool = pool if pool is not None else _own_pool(backend, pool_size, sandbox)
         self.step_timeout_s = step_timeout_s
         self.interrupt_grace_s = interrupt_grace_s
         self.max_output_bytes = max_output_bytes
         self.acquire_timeout_s = acquire_timeout_s
         self.transform = transform
+        self.tools = tools
+        self._tool_bridge = _tool_bridge(tools)
+        self.journal = journal
+        self.task_library = task_library
         self._kernel: Kernel | None = None
         self._episode: Episode | None = None
         self._recorded: OrderedDict[str, CodeObservation] = OrderedDict()
@@ -139,11 +172,18 @@ class KernelEnv:
             seed: Seeds Python's ``random`` (and NumPy's global generator when imported)
                 in the new kernel.
             episode_id: The id of the new episode (default: a random one).
-            **options: Options of subclasses and wrappers (e.g. ``task_id``).
+            **options: Options of subclasses and wrappers. ``task_id`` starts a graded task:
+                its setup runs in the new kernel and the observation carries its prompt.
+
+        Raises:
+            UnknownTaskError: no task has that id (the message suggests close names).
         """
         self._check_open()
+        task = self._lookup_task(options.get("task_id"))
         async with self._step_lock():
             self._release_kernel()
+            if self.journal is not None and self._episode is not None:
+                await self.journal.end(self._episode.episode_id, "reset")
             self._episode = None
             episode = Episode(episode_id=episode_id or uuid.uuid4().hex, seed=seed, options=options)
             episode.state = CodeState(episode_id=episode.episode_id, seed=seed)
@@ -152,13 +192,18 @@ class KernelEnv:
             self._episode = episode
             if seed is not None:
                 await self._kernel.execute(_seed_code(seed), timeout_s=self.step_timeout_s, silent=True)
+            await self._attach_tools(episode.episode_id)
             observation = CodeObservation(
                 metadata={"episode_id": episode.episode_id, "kernel_id": self._kernel.kernel_id}
             )
+            if task is not None:
+                await self._start_task(episode, task, observation)
+            if self.journal is not None:
+                await self.journal.begin(self)
             return observation
 
     async def step(
-        self, action: CodeAction | str, *, timeout_s: float | None = DEFAULT
+        self, action: CodeAction | ReviewAction | str, *, timeout_s: float | None = DEFAULT
     ) -> CodeObservation:
         """Run the action's code in the episode's kernel and return what happened.
 
@@ -167,7 +212,8 @@ class KernelEnv:
         stop it the kernel is replaced and the next observation has ``kernel_restarted``.
 
         Args:
-            action: A :class:`CodeAction` (or just the code as a string).
+            action: A :class:`CodeAction` (or just the code as a string), or a
+                :class:`ReviewAction` submitted on a pr_review task (graded at once).
             timeout_s: This step's budget in seconds (default: the action's, else the env's).
 
         Raises:
@@ -175,19 +221,22 @@ class KernelEnv:
             InvalidActionError: the action is not code.
         """
         self._check_open()
+        if isinstance(action, ReviewAction):
+            return await self._submit_review(action)
         action = _as_action(action)
         if self._episode is None:
             raise ResetNeeded("call reset() before step()")
         if action.request_id is not None and action.request_id in self._recorded:
             return self._recorded[action.request_id].model_copy(deep=True)
         budget = timeout_s if timeout_s is not DEFAULT else None
-        budget = budget or action.timeout_s or self.step_timeout_s
+        budget = budget or action.timeout_s or self._default_step_timeout()
         async with self._step_lock():
             episode = self._episode
             restarted = False
             if self._kernel is None:  # the previous step lost the kernel
                 self._kernel = await self.pool.acquire(self.acquire_timeout_s)
                 restarted = True
+                await self._attach_tools(episode.episode_id)
             loop = asyncio.get_running_loop()
             started_at = loop.time()
             outcome = await self._kernel.execute(
@@ -200,14 +249,22 @@ class KernelEnv:
             observation.kernel_restarted = restarted
             if outcome.late_output:
                 observation.metadata["late_output"] = outcome.late_output
+            if self._tool_bridge is not None:
+                observation.metadata["tool_calls"] = self._tool_bridge.take_calls()
             if outcome.kernel_lost:
                 self._release_kernel()
             observation.metadata.setdefault("episode_id", episode.episode_id)
             if self.transform is not None:
+                # Transforms judge the code too (OpenEnv's key, so its transforms work as is).
+                observation.metadata["last_code"] = action.code
                 observation = self.transform(observation)
             episode.state.step_count += 1
             episode.state.last_exit_code = observation.exit_code
+            if episode.task and episode.state.step_count >= episode.task.task.limits.max_steps:
+                observation.done = True
             episode.steps.append(StepRecord(action, observation, started_at, loop.time()))
+            if self.journal is not None:  # durable before the observation is returned
+                await self.journal.record_step(episode, episode.steps[-1])
             if action.request_id is not None:
                 self._remember(action.request_id, observation)
             return observation
@@ -218,8 +275,48 @@ class KernelEnv:
             return
         self._closed = True
         self._release_kernel()
+        if self._tool_bridge is not None:
+            await self._tool_bridge.aclose()
+        if self.journal is not None and self._episode is not None:
+            await self.journal.end(self._episode.episode_id, "closed")
         if self._own_pool:
             await self.pool.aclose()
+
+    async def export_notebook(self, path: str | os.PathLike[str] | None = None) -> NotebookNode:
+        """The current episode as a Jupyter notebook, also written to ``path`` if given.
+
+        See :mod:`kernelenv.export` for what the notebook holds.
+
+        Raises:
+            ResetNeeded: there is no episode yet.
+        """
+        from .export import env_notebook, write_notebook
+
+        notebook = env_notebook(self)
+        if path is not None:
+            await anyio.to_thread.run_sync(write_notebook, notebook, path)
+        return notebook
+
+    async def grade(self) -> Grade:
+        """Grade the current task episode, in fresh kernels of the pool (never the live one).
+
+        Code tasks are graded by replaying the episode's steps; pr_review tasks by their last
+        submitted review. Also sets ``state.last_score``.
+
+        Raises:
+            ResetNeeded: there is no episode, or it was not started with a ``task_id``.
+        """
+        from .task_episode import grade_run
+
+        self._check_open()
+        episode = self._episode
+        if episode is None or episode.task is None:
+            raise ResetNeeded("grade() needs an episode started with reset(task_id=...)")
+        async with self._step_lock():
+            prelude = _seed_code(episode.seed) if episode.seed is not None else ""
+            grade = await grade_run(self.pool, episode.task, list(episode.steps), prelude)
+            episode.state.last_score = grade.score
+            return grade
 
     def sync(self) -> SyncKernelEnv:
         """A blocking facade with the same methods, usable inside a running event loop."""
@@ -238,7 +335,64 @@ class KernelEnv:
             self._lock = asyncio.Lock()
         return self._lock
 
+    async def _attach_tools(self, episode_id: str) -> None:
+        if self._tool_bridge is not None and self._kernel is not None:
+            await self._tool_bridge.open()
+            await self._tool_bridge.attach(self._kernel, episode_id, timeout_s=self.step_timeout_s)
+
+    def _lookup_task(self, task_id: str | None) -> Task | None:
+        if task_id is None:
+            return None
+        if self.task_library is None:
+            from .task_library import default_library
+
+            self.task_library = default_library()
+        return self.task_library.get(task_id)
+
+    def _default_step_timeout(self) -> float:
+        episode = self._episode
+        if episode is not None and episode.task is not None:
+            return episode.task.task.limits.step_timeout_s
+        return self.step_timeout_s
+
+    async def _start_task(self, episode: Episode, task: Task, observation: CodeObservation) -> None:
+        from .task_episode import add_task_fields, start_task
+
+        assert self._kernel is not None
+        try:
+            episode.task = await start_task(self._kernel, task)
+        except BaseException:
+            self._release_kernel()
+            self._episode = None
+            raise
+        episode.state.task_id = task.id
+        episode.state.difficulty = task.difficulty.value
+        add_task_fields(observation, task)
+
+    async def _submit_review(self, action: ReviewAction) -> CodeObservation:
+        from .task_episode import submit_review
+
+        episode = self._episode
+        if episode is None:
+            raise ResetNeeded("call reset() before step()")
+        if episode.task is None:
+            raise InvalidActionError("a ReviewAction needs an episode started with a task_id")
+        if action.request_id is not None and action.request_id in self._recorded:
+            return self._recorded[action.request_id].model_copy(deep=True)
+        async with self._step_lock():
+            observation = await submit_review(self.pool, episode.task, action)
+            observation.metadata.setdefault("episode_id", episode.episode_id)
+            episode.state.step_count += 1
+            episode.state.last_exit_code = observation.exit_code
+            if episode.task.last_grade is not None:
+                episode.state.last_score = episode.task.last_grade.score
+            if action.request_id is not None:
+                self._remember(action.request_id, observation)
+            return observation
+
     def _release_kernel(self) -> None:
+        if self._tool_bridge is not None:
+            self._tool_bridge.detach()
         if self._kernel is not None:
             self.pool.release(self._kernel)
             self._kernel = None
@@ -247,6 +401,26 @@ class KernelEnv:
         self._recorded[request_id] = observation.model_copy(deep=True)
         while len(self._recorded) > REQUEST_ID_MEMORY:
             self._recorded.popitem(last=False)
+
+
+def _own_pool(backend: str, size: int, sandbox: SandboxConfig | str | None) -> KernelPool:
+    if backend == "local":
+        return KernelPool(size=size, sandbox=sandbox)
+    if backend == "ray":
+        from .ray_backend import RayKernelPool  # Ray is an optional extra
+
+        # One env runs one kernel at a time: one actor is enough.
+        options = {"sandbox": sandbox} if sandbox is not None else None
+        return RayKernelPool(actors=1, size=size, pool_options=options)  # type: ignore[return-value]
+    raise ValueError(f"unknown backend {backend!r}; use 'local' or 'ray'")
+
+
+def _tool_bridge(tools: ToolRegistry | None) -> ToolBridge | None:
+    if tools is None:
+        return None
+    from .tool_bridge import ToolBridge
+
+    return ToolBridge(tools)
 
 
 def _as_action(action: CodeAction | str) -> CodeAction:

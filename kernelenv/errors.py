@@ -5,13 +5,16 @@ Exceptions are for faults of the infrastructure and for misuse of the API::
 
     KernelEnvError
     ├── KernelStartError (RuntimeError)      a kernel could not be started or did not become ready
+    ├── SandboxUnavailableError (RuntimeError)  an explicitly asked-for sandbox level is unusable
     ├── KernelCommunicationError (RuntimeError)  the kernel stopped answering outside of a step
     ├── ResetNeeded (RuntimeError)           step() or state before reset(), or after close()
     ├── EnvClosedError (RuntimeError)        the env, pool or client was closed
     ├── PoolExhaustedError (TimeoutError)    no kernel became available in time
     ├── InvalidActionError (ValueError)      the action is malformed
     ├── UnknownTaskError (LookupError)       no task has that id (suggests close names)
+    ├── TaskFormatError (ValueError)         a task notebook is malformed, or its setup failed
     ├── UnknownEpisodeError (LookupError)    no live episode has that id
+    ├── ServerStartError (RuntimeError)      a server launched for a client did not start
     └── ServerError (RuntimeError)           a kernelenv server answered with an error frame
 
 Third-party errors (zmq, jupyter_client) are translated at the boundary with
@@ -30,6 +33,10 @@ class KernelEnvError(Exception):
 
 class KernelStartError(KernelEnvError, RuntimeError):
     """A kernel could not be started or did not become ready in time."""
+
+
+class SandboxUnavailableError(KernelEnvError, RuntimeError):
+    """A containment level was asked for explicitly, but this machine cannot provide it."""
 
 
 class KernelCommunicationError(KernelEnvError, RuntimeError):
@@ -65,8 +72,16 @@ class UnknownTaskError(KernelEnvError, LookupError):
         self.suggestions = close
 
 
+class TaskFormatError(KernelEnvError, ValueError):
+    """A task notebook is malformed (roles, metadata), or its setup failed to run."""
+
+
 class UnknownEpisodeError(KernelEnvError, LookupError):
     """No live episode has the requested id (it never existed, was closed, or was reaped)."""
+
+
+class ServerStartError(KernelEnvError, RuntimeError):
+    """A server for a client (a Docker container or a local subprocess) did not start."""
 
 
 class ServerError(KernelEnvError, RuntimeError):

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from .env import KernelEnv
 from .sync import SyncKernelEnv
+from .transforms import (
+    CodeQualityTransform,
+    CodeSafetyTransform,
+    CompositeTransform,
+    MathProblemTransform,
+)
+
+if TYPE_CHECKING:
+    from .mcp_client import MCPServer
+    from .tools import ToolRegistry
 
 
 def create_codeact_env(**env_options: Any) -> SyncKernelEnv:
@@ -15,3 +26,43 @@ def create_codeact_env(**env_options: Any) -> SyncKernelEnv:
         **env_options: Passed to :class:`~kernelenv.KernelEnv`.
     """
     return KernelEnv(**env_options).sync()
+
+
+def create_math_env_transform(expected_answer: object) -> CompositeTransform:
+    """Rewards for a math problem: 1.0 for the right answer, plus quality bonuses, minus unsafe code.
+
+    Args:
+        expected_answer: The correct answer (see :class:`~kernelenv.MathProblemTransform`).
+    """
+    return CompositeTransform(
+        [CodeSafetyTransform(), MathProblemTransform(expected_answer), CodeQualityTransform()]
+    )
+
+
+def create_safe_env_transform() -> CompositeTransform:
+    """Rewards for safe, clean code: a penalty for unsafe patterns plus quality bonuses."""
+    return CompositeTransform([CodeSafetyTransform(), CodeQualityTransform()])
+
+
+def create_mcp_environment(
+    *,
+    mcp_servers: Iterable[MCPServer] = (),
+    tools: ToolRegistry | None = None,
+    **env_options: Any,
+) -> SyncKernelEnv:
+    """A blocking environment whose agent code can call tools: ``file_write``/``file_read``/
+    ``file_list`` on the episode's own host directory, and the tools of ``mcp_servers``.
+
+    Args:
+        mcp_servers: MCP servers whose tools agent code may call
+            (see :class:`~kernelenv.MCPServer`).
+        tools: A registry to start from (default: an empty one); the file tools are added.
+        **env_options: Passed to :class:`~kernelenv.KernelEnv`.
+    """
+    from .file_tools import add_file_tools
+    from .tools import ToolRegistry
+
+    registry = add_file_tools(tools if tools is not None else ToolRegistry())
+    for server in mcp_servers:
+        registry.add_mcp_server(server)
+    return KernelEnv(tools=registry, **env_options).sync()

@@ -149,8 +149,12 @@ class Kernel:
 
     def exit_code(self) -> int | None:
         """The kernel process's exit code, once it has exited."""
-        process = getattr(self.manager.provisioner, "process", None)
-        return process.poll() if process is not None else None
+        provisioner = self.manager.provisioner
+        process = getattr(provisioner, "process", None)
+        code = process.poll() if process is not None else None
+        # A wrapper (bubblewrap) reports "killed by signal N" as exit code 128 + N.
+        translate = getattr(provisioner, "translate_exit_code", None)
+        return translate(code) if translate is not None else code
 
     async def interrupt(self) -> None:
         """Send an interrupt (SIGINT, or an ``interrupt_request`` in message mode)."""

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from .sandbox import PROVISIONER_NAME, SandboxConfig
 
 KERNEL_NAME = "kernelenv"
 
@@ -42,9 +44,20 @@ def kernel_spec(
     python: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     display_name: str = "Python 3 (kernelenv)",
+    sandbox: SandboxConfig | None = None,
+    hidden_paths: Sequence[str] = (),
 ) -> dict:
-    """The kernel.json dict for an agent kernel run by ``python`` (default: this interpreter)."""
-    return {
+    """The kernel.json dict for an agent kernel run by ``python`` (default: this interpreter).
+
+    Args:
+        python: The kernel's interpreter.
+        extra_env: Variables added to the kernel's environment.
+        display_name: The name tools show for the kernel.
+        sandbox: Containment (its level resolved, see :meth:`SandboxConfig.resolved`);
+            None or level ``none`` starts the kernel uncontained.
+        hidden_paths: Directories a bwrap kernel sees empty (a pool's root: the neighbours).
+    """
+    spec = {
         "argv": [python or sys.executable, "-c", BOOT_CODE, "-f", "{connection_file}"]
         + list(AGENT_KERNEL_ARGS),
         "display_name": display_name,
@@ -53,6 +66,18 @@ def kernel_spec(
         "env": {**AGENT_KERNEL_ENV, **(extra_env or {})},
         "metadata": {"debugger": False},
     }
+    if sandbox is not None and sandbox.level != "none":
+        spec["metadata"]["kernel_provisioner"] = {
+            "provisioner_name": PROVISIONER_NAME,
+            "config": {
+                "sandbox": sandbox.model_dump(mode="json"),
+                "hidden_paths": [str(p) for p in hidden_paths],
+            },
+        }
+        if sandbox.level == "bwrap":
+            # A signal would hit bubblewrap, not the kernel: interrupt with a message.
+            spec["interrupt_mode"] = "message"
+    return spec
 
 
 def write_kernel_spec(kernels_dir: Path, spec: dict, name: str = KERNEL_NAME) -> Path:

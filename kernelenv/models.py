@@ -183,13 +183,46 @@ class CodeState(BaseModel):
     seed: int | None = Field(default=None, description="The seed given to reset, if any.")
 
 
-def parse_action(data: dict[str, Any]) -> CodeAction:
+class ReviewAction(BaseModel):
+    """An action: a structured code review submitted on a pr_review task (seed 002's fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    review: str = Field(default="", description="Human-readable review: the problem and evidence.")
+    file_path: str = Field(default="", description="The changed file being flagged.")
+    issue_type: str = Field(
+        default="", description="logic | security | performance | maintainability."
+    )
+    severity: str = Field(default="", description="low | medium | high | critical.")
+    bug_type: str = Field(default="", description="syntax | logic | security | none.")
+    line_number: int | None = Field(
+        default=None, description="Suspected faulty line, in the file after the change."
+    )
+    confidence: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Confidence in the finding, in [0, 1]."
+    )
+    request_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Idempotency key: a repeated id returns the recorded observation.",
+    )
+
+
+Action = CodeAction | ReviewAction
+
+
+def parse_action(data: dict[str, Any]) -> CodeAction | ReviewAction:
     """Turn a step payload (the action's fields, as OpenEnv clients send them) into an action.
 
     The one place where wire payloads become actions: the server, the clients and the
     playground all go through it, so an action kind added here is accepted everywhere.
+    A payload with ``code`` is a :class:`CodeAction`; one with review fields and no ``code``
+    is a :class:`ReviewAction`.
 
     Raises:
         pydantic.ValidationError: the payload is not a valid action.
     """
+    review_fields = set(ReviewAction.model_fields) - {"request_id"}
+    if "code" not in data and review_fields & set(data):
+        return ReviewAction.model_validate(data)
     return CodeAction.model_validate(data)

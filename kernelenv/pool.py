@@ -21,6 +21,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from .errors import EnvClosedError, KernelStartError, PoolExhaustedError
 from .kernel import Kernel
 from .kernelspec import KERNEL_NAME, kernel_spec, write_kernel_spec
+from .pids_cgroup import reap_stale_cgroups
+from .sandbox import SandboxConfig, as_sandbox_config
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ class KernelPool:
         extra_env: Environment variables added to each kernel's environment.
         max_concurrent_starts: Kernel starts running at once.
         root_dir: Where kernel directories go (default: a fresh temporary directory).
+        sandbox: Containment of the kernels: a :class:`~kernelenv.sandbox.SandboxConfig`, a
+            level name (``auto``, ``bwrap``, ``limits``, ``none``) or None for the default,
+            the strongest level this machine supports (a fallback warns).
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class KernelPool:
         extra_env: dict[str, str] | None = None,
         max_concurrent_starts: int = 2,
         root_dir: str | os.PathLike[str] | None = None,
+        sandbox: SandboxConfig | str | None = None,
     ) -> None:
         if size < 0:
             raise ValueError(f"pool size must be >= 0, got {size}")
@@ -65,6 +71,8 @@ class KernelPool:
         self.extra_env = dict(extra_env or {})
         self.max_concurrent_starts = max(1, max_concurrent_starts)
         self._root_parent = root_dir
+        # Resolved now, so a fallback warning points at the code that made the pool.
+        self.sandbox = as_sandbox_config(sandbox).resolved()
         self.root: Path | None = None
         self.kernel_name = KERNEL_NAME
         self._spec_manager: KernelSpecManager | None = None
@@ -124,9 +132,17 @@ class KernelPool:
         if self.root is not None:
             return
         reap_stale_roots(self._root_parent)
+        reap_stale_cgroups()
         self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=self._root_parent))
         (self.root / OWNER_FILE).write_text(str(os.getpid()))
-        self.write_spec(kernel_spec(python=self.python, extra_env=self.extra_env))
+        self.write_spec(
+            kernel_spec(
+                python=self.python,
+                extra_env=self.extra_env,
+                sandbox=self.sandbox,
+                hidden_paths=[str(self.root)],
+            )
+        )
         self._spec_manager = KernelSpecManager(kernel_dirs=[str(self.root / "kernelspecs")])
         self._ready = asyncio.Queue()
         self._start_slots = asyncio.Semaphore(self.max_concurrent_starts)
@@ -252,6 +268,11 @@ class KernelPool:
 def _emergency_cleanup(root: Path, live: set[Kernel]) -> None:
     """At interpreter exit: kill what is left and remove the pool's directory (no event loop)."""
     for kernel in list(live):
+        kill_now = getattr(kernel.manager.provisioner, "kill_now", None)
+        if kill_now is not None:  # a sandboxed kernel: also its detached processes
+            with contextlib.suppress(Exception):
+                kill_now()
+            continue
         pid = kernel.pid
         if pid:
             with contextlib.suppress(OSError):

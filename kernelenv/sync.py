@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .env import DEFAULT, KernelEnv, Transform
 from .errors import EnvClosedError
 from .models import CodeAction, CodeObservation, CodeState
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
+
+    from .grading import Grade
 
 T = TypeVar("T")
 
@@ -87,6 +93,16 @@ class SyncKernelEnv:
         """See :meth:`KernelEnv.step`."""
         self._check_open()
         return self._portal.call(self.env.step, action, timeout_s=timeout_s)
+
+    def grade(self) -> Grade:
+        """See :meth:`KernelEnv.grade`."""
+        self._check_open()
+        return self._portal.call(self.env.grade)
+
+    def export_notebook(self, path: str | os.PathLike[str] | None = None) -> NotebookNode:
+        """See :meth:`KernelEnv.export_notebook`."""
+        self._check_open()
+        return self._portal.call(self.env.export_notebook, path)
 
     @property
     def state(self) -> CodeState:

@@ -77,6 +77,20 @@ def no_leaks():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def journal_dir_for_tests(tmp_path_factory):
+    """Servers started by tests (also as subprocesses) journal into a temporary directory."""
+    from kernelenv.journal import JOURNAL_DIR_ENV
+
+    before = os.environ.get(JOURNAL_DIR_ENV)
+    os.environ[JOURNAL_DIR_ENV] = str(tmp_path_factory.mktemp("journal"))
+    yield
+    if before is None:
+        os.environ.pop(JOURNAL_DIR_ENV, None)
+    else:
+        os.environ[JOURNAL_DIR_ENV] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
 def session_leak_check():
     """After the whole run: no kernel processes and no pool directories of this process."""
     yield

@@ -33,13 +33,16 @@ async def test_state_persists_across_steps(env):
 
 async def test_reset_gives_a_fresh_kernel_and_working_directory(env):
     await env.step("secret = 42; open('note.txt', 'w').write('hi')")
-    first_pid = (await env.step("import os; os.getpid()")).return_value
+    await env.step("import os")
+    # The host-side pid: inside a bwrap sandbox every kernel is PID 2 of its own namespace.
+    first_pid = env.kernel.pid
     first_dir = Path(eval((await env.step("os.getcwd()")).return_value))
     assert (first_dir / "note.txt").exists()
     await env.reset()
     obs = await env.step("secret")
     assert obs.status is StepStatus.ERROR and obs.error.ename == "NameError"
-    assert (await env.step("import os; os.getpid()")).return_value != first_pid
+    assert env.kernel.pid != first_pid
+    await env.step("import os")
     second_dir = Path(eval((await env.step("os.getcwd()")).return_value))
     assert second_dir != first_dir
     assert not (await env.step("import os; os.path.exists('note.txt')")).return_value == "True"
@@ -231,10 +234,12 @@ async def test_background_thread_output_is_reported_as_late_output(env):
 async def test_close_leaves_no_kernel_process_and_no_files(no_leaks):
     async with KernelEnv(pool_size=1) as env:
         await env.reset()
-        pid = int((await env.step("import os; os.getpid()")).return_value)
+        # Host-side pids of the kernel and its wrappers (a sandbox has its own PID namespace).
+        outer = psutil.Process(env.kernel.pid)
+        pids = [outer.pid] + [p.pid for p in outer.children(recursive=True)]
         root = env.pool.root
-        assert psutil.pid_exists(pid)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not root.exists()
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks that put kernelenv beside its floor and its peers (``kernelenv bench``)."""

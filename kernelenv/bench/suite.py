@@ -1,0 +1,418 @@
+"""The benchmark cases: each puts kernelenv beside its floor or a peer, alternating in one run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from ..env import KernelEnv
+from ..pool import KernelPool
+from .raw import raw_execute
+from .stats import Figures, Results, Row
+
+TRIVIAL_CODE = "1+1"
+# A compute-heavy cell: pure-Python work, where an AST interpreter pays for every node.
+COMPUTE_CODE = "total = 0\nfor i in range(10000):\n    total += i * i\ntotal"
+COMPUTE_RESULT = str(sum(i * i for i in range(10000)))
+
+# A 20-cell notebook of the kind agents write: definitions, loops, prints, small data work.
+NOTEBOOK_CELLS = [
+    "import math, json, collections",
+    "data = [i * 3 % 17 for i in range(200)]",
+    "len(data)",
+    "counts = collections.Counter(data)\ncounts.most_common(3)",
+    "def mean(xs):\n    return sum(xs) / len(xs)",
+    "mean(data)",
+    "print('max', max(data), 'min', min(data))",
+    "squares = {n: n * n for n in range(50)}",
+    "sum(squares.values())",
+    "words = 'the quick brown fox jumps over the lazy dog'.split()",
+    "sorted(words, key=len)",
+    "json.dumps({'words': len(words), 'mean': mean(data)})",
+    "for w in words[:3]:\n    print(w.upper())",
+    "fib = [0, 1]\nfor _ in range(30):\n    fib.append(fib[-1] + fib[-2])\nfib[-1]",
+    "math.sqrt(fib[-1])",
+    "class Point:\n    def __init__(self, x, y):\n        self.x, self.y = x, y\n"
+    "    def norm(self):\n        return math.hypot(self.x, self.y)",
+    "Point(3, 4).norm()",
+    "matrix = [[i * j for j in range(10)] for i in range(10)]",
+    "sum(map(sum, matrix))",
+    "print('done')",
+]
+
+
+@dataclass
+class SuiteConfig:
+    """How many samples each case takes."""
+
+    steps: int = 400
+    compute_steps: int = 40
+    resets: int = 30
+    replays: int = 10
+    memory_kernels: int = 4
+    warmup: int = 20
+    smolagents_venv: Path | None = None
+
+
+QUICK = SuiteConfig(steps=30, compute_steps=5, resets=3, replays=2, memory_kernels=2, warmup=5)
+
+# The heading of each case's group of rows.
+GROUPS = {
+    "step": "trivial step (`1+1`)",
+    "compute": "compute-heavy step (10k-iteration loop)",
+    "reset": "reset",
+    "replay": "20-cell notebook, kernel start included",
+    "memory": "memory per idle pooled kernel",
+}
+
+# Every row of the table: key (case.contender) -> (contender, unit). Keys stay stable so that
+# runs can be compared between commits.
+ROWS: dict[str, tuple[str, str]] = {
+    "step.raw": ("raw jupyter_client execute", "ms"),
+    "step.kernelenv": ("KernelEnv.step in process", "ms"),
+    "step.websocket": ("step over the WebSocket (kernelenv serve)", "ms"),
+    "compute.kernelenv": ("KernelEnv.step in process", "ms"),
+    "compute.smolagents": ("smolagents LocalPythonExecutor (OpenEnv coding_env)", "ms"),
+    "reset.warm_pool": ("reset, a ready kernel in the pool", "ms"),
+    "reset.drained_pool": ("reset, pool drained (its refill in flight)", "ms"),
+    "reset.cold_start": ("reset, no pool (cold kernel start)", "ms"),
+    "replay.kernelenv_warm": ("KernelEnv replay, kernel from a warm pool", "ms"),
+    "replay.kernelenv_cold": ("KernelEnv replay, cold kernel start", "ms"),
+    "replay.nbclient": ("nbclient NotebookClient.async_execute", "ms"),
+    "memory.uss": ("private memory (USS)", "MiB"),
+    "memory.pss": ("proportional set size (PSS)", "MiB"),
+    "memory.rss": ("resident set size (RSS)", "MiB"),
+}
+
+
+async def alternate(
+    contenders: dict[str, Callable[[], Awaitable[Any]]], rounds: int, warmup: int = 0
+) -> dict[str, list[float]]:
+    """Time each contender once per round, in turn (A B A B ...), after ``warmup`` rounds."""
+    samples: dict[str, list[float]] = {key: [] for key in contenders}
+    for index in range(warmup + rounds):
+        for key, run in contenders.items():
+            started = time.perf_counter()
+            await run()
+            if index >= warmup:
+                samples[key].append(time.perf_counter() - started)
+    return samples
+
+
+def new_row(key: str, figures: Figures | None = None, *, skipped: str | None = None,
+            note: str = "") -> Row:
+    """The row ``key`` of :data:`ROWS`, with its figures or why it has none."""
+    name, unit = ROWS[key]
+    return Row(key, GROUPS[key.split(".")[0]], name, unit, figures, skipped, note)
+
+
+def add_row(results: Results, row: Row) -> None:
+    """Append ``row`` to the results and print it."""
+    results.rows.append(row)
+    f = row.figures
+    if f is None:
+        print(f"  {row.contender:<52} not measured: {row.skipped}")
+    else:
+        print(f"  {row.contender:<52} p50 {f.p50:9.2f} {row.unit:<3}  p10-p90 "
+              f"{f.p10:8.2f}-{f.p90:9.2f}   p99 {f.p99:9.2f}   n={f.n}")
+
+
+def add_timings(
+    results: Results, samples: dict[str, list[float]], notes: dict[str, str] | None = None
+) -> None:
+    """Append one row in ms per key of ``samples`` (timings in seconds)."""
+    for key, timings in samples.items():
+        add_row(results, new_row(key, Figures.of(timings, scale=1000),
+                                 note=(notes or {}).get(key, "")))
+
+
+# -- trivial step ---------------------------------------------------------------------------
+
+
+async def bench_step(cfg: SuiteConfig, results: Results) -> None:
+    """A trivial step: raw jupyter_client, KernelEnv in process, and over the WebSocket."""
+    from .server_peer import ServerProcess, WireSession, server_available
+
+    print(f"{GROUPS['step']}, {cfg.steps} alternating runs each")
+    async with contextlib.AsyncExitStack() as stack:
+        # Size 0: kernels start on demand, so no refill runs while steps are timed.
+        pool = await stack.enter_async_context(KernelPool(size=0))
+        raw_kernel = await pool.acquire()
+        stack.callback(pool.release, raw_kernel)
+        env = await stack.enter_async_context(KernelEnv(pool=pool))
+        await env.reset()
+        contenders: dict[str, Callable[[], Awaitable[Any]]] = {
+            "step.raw": lambda: raw_execute(raw_kernel.client, TRIVIAL_CODE),
+            "step.kernelenv": lambda: env.step(TRIVIAL_CODE),
+        }
+        if server_available():
+            server = await stack.enter_async_context(ServerProcess(pool_size=0))
+            session = await stack.enter_async_context(WireSession(server.ws_url))
+            await session.reset()
+            contenders["step.websocket"] = lambda: session.step(TRIVIAL_CODE)
+        samples = await alternate(contenders, cfg.steps, cfg.warmup)
+    add_timings(results, samples, {
+        "step.websocket": "server in its own process; client sends OpenEnv's JSON frames",
+    })
+    if "step.websocket" not in samples:
+        add_row(results, new_row("step.websocket", skipped="this checkout has no `kernelenv serve`"))
+    raw, ours, ws = (results.p50(k) for k in ("step.raw", "step.kernelenv", "step.websocket"))
+    results.check("step.ratio", "in-process step over raw jupyter_client (p50)",
+                  ours / raw if ours and raw else None, "x", "<= 1.15x", 1.15)
+    results.check("step.websocket_overhead", "WebSocket step minus in-process step (p50)",
+                  ws - ours if ws and ours else None, "ms", "<= +1.5 ms", 1.5)
+
+
+# -- compute-heavy step ---------------------------------------------------------------------
+
+
+async def bench_compute(cfg: SuiteConfig, results: Results) -> None:
+    """A 10k-iteration loop: KernelEnv against smolagents' LocalPythonExecutor."""
+    from .smolagents_peer import SmolagentsExecutor, default_venv, ensure_venv, smolagents_version
+
+    print(f"{GROUPS['compute']}, {cfg.compute_steps} alternating runs each")
+    python = await asyncio.to_thread(ensure_venv, cfg.smolagents_venv or default_venv())
+    version = await asyncio.to_thread(smolagents_version, python)
+    if version:
+        results.machine["packages"]["smolagents (own venv)"] = version
+    answers: dict[str, str | None] = {}
+
+    async with KernelEnv(pool_size=0) as env, SmolagentsExecutor(python) as smol:
+        await env.reset()
+
+        async def ours() -> None:
+            answers["compute.kernelenv"] = (await env.step(COMPUTE_CODE)).return_value
+
+        async def theirs() -> None:
+            answers["compute.smolagents"] = (await smol.run(COMPUTE_CODE))["return_value"]
+
+        samples = await alternate(
+            {"compute.kernelenv": ours, "compute.smolagents": theirs},
+            cfg.compute_steps, min(cfg.warmup, 3),
+        )
+    wrong = [key for key, answer in answers.items() if answer != COMPUTE_RESULT]
+    if wrong:
+        raise RuntimeError(f"wrong answer from {wrong}: {answers} (expected {COMPUTE_RESULT})")
+    add_timings(results, samples, {
+        "compute.smolagents": "in a child process over JSON lines, no server in front",
+    })
+    ours_p50, theirs_p50 = results.p50("compute.kernelenv"), results.p50("compute.smolagents")
+    results.check("compute.speedup", "smolagents over KernelEnv, 10k-iteration loop (p50)",
+                  theirs_p50 / ours_p50 if ours_p50 and theirs_p50 else None, "x", ">= 5x", 5,
+                  at_least=True)
+
+
+# -- reset ----------------------------------------------------------------------------------
+
+
+async def wait_ready(pool: KernelPool, count: int = 1) -> None:
+    """Wait until ``pool`` has ``count`` ready kernels (as between episodes in real use)."""
+    while pool.ready_count < count:
+        await asyncio.sleep(0.01)
+
+
+async def bench_reset(cfg: SuiteConfig, results: Results) -> None:
+    """Reset with a warm pool, with the pool drained (a start in flight), and a cold start."""
+    print(f"{GROUPS['reset']}, {cfg.resets} alternating runs each")
+    async with contextlib.AsyncExitStack() as stack:
+        warm_pool = await stack.enter_async_context(KernelPool(size=1))
+        drained_pool = await stack.enter_async_context(KernelPool(size=1))
+        cold_pool = await stack.enter_async_context(KernelPool(size=0))
+        warm = await stack.enter_async_context(KernelEnv(pool=warm_pool))
+        taker = await stack.enter_async_context(KernelEnv(pool=drained_pool))
+        drained = await stack.enter_async_context(KernelEnv(pool=drained_pool))
+        cold = await stack.enter_async_context(KernelEnv(pool=cold_pool))
+
+        async def warm_reset() -> None:
+            await wait_ready(warm_pool)
+            started = time.perf_counter()
+            await warm.reset()
+            timings["reset.warm_pool"].append(time.perf_counter() - started)
+
+        async def drained_reset() -> None:
+            await wait_ready(drained_pool)
+            await taker.reset()  # takes the ready kernel: the pool starts a replacement
+            started = time.perf_counter()
+            await drained.reset()
+            timings["reset.drained_pool"].append(time.perf_counter() - started)
+
+        async def cold_reset() -> None:
+            started = time.perf_counter()
+            await cold.reset()
+            timings["reset.cold_start"].append(time.perf_counter() - started)
+
+        # Each contender times only its reset, not its wait for the pool.
+        timings: dict[str, list[float]] = {
+            "reset.warm_pool": [], "reset.drained_pool": [], "reset.cold_start": []
+        }
+        await alternate(
+            {"reset.warm_pool": warm_reset, "reset.drained_pool": drained_reset,
+             "reset.cold_start": cold_reset},
+            cfg.resets,
+        )
+    add_timings(results, timings)
+    warm_figures = results.row("reset.warm_pool").figures
+    drained_figures = results.row("reset.drained_pool").figures
+    results.check("reset.warm_p50", "reset with a warm pool, p50", warm_figures.p50, "ms",
+                  "<= 15 ms", 15)
+    results.check("reset.warm_p99", "reset with a warm pool, p99", warm_figures.p99, "ms",
+                  "<= 50 ms", 50)
+    results.check("reset.drained_p99", "reset with the pool drained, p99", drained_figures.p99,
+                  "ms", "<= 1000 ms", 1000)
+
+
+# -- replay of a notebook -------------------------------------------------------------------
+
+
+def twenty_cell_notebook(kernel_name: str) -> nbformat.NotebookNode:
+    """The benchmark's 20-cell notebook, for a kernel named ``kernel_name``."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {
+        "name": kernel_name, "display_name": kernel_name, "language": "python",
+    }
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in NOTEBOOK_CELLS]
+    return notebook
+
+
+async def replay_in_env(env: KernelEnv, notebook: nbformat.NotebookNode) -> int:
+    """Replay ``notebook`` with :func:`kernelenv.replay.replay_notebook`; returns divergences."""
+    from ..replay import replay_notebook
+
+    report = await replay_notebook(notebook, env)
+    return len(report.divergences)
+
+
+async def run_nbclient(notebook: nbformat.NotebookNode, pool: KernelPool) -> nbformat.NotebookNode:
+    """Execute a copy of ``notebook`` with nbclient end to end (its own kernel start and stop).
+
+    The kernel comes from the pool's kernelspec, so both contenders run the same kind of
+    kernel (sandbox included: hence IPC sockets in a directory of their own, as the pool's
+    kernels have). Returns the executed notebook.
+    """
+    from jupyter_client import AsyncKernelManager
+    from nbclient import NotebookClient
+
+    with tempfile.TemporaryDirectory(prefix="kernelenv-bench-nbclient-") as scratch:
+        run_dir, work_dir = Path(scratch, "run"), Path(scratch, "work")
+        run_dir.mkdir()
+        work_dir.mkdir()
+
+        class PoolSpecClient(NotebookClient):
+            def create_kernel_manager(self) -> AsyncKernelManager:
+                self.km = AsyncKernelManager(
+                    kernel_name=self.kernel_name, kernel_spec_manager=pool.spec_manager,
+                    transport="ipc", ip=str(run_dir / "kernel"),
+                    connection_file=str(run_dir / "connection.json"),
+                )
+                return self.km
+
+        client = PoolSpecClient(
+            copy.deepcopy(notebook), kernel_name=pool.kernel_name, shutdown_kernel="immediate",
+            cwd=str(work_dir),
+        )
+        return await client.async_execute()
+
+
+async def bench_replay(cfg: SuiteConfig, results: Results) -> None:
+    """A 20-cell notebook, kernel start included: KernelEnv replays it, nbclient executes it.
+
+    nbclient executes the notebook once first; that run's outputs are what the replays are
+    checked against (a replay that diverges fails the case).
+    """
+    print(f"{GROUPS['replay']}, {cfg.replays} alternating runs each")
+    divergences: dict[str, int] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        warm_pool = await stack.enter_async_context(KernelPool(size=1))
+        cold_pool = await stack.enter_async_context(KernelPool(size=0))
+        warm = await stack.enter_async_context(KernelEnv(pool=warm_pool))
+        cold = await stack.enter_async_context(KernelEnv(pool=cold_pool))
+        recorded = await run_nbclient(twenty_cell_notebook(cold_pool.kernel_name), cold_pool)
+        timings: dict[str, list[float]] = {
+            "replay.kernelenv_warm": [], "replay.kernelenv_cold": [], "replay.nbclient": []
+        }
+
+        async def timed(key: str, run: Awaitable[Any]) -> Any:
+            started = time.perf_counter()
+            outcome = await run
+            timings[key].append(time.perf_counter() - started)
+            return outcome
+
+        async def warm_replay() -> None:
+            await wait_ready(warm_pool)  # as between episodes in real use; not timed
+            key = "replay.kernelenv_warm"
+            divergences[key] = await timed(key, replay_in_env(warm, recorded))
+
+        async def cold_replay() -> None:
+            key = "replay.kernelenv_cold"
+            divergences[key] = await timed(key, replay_in_env(cold, recorded))
+
+        await alternate({
+            "replay.kernelenv_warm": warm_replay,
+            "replay.kernelenv_cold": cold_replay,
+            "replay.nbclient": lambda: timed("replay.nbclient", run_nbclient(recorded, cold_pool)),
+        }, cfg.replays)
+    if any(divergences.values()):
+        raise RuntimeError(f"replays diverged from nbclient's outputs: {divergences}")
+    add_timings(results, timings, {
+        "replay.kernelenv_warm": "replay_notebook: reset from the pool + 20 steps + output check",
+        "replay.nbclient": "stock nbclient, same kernelspec, immediate shutdown",
+    })
+    nb, warm_p50 = results.p50("replay.nbclient"), results.p50("replay.kernelenv_warm")
+    results.check("replay.speedup", "nbclient over KernelEnv replay (warm pool, p50)",
+                  nb / warm_p50 if nb and warm_p50 else None, "x", ">= 5x", 5, at_least=True)
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+
+def process_memory(pid: int) -> dict[str, float]:
+    """USS, PSS and RSS in MiB of ``pid`` and its descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+    totals = {"uss": 0.0, "pss": 0.0, "rss": 0.0}
+    for proc in [root, *root.children(recursive=True)]:
+        info = proc.memory_full_info()
+        for name in totals:
+            totals[name] += getattr(info, name) / 2**20
+    return totals
+
+
+async def bench_memory(cfg: SuiteConfig, results: Results) -> None:
+    """Memory of idle kernels as the pool starts them (private USS, PSS, RSS)."""
+    print(f"{GROUPS['memory']}, {cfg.memory_kernels} kernels")
+    async with KernelPool(size=0) as pool:
+        kernels = await asyncio.gather(*(pool.acquire() for _ in range(cfg.memory_kernels)))
+        try:
+            await asyncio.sleep(1.0)  # let start-up garbage settle
+            measured = [process_memory(k.pid) for k in kernels if k.pid]
+            modules = await kernels[0].execute("import sys; len(sys.modules)", timeout_s=30)
+        finally:
+            for kernel in kernels:
+                pool.release(kernel)
+    for kind in ("uss", "pss", "rss"):
+        add_row(results, new_row(f"memory.{kind}", Figures.of([m[kind] for m in measured])))
+    results.notes.append(
+        f"An idle kernel has {modules.observation.return_value} modules imported at boot "
+        "(debugpy is blocked by the kernelspec's boot code)."
+    )
+    results.check("memory.uss", "idle pooled kernel, private memory (USS p50)",
+                  results.p50("memory.uss"), "MiB", "<= 40 MiB", 40)
+
+
+CASES: dict[str, Callable[[SuiteConfig, Results], Awaitable[None]]] = {
+    "step": bench_step,
+    "compute": bench_compute,
+    "reset": bench_reset,
+    "replay": bench_replay,
+    "memory": bench_memory,
+}

@@ -1,0 +1,68 @@
+"""The FastAPI app: one lifespan owning the kernel pool and the sessions, and the routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import Depends, FastAPI
+from pydantic import ValidationError
+
+from .. import __version__
+from ..errors import KernelEnvError
+from ..pool import KernelPool
+from ..web.routes import mount_playground
+from . import episode_routes, http_routes, mcp_routes, task_routes, ws
+from .auth import require_token
+from .config import ServerConfig
+from .error_replies import http_error_reply
+from .limits import BodySizeLimit
+from .sessions import EnvFactory, SessionManager, default_env_factory
+
+
+def create_app(
+    config: ServerConfig | None = None, *, env_factory: EnvFactory = default_env_factory
+) -> FastAPI:
+    """Build the kernelenv server app.
+
+    Args:
+        config: Settings (default: from ``KERNELENV_*`` environment variables).
+        env_factory: Makes each session's env (default: a :class:`~kernelenv.KernelEnv` on
+            the shared pool).
+    """
+    config = config or ServerConfig()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with KernelPool(size=config.pool_size, sandbox=config.sandbox) as pool:
+            sessions = SessionManager(pool, config, env_factory)
+            app.state.pool, app.state.sessions = pool, sessions
+            async with anyio.create_task_group() as background:
+                background.start_soon(sessions.run_reaper)
+                try:
+                    yield
+                finally:
+                    background.cancel_scope.cancel()
+                    with anyio.CancelScope(shield=True):
+                        await sessions.aclose()
+
+    app = FastAPI(
+        title="kernelenv",
+        version=__version__,
+        description=http_routes.DESCRIPTION,
+        lifespan=lifespan,
+        dependencies=[Depends(require_token)],
+    )
+    app.state.config = config
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_message_bytes)
+    app.add_exception_handler(KernelEnvError, http_error_reply)
+    app.add_exception_handler(ValidationError, http_error_reply)
+    app.include_router(http_routes.router)
+    app.include_router(ws.router)
+    app.include_router(mcp_routes.router)
+    app.include_router(task_routes.router)
+    app.include_router(episode_routes.router)
+    mount_playground(app)  # the browser playground at /web
+    return app
+

@@ -1,0 +1,60 @@
+"""``GET /episodes/{episode_id}.ipynb``: an episode as a Jupyter notebook, live or journaled."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+from fastapi import APIRouter, Path
+from fastapi.responses import Response
+
+from ..errors import UnknownEpisodeError
+from ..journal import read_journal, shared_journal
+from .deps import Config, Sessions
+
+router = APIRouter(tags=["episodes"])
+
+NOTEBOOK_MEDIA_TYPE = "application/x-ipynb+json"
+
+
+@router.get(
+    "/episodes/{episode_id}.ipynb",
+    summary="An episode as a Jupyter notebook",
+    response_class=Response,
+    responses={200: {"content": {NOTEBOOK_MEDIA_TYPE: {}}, "description": "An nbformat 4.5 notebook."}},
+)
+async def episode_notebook(
+    sessions: Sessions,
+    config: Config,
+    episode_id: str = Path(description="The episode, as returned by /reset."),
+) -> Response:
+    """The notebook of a live episode, or of an ended one that the server's journal kept.
+
+    Each step is a code cell with its outputs as Jupyter stores them; rewards, statuses and
+    timings are in cell metadata (see ``kernelenv.export``).
+    """
+    session = sessions.find(episode_id)
+    if session is not None and session.env.episode is not None:
+        with sessions.using(session):
+            notebook = await session.env.export_notebook()
+    else:
+        notebook = await anyio.to_thread.run_sync(_journaled_notebook, config.journal_path(), episode_id)
+    return Response(
+        content=json.dumps(notebook, indent=1, ensure_ascii=False),
+        media_type=NOTEBOOK_MEDIA_TYPE,
+        headers={"Content-Disposition": f'attachment; filename="{_file_name(episode_id)}.ipynb"'},
+    )
+
+
+def _journaled_notebook(journal_dir, episode_id: str):
+    if journal_dir is not None:
+        path = shared_journal(journal_dir).path_of(episode_id)
+        if path.is_file():
+            return read_journal(path).notebook()
+    raise UnknownEpisodeError(
+        f"no live or journaled episode has id {episode_id!r}; ids come from /reset"
+    )
+
+
+def _file_name(episode_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in episode_id)[:100] or "episode"

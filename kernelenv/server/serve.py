@@ -1,0 +1,104 @@
+"""Running the app under uvicorn: in the foreground (``kernelenv serve``) or on a thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from ..errors import KernelEnvError
+from .app import create_app
+from .config import ServerConfig
+
+# Frames somewhat above max_message_bytes still reach the app, which answers PAYLOAD_TOO_LARGE;
+# only frames past this hard cap make the connection close (code 1009).
+WS_HARD_CAP_FACTOR = 4
+
+
+def uvicorn_config(config: ServerConfig, app: FastAPI | None = None, **options: Any) -> uvicorn.Config:
+    """The uvicorn settings the kernelenv server runs with.
+
+    Args:
+        config: The server's settings (host, port, message limit).
+        app: The app to serve (default: ``create_app(config)``).
+        **options: Further ``uvicorn.Config`` options (e.g. ``log_level``).
+    """
+    options.setdefault("log_level", "warning")
+    return uvicorn.Config(
+        app if app is not None else create_app(config),
+        host=config.host,
+        port=config.port,
+        ws="websockets-sansio",
+        ws_max_size=max(16 << 20, WS_HARD_CAP_FACTOR * config.max_message_bytes),
+        timeout_graceful_shutdown=5,
+        **options,
+    )
+
+
+def serve(config: ServerConfig, **options: Any) -> None:
+    """Serve until interrupted (Ctrl-C or SIGTERM)."""
+    uvicorn.Server(uvicorn_config(config, **options)).run()
+
+
+class ServerThread:
+    """A kernelenv server on a background thread of this process, for tests and notebooks.
+
+    Example:
+        >>> with ServerThread(ServerConfig(port=0)) as server:
+        ...     print(server.base_url)
+
+    Args:
+        config: The server's settings; port 0 picks a free port.
+        app: The app to serve (default: ``create_app(config)``).
+        start_timeout_s: How long to wait for the server to accept connections.
+    """
+
+    def __init__(
+        self, config: ServerConfig, app: FastAPI | None = None, start_timeout_s: float = 60.0
+    ) -> None:
+        self.config = config
+        self.app = app if app is not None else create_app(config)
+        self.server = uvicorn.Server(uvicorn_config(config, self.app))
+        self.start_timeout_s = start_timeout_s
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (the real one when port 0 was asked for)."""
+        for server in getattr(self.server, "servers", []):
+            for sock in server.sockets:
+                return sock.getsockname()[1]
+        return self.config.port
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the running server."""
+        return f"http://{self.config.host}:{self.port}"
+
+    def start(self) -> ServerThread:
+        """Start serving and wait until the server accepts connections."""
+        self._thread = threading.Thread(target=self.server.run, name="kernelenv-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + self.start_timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise KernelEnvError("the kernelenv server did not start; see its log")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (closing every session) and wait for the thread. Safe to call twice."""
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

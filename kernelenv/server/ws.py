@@ -1,0 +1,176 @@
+"""The ``/ws`` endpoint: OpenEnv's WebSocket frames, one kernel-backed episode per connection."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
+
+from ..env_tools import EnvTool
+from ..models import parse_action
+from .deps import Config, Sessions
+from .mcp_routes import ToolTarget, handle_jsonrpc
+from .sessions import CapacityReachedError, Session, SessionKind, SessionManager
+from .error_replies import error_frame_data
+from .wire import ErrorCode, ResetRequest, error_payload, observation_payload, state_payload
+
+router = APIRouter(tags=["websocket"])
+
+FRAME_TYPES = ("reset", "step", "state", "close", "mcp")
+# Frames read ahead while one is being served (replies still go out one by one, in order).
+READ_AHEAD = 16
+
+
+@router.websocket("/ws")
+async def websocket_session(websocket: WebSocket, sessions: Sessions, config: Config) -> None:
+    """Serve one OpenEnv session: frames in, exactly one reply per frame, in order."""
+    await websocket.accept()
+    try:
+        session = sessions.open(SessionKind.WEBSOCKET)
+    except CapacityReachedError as exc:
+        await _send(websocket, "error", error_payload(
+            str(exc),
+            ErrorCode.CAPACITY_REACHED,
+            active_sessions=exc.active_sessions,
+            max_sessions=exc.max_sessions,
+        ))
+        await websocket.close(code=status.WS_1013_TRY_AGAIN_LATER, reason="server at capacity")
+        return
+    connection = _Connection(websocket, sessions, session, config.max_message_bytes)
+    try:
+        await connection.serve()
+    finally:
+        await connection.release()
+
+
+class _Connection:
+    """One WebSocket connection's session: reads frames, serves them in order, cleans up."""
+
+    def __init__(
+        self, websocket: WebSocket, sessions: SessionManager, session: Session, max_bytes: int
+    ) -> None:
+        self.websocket = websocket
+        self.sessions = sessions
+        self.session = session
+        self.max_bytes = max_bytes
+        self.stepping = False
+        self.closed_by_client = False
+
+    async def serve(self) -> None:
+        inbox_in, inbox_out = anyio.create_memory_object_stream[str | bytes](READ_AHEAD)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._read, inbox_in, tasks.cancel_scope)
+            await self._serve_frames(inbox_out)
+            tasks.cancel_scope.cancel()
+
+    async def release(self) -> None:
+        """Interrupt a step cut short by a disconnect, then release the session's kernel."""
+        with anyio.CancelScope(shield=True):
+            kernel = self.session.env.kernel
+            if self.stepping and kernel is not None:
+                await kernel.interrupt()
+            await self.sessions.close(self.session)
+            if self.closed_by_client:
+                try:
+                    await self.websocket.close()
+                except (RuntimeError, WebSocketDisconnect):  # the client closed first
+                    pass
+
+    async def _read(
+        self, inbox: MemoryObjectSendStream[str | bytes], scope: anyio.CancelScope
+    ) -> None:
+        # Runs beside the frame being served, so a disconnect is seen even mid-step.
+        async with inbox:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    scope.cancel()  # cancels the step in flight; release() interrupts it
+                    return
+                await inbox.send(message.get("text") or message.get("bytes") or b"")
+
+    async def _serve_frames(self, inbox: MemoryObjectReceiveStream[str | bytes]) -> None:
+        async with inbox:
+            async for raw in inbox:
+                reply = await self._reply(raw)
+                if reply is None:  # a close frame
+                    self.closed_by_client = True
+                    return
+                try:
+                    await _send(self.websocket, *reply)
+                except (WebSocketDisconnect, OSError):  # the client left before its reply
+                    return
+
+    async def _reply(self, raw: str | bytes) -> tuple[str, dict[str, Any]] | None:
+        size = len(raw.encode() if isinstance(raw, str) else raw)
+        if size > self.max_bytes:
+            return "error", error_payload(
+                f"frame of {size} bytes exceeds the server's limit of {self.max_bytes} bytes",
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                max_message_bytes=self.max_bytes,
+            )
+        try:
+            message = json.loads(raw)
+        except ValueError as exc:
+            return "error", error_payload(f"invalid JSON: {exc}", ErrorCode.INVALID_JSON)
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            return "error", error_payload(
+                "a frame must be a JSON object with a string 'type' "
+                f"(one of {', '.join(FRAME_TYPES)})",
+                ErrorCode.VALIDATION_ERROR,
+                errors=[{"loc": ["type"], "msg": "Field required", "type": "missing"}],
+            )
+        kind = message["type"]
+        if kind not in FRAME_TYPES:
+            return "error", error_payload(
+                f"unknown frame type {kind!r}; expected one of {', '.join(FRAME_TYPES)}",
+                ErrorCode.UNKNOWN_TYPE,
+            )
+        if kind == "close":
+            return None
+        data = message.get("data")
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            return "error", error_payload(
+                f"'data' of a {kind} frame must be a JSON object, not {type(data).__name__}",
+                ErrorCode.VALIDATION_ERROR,
+                errors=[{"loc": ["data"], "msg": "Input should be an object", "type": "dict_type"}],
+            )
+        try:
+            return await self._serve(kind, data)
+        except Exception as exc:  # the session must outlive any one bad frame
+            return "error", error_frame_data(exc, f"{kind} data")
+
+    async def _serve(self, kind: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        env = self.session.env
+        if kind == "reset":
+            request = ResetRequest.model_validate(data)
+            observation = await self.sessions.reset(
+                self.session, seed=request.seed, episode_id=request.episode_id, **request.options
+            )
+            return "observation", observation_payload(observation)
+        if kind == "step":
+            action = parse_action(data)
+            self.stepping = True  # stays True if a disconnect cancels the step
+            try:
+                observation = await env.step(action)
+            except Exception:
+                self.stepping = False
+                raise
+            self.stepping = False
+            return "observation", observation_payload(observation)
+        if kind == "state":
+            return "state", state_payload(env.state)
+        return "mcp", await handle_jsonrpc(data, self._resolve_tool, http=False)
+
+    async def _resolve_tool(self, tool: EnvTool, arguments: dict[str, Any]) -> ToolTarget:
+        if tool.starts_episode:
+            self.sessions.check_free(arguments.get("episode_id"), self.session)
+        return ToolTarget(self.sessions, self.session, new=False)
+
+
+async def _send(websocket: WebSocket, kind: str, data: dict[str, Any]) -> None:
+    await websocket.send_text(json.dumps({"type": kind, "data": data}))

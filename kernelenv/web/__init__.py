@@ -1,0 +1,1 @@
+"""The browser playground served at ``/web``: static files shipped with the package."""

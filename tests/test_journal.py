@@ -1,0 +1,88 @@
+"""The journal makes each step durable before it is returned; recover rebuilds running episodes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from kernelenv import Journal, KernelEnv
+from kernelenv.journal import read_journal, recover_all
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_each_step_is_on_disk_when_step_returns(shared_pool, tmp_path):
+    journal = Journal(tmp_path / "journal")
+    env = KernelEnv(pool=shared_pool, journal=journal)
+    try:
+        await env.reset(seed=3)
+        episode_id = env.state.episode_id
+        path = journal.path_of(episode_id)
+        for n, code in enumerate(["x = 2", "print(x * 21)", "1 / 0"], start=1):
+            observation = await env.step(code)
+            entry = read_journal(path)  # read back by a new reader, as after a crash
+            assert len(entry.steps) == n
+            assert entry.steps[-1].observation == observation
+            assert not entry.ended
+        assert entry.info.seed == 3
+        assert entry.info.episode_id == episode_id
+        # A reset ends the first episode and starts a second journal.
+        await env.reset()
+        assert read_journal(path).ended
+        second = env.state.episode_id
+        await env.step("y = 1")
+    finally:
+        await env.close()
+    assert read_journal(journal.path_of(second)).ended
+
+
+async def test_recover_writes_only_running_episodes(shared_pool, tmp_path):
+    journal = Journal(tmp_path / "journal")
+    finished = KernelEnv(pool=shared_pool, journal=journal)
+    async with finished:
+        await finished.reset()
+        await finished.step("print('finished')")
+    running = KernelEnv(pool=shared_pool, journal=journal)
+    try:
+        await running.reset()
+        await running.step("print('still running')")
+        await running.step("z = 3\nz")
+        written = recover_all(tmp_path / "journal", tmp_path / "out")
+        assert [p.name for p in written] == [f"{running.state.episode_id}.ipynb"]
+        notebook = nbformat.read(written[0], as_version=4)
+        nbformat.validate(notebook)
+        assert [c.source for c in notebook.cells] == ["print('still running')", "z = 3\nz"]
+        assert notebook.cells[1].outputs[0]["data"]["text/plain"] == "3"
+        assert notebook.metadata["kernelenv"]["journal"]["ended"] is False
+        everything = recover_all(tmp_path / "journal", tmp_path / "all", include_ended=True)
+        assert len(everything) == 2
+    finally:
+        await running.close()
+
+
+def test_torn_last_line_and_hostile_episode_ids(tmp_path):
+    journal = Journal(tmp_path)
+    assert journal.path_of("../../etc/passwd").parent == tmp_path
+    assert journal.path_of("a/b") != journal.path_of("a_b")
+    path = tmp_path / "e.jsonl"
+    path.write_text(
+        '{"kind":"episode","started_at":1,"info":{"episode_id":"e"}}\n'
+        '{"kind":"step","index":1,"action":{"code":"1"},"observation":{},'
+        '"started_at":1,"ended_at":2}\n'
+        '{"kind":"step","index":2,"act'  # the write a crash cut short
+    )
+    entry = read_journal(path)
+    assert len(entry.steps) == 1 and not entry.ended
+
+
+def test_recover_cli_with_nothing_to_recover(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "kernelenv", "recover", "--journal-dir", str(tmp_path),
+         "--out", str(tmp_path / "out"), "--quiet"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no interrupted episodes" in result.stdout
