@@ -14,7 +14,7 @@ test: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
-	$(BIN)/python bench/bench_env.py
+	$(BIN)/kernelenv bench
 
 system-deps:
 	@bash scripts/install-system-deps.sh

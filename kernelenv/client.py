@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,7 +169,8 @@ class CodingEnv:
                 f"{self.base_url} refused the WebSocket connection with HTTP {status}{hint}"
             ) from exc
         except (OSError, TimeoutError, WebSocketException) as exc:
-            raise ServerError(f"could not connect to {websocket_url(self.base_url)}: {exc}") from exc
+            url = websocket_url(self.base_url)
+            raise ServerError(f"could not connect to {url}: {exc}") from exc
 
     async def reset(
         self, *, seed: int | None = None, episode_id: str | None = None, **options: Any
@@ -263,7 +265,10 @@ class CodingEnv:
             await self.connect()
             assert self._ws is not None
             try:
-                await self._ws.send(json.dumps(frame))
+                with contextlib.suppress(ConnectionClosed):
+                    # If the server already closed, a frame it sent first (CAPACITY_REACHED)
+                    # says why: recv below still returns it.
+                    await self._ws.send(json.dumps(frame))
                 with anyio.fail_after(self.message_timeout_s):
                     raw = await self._ws.recv()
             except ConnectionClosed as exc:

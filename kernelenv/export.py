@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,7 @@ class EpisodeInfo:
         kernel_name: Name of the kernelspec the episode's kernels were started from.
         kernel_display_name: Its display name.
         python: Interpreter that ran the kernels.
+        versions: Python and package versions of that interpreter (see :func:`kernel_versions`).
         extra: Anything else to keep in the notebook's ``kernelenv`` metadata.
     """
 
@@ -63,6 +64,7 @@ class EpisodeInfo:
     kernel_name: str = "kernelenv"
     kernel_display_name: str = "Python 3 (kernelenv)"
     python: str = sys.executable
+    versions: dict[str, str | None] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -94,7 +96,7 @@ def wall_clock_offset() -> float:
 
 def iso_timestamp(epoch_s: float) -> str:
     """An ISO 8601 UTC timestamp as nbclient writes them (``2024-01-01T12:00:00.123456Z``)."""
-    moment = datetime.fromtimestamp(epoch_s, tz=timezone.utc)
+    moment = datetime.fromtimestamp(epoch_s, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -150,8 +152,10 @@ def step_cell(step: TimedStep, *, index: int) -> NotebookNode:
     ):
         # Timeouts and dead kernels: the kernel never sent an error output, keep the cause.
         step_metadata["error"] = observation.error.model_dump(mode="json")
-    if observation.metadata:
-        step_metadata["metadata"] = _json_safe(observation.metadata)
+    # The code is the cell's source already; the rest of the metadata is kept as is.
+    extra = {k: v for k, v in observation.metadata.items() if k != "last_code"}
+    if extra:
+        step_metadata["metadata"] = _json_safe(extra)
     return nbformat.v4.new_code_cell(
         source=step.action.code,
         id=f"step-{index}",
@@ -171,7 +175,6 @@ def step_cell(step: TimedStep, *, index: int) -> NotebookNode:
 
 def notebook_metadata(info: EpisodeInfo, step_count: int) -> dict[str, Any]:
     """Notebook metadata: ``kernelspec``, ``language_info`` and kernelenv's episode record."""
-    versions = kernel_versions(info.python)
     return {
         "kernelspec": {
             "name": info.kernel_name,
@@ -180,7 +183,7 @@ def notebook_metadata(info: EpisodeInfo, step_count: int) -> dict[str, Any]:
         },
         "language_info": {
             "name": "python",
-            "version": versions["python"],
+            "version": info.versions.get("python") or "3",
             "mimetype": "text/x-python",
             "file_extension": ".py",
             "codemirror_mode": {"name": "ipython", "version": 3},
@@ -195,7 +198,7 @@ def notebook_metadata(info: EpisodeInfo, step_count: int) -> dict[str, Any]:
                 "options": info.options,
                 "grade": info.grade,
                 "steps": step_count,
-                "versions": versions,
+                "versions": info.versions,
                 **info.extra,
             }
         ),
@@ -262,8 +265,9 @@ def env_notebook(env: KernelEnv) -> NotebookNode:
         raise ResetNeeded("there is no episode to export yet; call reset() first")
     offset = wall_clock_offset()
     steps = [
-        TimedStep(record.action, record.observation, record.started_at + offset,
-                  record.ended_at + offset)
+        TimedStep(
+            record.action, record.observation, record.started_at + offset, record.ended_at + offset
+        )
         for record in episode.steps
     ]
     return episode_notebook(episode_info(env), steps)
@@ -284,6 +288,7 @@ def episode_info(env: KernelEnv) -> EpisodeInfo:
         grade=_json_safe(_grade(env)),
         kernel_name=env.pool.kernel_name,
         python=env.pool.python,
+        versions=kernel_versions(env.pool.python),
         extra={"difficulty": state.difficulty} if state.difficulty else {},
     )
 

@@ -22,10 +22,30 @@ if TYPE_CHECKING:
 def create_codeact_env(**env_options: Any) -> SyncKernelEnv:
     """A ready, blocking CodeAct environment (``env.reset()``, ``env.step(action)``).
 
+    Its first episode is already started, so ``env.step(...)`` works at once (seed 004's RL
+    example steps without a reset); ``env.reset()`` starts a new one whenever wanted.
+
     Args:
         **env_options: Passed to :class:`~kernelenv.KernelEnv`.
     """
-    return KernelEnv(**env_options).sync()
+    return _started(KernelEnv(**_with_spare_kernel(env_options)))
+
+
+def _with_spare_kernel(env_options: dict[str, Any]) -> dict[str, Any]:
+    # Two ready kernels: the episode started here takes one, a first reset() the other.
+    if "pool" not in env_options:
+        env_options.setdefault("pool_size", 2)
+    return env_options
+
+
+def _started(env: KernelEnv) -> SyncKernelEnv:
+    facade = env.sync()
+    try:
+        facade.reset()
+    except BaseException:
+        facade.close()
+        raise
+    return facade
 
 
 def create_math_env_transform(expected_answer: object) -> CompositeTransform:
@@ -65,4 +85,4 @@ def create_mcp_environment(
     registry = add_file_tools(tools if tools is not None else ToolRegistry())
     for server in mcp_servers:
         registry.add_mcp_server(server)
-    return KernelEnv(tools=registry, **env_options).sync()
+    return _started(KernelEnv(tools=registry, **_with_spare_kernel(env_options)))

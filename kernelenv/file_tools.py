@@ -8,6 +8,8 @@ runs in a sandbox, so files written here are what the agent hands to the host.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from .tools import Tool, ToolContext, ToolRegistry
@@ -38,22 +40,35 @@ def file_write(path: str, content: str, context: ToolContext) -> int:
     data = content.encode()
     if len(data) > MAX_FILE_BYTES:
         raise ValueError(f"content is {len(data)} bytes; files are limited to {MAX_FILE_BYTES}")
-    target = episode_path(context, path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    with _agent_paths(path):
+        target = episode_path(context, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
     return len(content)
 
 
 def file_read(path: str, context: ToolContext) -> str:
     """Read a text file from the episode's files."""
-    return episode_path(context, path).read_text()
+    with _agent_paths(path):
+        return episode_path(context, path).read_text()
 
 
-def file_list(path: str = "/", context: ToolContext | None = None) -> list[str]:
+def file_list(path: str = "/", *, context: ToolContext) -> list[str]:
     """List a folder of the episode's files (folder names end with '/')."""
-    assert context is not None
-    folder = episode_path(context, path)
-    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    with _agent_paths(path):
+        folder = episode_path(context, path)
+        return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+
+
+@contextmanager
+def _agent_paths(path: str) -> Iterator[None]:
+    """Re-raise OS errors naming the agent's path, not the host's (which it must not learn)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, path) from None
 
 
 FILE_TOOLS = (file_write, file_read, file_list)

@@ -75,7 +75,7 @@ async def grade_code_attempt(
         steps: The attempt's cells in order, each with its time budget.
         prelude: Code run silently before the setup (the episode's seeding).
     """
-    answer, problem = await _collect_answer(pool, task, steps, prelude)
+    answer, problem = await collect_answer(pool, task, steps, prelude=prelude)
     if problem is not None:
         return Grade.failed(task, problem)
     return await grade_answer(pool, task, answer)
@@ -83,20 +83,34 @@ async def grade_code_attempt(
 
 async def grade_answer(pool: KernelPool, task: Task, answer: Any) -> Grade:
     """Run the task's hidden grader on ``answer`` (JSON data) in a pristine kernel."""
-    payload = json.dumps(answer)
+    (grade,) = await grade_answers(pool, task, [answer])
+    return grade
+
+
+async def grade_answers(pool: KernelPool, task: Task, answers: Sequence[Any]) -> list[Grade]:
+    """Grade several answers to one task in one pristine kernel (setup re-run before each).
+
+    The kernel never runs attempt code, only the task's own cells, so answers cannot
+    influence each other's grades (validation uses this to save kernel starts).
+    """
     kernel = await pool.acquire()
     try:
-        budget = task.limits.grade_timeout_s
-        problem = await _run_hidden(kernel, task.setup, budget, "setup")
-        if problem is None:
-            load = f"import json as _json\nanswer = _json.loads({payload!r})\ndel _json"
-            problem = await _run_hidden(kernel, load + "\n" + task.grader, budget, "grader")
-        if problem is not None:
-            log.error("task %s: %s", task.id, problem)
-            return Grade.failed(task, f"grading failed: {problem}")
-        value, problem = await _read_json(kernel, "grade", budget)
+        return [await _grade_in(kernel, task, answer) for answer in answers]
     finally:
         pool.release(kernel)
+
+
+async def _grade_in(kernel: Kernel, task: Task, answer: Any) -> Grade:
+    payload = json.dumps(answer)
+    budget = task.limits.grade_timeout_s
+    problem = await _run_hidden(kernel, task.setup, budget, "setup")
+    if problem is None:
+        load = f"import json as _json\nanswer = _json.loads({payload!r})\ndel _json"
+        problem = await _run_hidden(kernel, load + "\n" + task.grader, budget, "grader")
+    if problem is not None:
+        log.error("task %s: %s", task.id, problem)
+        return Grade.failed(task, f"grading failed: {problem}")
+    value, problem = await _read_json(kernel, "grade", budget)
     if problem is not None:
         return Grade.failed(task, f"the grader left no grade: {problem}")
     try:
@@ -112,30 +126,44 @@ async def grade_answer(pool: KernelPool, task: Task, answer: Any) -> Grade:
     )
 
 
-async def _collect_answer(
-    pool: KernelPool, task: Task, steps: Sequence[tuple[str, float]], prelude: str
+async def collect_answer(
+    pool: KernelPool, task: Task, steps: Sequence[tuple[str, float]], *, prelude: str = ""
 ) -> tuple[Any, str | None]:
-    """Replay the attempt in a fresh kernel and take its ``answer`` out as JSON."""
+    """Replay an attempt in a fresh kernel and take its ``answer`` out as JSON.
+
+    Returns:
+        ``(answer, None)``, or ``(None, what went wrong)`` when there is nothing to grade.
+    """
     kernel = await pool.acquire()
     try:
-        budget = task.limits.grade_timeout_s
-        for code, name in ((prelude, "seeding"), (task.setup, "setup")):
-            problem = await _run_hidden(kernel, code, budget, name)
-            if problem is not None:
-                return None, problem
-        for number, (code, timeout_s) in enumerate(steps, start=1):
-            outcome = await kernel.execute(code, timeout_s=timeout_s)
-            if outcome.kernel_lost:
-                return None, f"the kernel died while replaying step {number}; nothing to grade"
-        outcome = await kernel.execute(task.collect, timeout_s=budget)
-        if outcome.kernel_lost:
-            return None, "the kernel died while collecting the answer; nothing to grade"
-        if outcome.observation.status is not StepStatus.OK:
-            error = outcome.observation.error
-            return None, f"collecting the answer failed: {error.text if error else 'no answer'}"
-        return await _read_json(kernel, "answer", budget)
+        return await _replay_and_collect(kernel, task, steps, prelude)
+    except Exception as exc:  # agent code can break the kernel's messages (e.g. patch json)
+        log.info("task %s: attempt kernel broke the protocol: %r", task.id, exc)
+        return None, f"the kernel broke its protocol ({type(exc).__name__}); nothing to grade"
     finally:
         pool.release(kernel)
+
+
+async def _replay_and_collect(
+    kernel: Kernel, task: Task, steps: Sequence[tuple[str, float]], prelude: str
+) -> tuple[Any, str | None]:
+    """Run setup, the attempt's steps and the collect cells; then read ``answer``."""
+    budget = task.limits.grade_timeout_s
+    for code, name in ((prelude, "seeding"), (task.setup, "setup")):
+        problem = await _run_hidden(kernel, code, budget, name)
+        if problem is not None:
+            return None, problem
+    for number, (code, timeout_s) in enumerate(steps, start=1):
+        outcome = await kernel.execute(code, timeout_s=timeout_s)
+        if outcome.kernel_lost:
+            return None, f"the kernel died while replaying step {number}; nothing to grade"
+    outcome = await kernel.execute(task.collect, timeout_s=budget)
+    if outcome.kernel_lost:
+        return None, "the kernel died while collecting the answer; nothing to grade"
+    if outcome.observation.status is not StepStatus.OK:
+        error = outcome.observation.error
+        return None, f"collecting the answer failed: {error.text if error else 'no answer'}"
+    return await _read_json(kernel, "answer", budget)
 
 
 async def _run_hidden(kernel: Kernel, code: str, timeout_s: float, name: str) -> str | None:

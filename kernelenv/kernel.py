@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import logging
 import os
@@ -20,6 +21,7 @@ import anyio
 import zmq
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.session import Session
 
 from .errors import KernelStartError
 from .models import CodeObservation, ErrorInfo, StepStatus
@@ -280,8 +282,7 @@ class Kernel:
             parts = self._iopub_sync.recv_multipart(flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             return None
-        _, parts = self.client.session.feed_identities(parts)
-        return self.client.session.deserialize(parts)
+        return decode_message(self.client.session, parts)
 
     def _note_late(self, msg: dict[str, Any]) -> None:
         if msg["msg_type"] in ("stream", "display_data", "error"):
@@ -296,6 +297,40 @@ class Kernel:
     def _take_late(self) -> list[dict[str, Any]]:
         late, self._late = self._late, []
         return late
+
+
+def decode_message(session: Session, frames: list[bytes]) -> dict[str, Any]:
+    """A received multipart message as a message dict, its signature checked.
+
+    Does what ``Session.deserialize`` does (signature, replay check, JSON) except turning
+    every timestamp in the headers into a ``datetime``: nothing here reads them, and that
+    parsing was most of the decoding cost (about 0.35 ms of 0.44 ms a message).
+
+    Raises:
+        ValueError: the message is unsigned, replayed, or its signature is wrong.
+    """
+    _, frames = session.feed_identities(frames)
+    if len(frames) < 5:
+        raise ValueError(f"malformed message: {len(frames)} frames after the delimiter")
+    signature, header, parent_header, metadata, content = frames[:5]
+    if session.auth is not None:
+        if not signature:
+            raise ValueError("unsigned message")
+        if signature in session.digest_history:
+            raise ValueError(f"duplicate signature: {signature!r}")
+        session._add_digest(signature)  # the replay history Session.deserialize keeps
+        if not hmac.compare_digest(signature, session.sign(frames[1:5])):
+            raise ValueError(f"invalid signature: {signature!r}")
+    header = session.unpack(header)
+    return {
+        "header": header,
+        "msg_id": header["msg_id"],
+        "msg_type": header["msg_type"],
+        "parent_header": session.unpack(parent_header),
+        "metadata": session.unpack(metadata),
+        "content": session.unpack(content),
+        "buffers": [memoryview(b) for b in frames[5:]],
+    }
 
 
 class _Run:
@@ -356,9 +391,7 @@ class _Run:
                     future.cancel()
 
     def _decode(self, frames: list[bytes]) -> dict[str, Any]:
-        session = self.kernel.client.session
-        _, frames = session.feed_identities(frames)
-        return session.deserialize(frames)
+        return decode_message(self.kernel.client.session, frames)
 
     def _take_shell(self, frames: list[bytes]) -> None:
         msg = self._decode(frames)

@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import ray
-from ray.exceptions import RayActorError
+
+try:
+    import ray
+    from ray.exceptions import RayActorError
+except ImportError as exc:  # an optional extra
+    raise ImportError("the Ray backend needs Ray: pip install 'kernelenv[ray]'") from exc
 
 from .errors import (
     EnvClosedError,
@@ -166,7 +170,7 @@ class RemoteKernel:
             with anyio.fail_after(timeout_s + interrupt_grace_s + ACTOR_CALL_MARGIN_S):
                 outcome: StepOutcome = await call
         except RayActorError as exc:
-            self.pool.host_lost(self.host, str(exc).splitlines()[0] if str(exc) else "")
+            self.pool.host_lost(self.host, _first_line(exc))
             return self._lost_outcome("died", time.perf_counter() - started)
         except TimeoutError:
             self.pool.host_lost(self.host, "stopped answering")
@@ -235,7 +239,8 @@ class RayKernelPool:
             spreads actors over nodes.
         pool_options: Further keyword arguments of each actor's :class:`KernelPool`.
         address: Ray cluster to join when Ray is not initialised yet (``"auto"``,
-            ``"ray://head:10001"``); None starts a local Ray.
+            ``"ray://head:10001"``); None joins the one ``RAY_ADDRESS`` names, else starts a
+            local Ray.
     """
 
     def __init__(
@@ -280,6 +285,7 @@ class RayKernelPool:
             raise EnvClosedError("this RayKernelPool is closed; create a new one")
         if self._started is None:
             if not ray.is_initialized():
+                # Blocks for a few seconds, once: better than a half-started pool.
                 ray.init(address=self.address)
             self._started = asyncio.get_running_loop().create_task(self._start_hosts())
         await asyncio.shield(self._started)
@@ -313,7 +319,7 @@ class RayKernelPool:
                     try:
                         kernel_id = await host.actor.acquire.remote(timeout_s)
                     except RayActorError as exc:
-                        self.host_lost(host, str(exc).splitlines()[0] if str(exc) else "died")
+                        self.host_lost(host, _first_line(exc))
                         continue
                     host.leases += 1
                     return RemoteKernel(self, host, kernel_id)
@@ -389,3 +395,7 @@ class RayKernelPool:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]

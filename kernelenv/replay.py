@@ -76,7 +76,9 @@ def normalise_outputs(
             for mime, value in sorted((output.get("data") or {}).items()):
                 lines.extend(_mime_lines(mime, value, strict_images))
         elif kind == "error":
-            lines.append(f"[error] {output.get('ename')}: {normalise_text(output.get('evalue', ''))}")
+            lines.append(
+                f"[error] {output.get('ename')}: {normalise_text(output.get('evalue', ''))}"
+            )
             traceback = "\n".join(output.get("traceback") or [])
             lines.extend(normalise_text(traceback).splitlines())
         else:
@@ -274,8 +276,10 @@ class ReplayReport:
         if self.grade is not None:
             recorded = (self.trajectory.grade or {}).get("score")
             was = f" (recorded: {recorded:.3f})" if recorded is not None else ""
-            lines.append(f"re-grade: score {self.grade.score:.3f}{was}, "
-                         f"passed={self.grade.passed}: {self.grade.feedback}")
+            lines.append(
+                f"re-grade: score {self.grade.score:.3f}{was}, "
+                f"passed={self.grade.passed}: {self.grade.feedback}"
+            )
         total = len(self.steps)
         if self.ok:
             lines.append(f"replayed {total} steps: no divergence")
@@ -337,7 +341,7 @@ async def replay_notebook(
 
     Args:
         notebook: A notebook path, a loaded notebook, or a :class:`Trajectory`.
-        env: The env to replay in (default: a new one with its own single-kernel pool).
+        env: The env to replay in (default: a new one that starts exactly one kernel).
         strict_images: See :func:`normalise_outputs`.
         grade: Re-grade the replayed episode against its task (see ``KernelEnv.grade``).
         progress: Show a progress bar (``None``: only on a terminal).
@@ -345,11 +349,14 @@ async def replay_notebook(
     Raises:
         ResetNeeded: ``grade`` was asked for a notebook without a task.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the text bar: works in a terminal and in a notebook alike
 
-    trajectory = notebook if isinstance(notebook, Trajectory) else Trajectory.from_notebook(notebook)
+    trajectory = (
+        notebook if isinstance(notebook, Trajectory) else Trajectory.from_notebook(notebook)
+    )
     own_env = env is None
-    env = env if env is not None else KernelEnv()
+    # pool_size=0: one kernel started on demand, no spare started in the background.
+    env = env if env is not None else KernelEnv(pool_size=0)
     report = ReplayReport(trajectory)
     try:
         if own_env:

@@ -38,12 +38,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"kernelenv replay: cannot read {args.notebook}: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     if args.grade and not trajectory.task_id:
-        print(f"kernelenv replay: {args.notebook} has no task to grade against "
-              "(it was not exported from a reset(task_id=...) episode)", file=sys.stderr)
+        print(
+            f"kernelenv replay: {args.notebook} has no task to grade against "
+            "(it was not exported from a reset(task_id=...) episode)",
+            file=sys.stderr,
+        )
         return EXIT_UNUSABLE
 
     async def main():
-        async with KernelEnv(step_timeout_s=args.step_timeout) as env:
+        # pool_size=0: one kernel started on demand, no spare started in the background.
+        async with KernelEnv(step_timeout_s=args.step_timeout, pool_size=0) as env:
             return await replay_notebook(
                 trajectory,
                 env,

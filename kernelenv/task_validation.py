@@ -1,13 +1,14 @@
-"""Validation of task notebooks: the reference must pass, an empty attempt must fail, a wrong one in between."""
+"""Task validation: the reference must pass, an empty attempt fail, a wrong one land between."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import anyio
 from pydantic import BaseModel, Field
 
-from .grading import Grade, grade_answer, grade_code_attempt
+from .grading import Grade, collect_answer, grade_answers
 from .pool import KernelPool
 from .task_format import Task, review_answer
 
@@ -39,13 +40,31 @@ class TaskValidation(BaseModel):
         return all(check.ok for check in self.checks)
 
 
-async def grade_attempt(pool: KernelPool, task: Task, cells: list[str]) -> Grade:
-    """Grade attempt cells as the env would: review cells are submissions, code cells steps."""
+async def attempt_answer(
+    pool: KernelPool, task: Task, cells: list[str]
+) -> tuple[Any, str | None]:
+    """The answer of attempt cells, taken as the env takes it.
+
+    Review cells are submissions; code cells are replayed as steps.
+
+    Returns:
+        ``(answer, None)``, or ``(None, what went wrong)``.
+    """
     if task.uses_review_actions:
-        answer = review_answer(cells[-1]) if cells else {}
-        return await grade_answer(pool, task, answer)
+        return (review_answer(cells[-1]) if cells else {}), None
     steps = [(cell, task.limits.step_timeout_s) for cell in cells]
-    return await grade_code_attempt(pool, task, steps)
+    return await collect_answer(pool, task, steps)
+
+
+async def grade_attempts(pool: KernelPool, task: Task, attempts: list[list[str]]) -> list[Grade]:
+    """Grade several attempts at a task: each replayed in its own kernel, graded in one."""
+    collected = [await attempt_answer(pool, task, cells) for cells in attempts]
+    answers = [answer for answer, problem in collected if problem is None]
+    graded = iter(await grade_answers(pool, task, answers) if answers else [])
+    return [
+        next(graded) if problem is None else Grade.failed(task, problem)
+        for _, problem in collected
+    ]
 
 
 # attempt -> (rule shown in reports, check on the score)
@@ -61,10 +80,7 @@ def attempts_of(task: Task) -> list[str]:
     return ["reference", "empty"] + (["wrong"] if task.wrong else [])
 
 
-async def check_attempt(pool: KernelPool, task: Task, attempt: str) -> AttemptCheck:
-    """Grade one of the task's attempts (reference, empty or wrong) and check its score."""
-    cells = {"reference": task.solution, "empty": [], "wrong": task.wrong}[attempt]
-    grade = await grade_attempt(pool, task, cells)
+def _check(attempt: str, grade: Grade) -> AttemptCheck:
     expected, rule = ATTEMPT_RULES[attempt]
     return AttemptCheck(
         attempt=attempt,
@@ -75,13 +91,25 @@ async def check_attempt(pool: KernelPool, task: Task, attempt: str) -> AttemptCh
     )
 
 
+def _cells(task: Task, attempt: str) -> list[str]:
+    return {"reference": task.solution, "empty": [], "wrong": task.wrong}[attempt]
+
+
+async def check_attempt(pool: KernelPool, task: Task, attempt: str) -> AttemptCheck:
+    """Grade one of the task's attempts (reference, empty or wrong) and check its score."""
+    (grade,) = await grade_attempts(pool, task, [_cells(task, attempt)])
+    return _check(attempt, grade)
+
+
 async def validate_task(pool: KernelPool, task: Task) -> TaskValidation:
     """Replay the reference, an empty attempt and the wrong attempt (if any) and check scores."""
+    attempts = attempts_of(task)
+    grades = await grade_attempts(pool, task, [_cells(task, a) for a in attempts])
     return TaskValidation(
         task_id=task.id,
         family=task.family.value,
         difficulty=task.difficulty.value,
-        checks=[await check_attempt(pool, task, attempt) for attempt in attempts_of(task)],
+        checks=[_check(attempt, grade) for attempt, grade in zip(attempts, grades, strict=True)],
     )
 
 

@@ -221,13 +221,19 @@ def tool_spec(tool: Tool) -> dict[str, Any]:
 
 
 def install_code(socket_path: str, tools: Any) -> str:
-    """The cell that defines a stub for each tool (and ``ToolError``) in the kernel."""
+    """The cell that defines a stub for each tool (and ``ToolError``) in the kernel.
+
+    The stubs are compiled under their own file name, so a traceback through them says
+    ``<kernelenv tools>`` rather than pointing at a cell the agent never wrote.
+    """
     specs = json.dumps([tool_spec(tool) for tool in tools])
-    return (
+    source = (
         inspect.getsource(_install_tool_stubs)
-        + f"\nimport json as _kernelenv_json\n"
-        f"_install_tool_stubs({socket_path!r}, _kernelenv_json.loads({specs!r}), globals())\n"
-        "del _install_tool_stubs, _kernelenv_json\n"
+        + f"_install_tool_stubs({socket_path!r}, json.loads({specs!r}), namespace)\n"
+    )
+    return (
+        f"exec(compile({source!r}, '<kernelenv tools>', 'exec'), "
+        "{'namespace': globals(), 'json': __import__('json')})\n"
     )
 
 
@@ -251,6 +257,7 @@ def _install_tool_stubs(socket_path, specs, namespace):  # noqa: ANN001 - runs i
             return self.text
 
     def call(name, args, kwargs):
+        __tracebackhide__ = True
         try:
             request = json.dumps({"tool": name, "args": list(args), "kwargs": kwargs})
         except (TypeError, ValueError) as exc:
@@ -282,6 +289,7 @@ def _install_tool_stubs(socket_path, specs, namespace):  # noqa: ANN001 - runs i
         name = spec["name"]
 
         def stub(*args, **kwargs):
+            __tracebackhide__ = True  # IPython leaves the stub's frames out of tracebacks
             return call(name, args, kwargs)
 
         stub.__name__ = stub.__qualname__ = name

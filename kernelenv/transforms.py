@@ -153,6 +153,7 @@ class CodeSafetyTransform(Transform):
 
 # A number as Python prints it: 42, -3.5, 1e-09, 2.0j is not one.
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_WRAPPED = re.compile(r"[A-Za-z_][\w.]*\((.*)\)", re.DOTALL)
 
 
 def answer_of(observation: CodeObservation) -> str | None:
@@ -165,6 +166,8 @@ def answer_of(observation: CodeObservation) -> str | None:
 
 def _as_number(text: str) -> float | None:
     text = text.strip().strip("'\"")
+    if wrapped := _WRAPPED.fullmatch(text):  # np.float64(42.0), Decimal('42'), tensor(42)
+        text = wrapped.group(1).strip().strip("'\"")
     try:
         return float(text)
     except ValueError:

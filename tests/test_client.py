@@ -1,4 +1,4 @@
-"""CodingEnv against real servers: the blocking twin, a launched local server, Docker's error path."""
+"""CodingEnv on real servers: the blocking twin, a launched local server, Docker's error path."""
 
 from __future__ import annotations
 

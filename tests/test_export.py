@@ -139,7 +139,11 @@ def test_pure_export_of_task_timeout_and_reward():
     )
     nbformat.validate(notebook)
     task_cell, step_cell = notebook.cells
-    assert (task_cell.cell_type, task_cell.source, task_cell.id) == ("markdown", "Write `f`.", "task")
+    assert (task_cell.cell_type, task_cell.source, task_cell.id) == (
+        "markdown",
+        "Write `f`.",
+        "task",
+    )
     assert step_cell.id == "step-1"
     assert step_cell.metadata["kernelenv"]["reward"] == -0.5
     assert step_cell.metadata["kernelenv"]["timeout_s"] == 1

@@ -109,3 +109,24 @@ def test_timeout_error_overrides_and_has_its_exit_code():
     assert (obs.status, obs.exit_code) == (StepStatus.TIMEOUT, 124)
     assert obs.stdout == "partial\n"
     assert "TimeoutError: slow" in obs.stderr
+
+
+def test_outputs_match_what_nbformat_builds_from_the_same_messages():
+    import nbformat
+    from nbformat.v4 import output_from_msg as nbformat_output_from_msg
+
+    from kernelenv.outputs import output_from_msg
+
+    messages = [
+        msg("execute_result", data={"text/plain": "2", "text/html": "<b>2</b>"},
+            metadata={"isolated": True}, execution_count=4),
+        msg("display_data", data={"image/png": "iVBORw0KGgo="}, metadata={},
+            transient={"display_id": "d1"}),
+        msg("error", ename="ZeroDivisionError", evalue="division by zero",
+            traceback=["Traceback", "ZeroDivisionError: division by zero"]),
+        msg("stream", name="stderr", text="careful\n"),
+    ]
+    for message in messages:
+        ours = output_from_msg(message)
+        assert ours == nbformat_output_from_msg(message)
+        nbformat.validate(nbformat.from_dict(ours), ref=ours["output_type"], version=4)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import shutil
+import tempfile
 
 import anyio
 import psutil
@@ -10,9 +11,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from kernelenv import CodeAction, KernelEnv, StepStatus  # noqa: E402
+from kernelenv import CodeAction, KernelEnv, KernelStartError, StepStatus  # noqa: E402
 from kernelenv.models import EXIT_KERNEL_DIED  # noqa: E402
 from kernelenv.ray_backend import RayKernelPool  # noqa: E402
+from kernelenv.task_library import default_library  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -23,15 +25,21 @@ ACTOR_OPTIONS = {"num_cpus": 0.5}
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the whole session (starting Ray takes several seconds)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray writes a token file in $HOME
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=80 * 1024**2,
-    )
-    yield
-    ray.shutdown()
+    temp_dir = tempfile.mkdtemp(prefix="ray-test-")  # Ray leaves its logs behind otherwise
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")  # else Ray writes a token file in $HOME
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=80 * 1024**2,
+            _temp_dir=temp_dir,
+        )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +126,29 @@ async def test_killed_actor_is_reported_and_the_episode_goes_on(ray_pool):
     await wait_until(lambda: not any(alive(p) for p in orphans))
 
 
+async def test_dead_kernel_on_a_live_actor_is_replaced(ray_pool):
+    lost_before = ray_pool.lost_hosts
+    async with KernelEnv(pool=ray_pool) as env:
+        await env.reset()
+        died = await env.step("import os; os._exit(3)")
+        assert died.status is StepStatus.KERNEL_DIED
+        assert "actor_lost" not in died.metadata  # the kernel died, not its actor
+        after = await env.step("40 + 2")
+        assert after.kernel_restarted and after.return_value == "42"
+    assert ray_pool.lost_hosts == lost_before  # the actor lived on
+
+
+async def test_task_episode_is_graded_on_ray_kernels(ray_pool):
+    task = default_library().get("functions_easy_palindrome")
+    async with KernelEnv(pool=ray_pool) as env:
+        observation = await env.reset(task_id=task.id)
+        assert observation.task_description == task.prompt
+        for code in task.solution:
+            assert (await env.step(code)).status is StepStatus.OK
+        grade = await env.grade()
+        assert grade.passed and grade.score >= 0.95
+
+
 async def test_backend_ray_keeps_the_env_api(ray_cluster):
     async with KernelEnv(backend="ray") as env:
         await env.reset(seed=3)
@@ -129,6 +160,15 @@ async def test_backend_ray_keeps_the_env_api(ray_cluster):
         assert kernels
     assert env.pool.hosts == []
     await wait_until(lambda: not any(alive(p) for p in kernels))
+
+
+async def test_actor_that_cannot_start_is_reported_not_retried(ray_cluster):
+    async with RayKernelPool(
+        actors=1, actor_options=ACTOR_OPTIONS, pool_options={"no_such_option": 1}
+    ) as pool:
+        with pytest.raises(KernelStartError, match="no_such_option"):
+            await pool.acquire(timeout_s=60)
+        assert pool.hosts == []
 
 
 def test_unknown_backend_is_refused():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import anyio
 import nbformat
 import pytest
 
@@ -54,10 +55,12 @@ async def test_deterministic_episode_replays_without_divergence(recorded, shared
     assert replayed[4].observation.error.ename == "IndexError"
 
 
-async def test_changed_cell_is_reported_as_the_divergence(recorded, shared_pool):
+async def test_changed_cell_is_reported_as_the_divergence(recorded, shared_pool, capsys):
     _, changed_path = recorded
     async with KernelEnv(pool=shared_pool) as env:
-        report = await replay_notebook(changed_path, env)
+        report = await replay_notebook(changed_path, env, progress=True)
+    bar = capsys.readouterr().err
+    assert "replay" in bar and f"{len(DETERMINISTIC_CODE)}/{len(DETERMINISTIC_CODE)}" in bar
     assert not report.ok
     [divergence] = report.divergences
     assert (divergence.step, divergence.cell_id) == (2, "step-2")
@@ -78,16 +81,22 @@ async def test_replay_without_seed_diverges_on_random_cell(recorded, shared_pool
 def test_cli_exit_codes(recorded):
     path, changed_path = recorded
     command = [sys.executable, "-m", "kernelenv", "replay", "--quiet"]
-    same = subprocess.run([*command, str(path)], capture_output=True, text=True, timeout=120)
+    same = subprocess.run(
+        [*command, str(path)], check=False, capture_output=True, text=True, timeout=120
+    )
     assert same.returncode == 0, same.stderr
     assert "no divergence" in same.stdout
     changed = subprocess.run(
-        [*command, str(changed_path)], capture_output=True, text=True, timeout=120
+        [*command, str(changed_path)], check=False, capture_output=True, text=True, timeout=120
     )
     assert changed.returncode == 1, changed.stderr
     assert "step 2 (cell step-2): outputs differ" in changed.stdout
     missing = subprocess.run(
-        [*command, str(path) + ".missing"], capture_output=True, text=True, timeout=60
+        [*command, str(path) + ".missing"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert missing.returncode == 2
     assert "cannot read" in missing.stderr
@@ -108,3 +117,41 @@ def test_normalisation_of_what_legitimately_varies():
     )
     # What must not be normalised away: values.
     assert normalise_text("sum 2517") != normalise_text("sum 2518")
+
+
+PALINDROME = (
+    "def is_palindrome(text: str) -> bool:\n"
+    "    kept = [ch.lower() for ch in text if ch.isalnum()]\n"
+    "    return kept == kept[::-1]"
+)
+
+
+async def test_task_episode_regrades_on_replay(shared_pool, tmp_path):
+    path, broken_path = tmp_path / "task.ipynb", tmp_path / "broken.ipynb"
+    async with KernelEnv(pool=shared_pool) as env:
+        await env.reset(task_id="functions_easy_palindrome")
+        await env.step(PALINDROME)
+        await env.step("is_palindrome('A man, a plan, a canal: Panama')")
+        grade = await env.grade()
+        notebook = await env.export_notebook(path)
+    assert grade.score == 1.0
+    assert notebook.cells[0].cell_type == "markdown" and "is_palindrome" in notebook.cells[0].source
+    assert notebook.metadata["kernelenv"]["task_id"] == "functions_easy_palindrome"
+    assert notebook.metadata["kernelenv"]["grade"]["score"] == 1.0
+
+    async with KernelEnv(pool=shared_pool) as env:
+        report = await replay_notebook(path, env, grade=True)
+    assert report.ok and report.grade.score == 1.0
+
+    broken = nbformat.from_dict(notebook)
+    broken.cells[1].source = "def is_palindrome(text):\n    return text == text[::-1]"
+    nbformat.write(broken, broken_path)
+    with anyio.fail_after(120):
+        result = await anyio.run_process(
+            [sys.executable, "-m", "kernelenv", "replay", "--quiet", "--grade", str(broken_path)],
+            check=False,
+        )
+    out = result.stdout.decode()
+    assert result.returncode == 1, result.stderr.decode()
+    assert "step 2 (cell step-2): outputs differ" in out  # True became False
+    assert "re-grade: score" in out and "(recorded: 1.000)" in out

@@ -40,7 +40,10 @@ class ServerProcess:
     benchmark's. Settings go through the server's ``KERNELENV_*`` environment variables.
     """
 
-    def __init__(self, *, pool_size: int = 1, max_sessions: int = 8, step_timeout_s: float = 60.0):
+    def __init__(
+        self, *, pool_size: int = 1, max_sessions: int = 8, step_timeout_s: float = 60.0,
+        journal: bool = True,
+    ):
         self.port = free_port()
         self.settings = {
             "KERNELENV_HOST": "127.0.0.1",
@@ -48,7 +51,10 @@ class ServerProcess:
             "KERNELENV_POOL_SIZE": str(pool_size),
             "KERNELENV_MAX_SESSIONS": str(max_sessions),
             "KERNELENV_STEP_TIMEOUT_S": str(step_timeout_s),
+            "KERNELENV_JOURNAL": "true" if journal else "false",
         }
+        # The journal (on by default, one fsync a step) goes to a scratch directory.
+        self._journal_dir: tempfile.TemporaryDirectory | None = None
         self._process: subprocess.Popen | None = None
         self._log: Any = None  # the server's stderr (a file: a full pipe would stall it)
 
@@ -68,7 +74,8 @@ class ServerProcess:
         return self._process.pid if self._process is not None else None
 
     async def __aenter__(self) -> ServerProcess:
-        env = {**os.environ, **self.settings}
+        self._journal_dir = tempfile.TemporaryDirectory(prefix="kernelenv-bench-journal-")
+        env = {**os.environ, **self.settings, "KERNELENV_JOURNAL_DIR": self._journal_dir.name}
         self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "kernelenv", "serve"], env=env,
@@ -115,6 +122,9 @@ class ServerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._journal_dir is not None:
+            self._journal_dir.cleanup()
+            self._journal_dir = None
 
     def log_tail(self, limit: int = 2000) -> str:
         """The end of what the server wrote to stderr."""

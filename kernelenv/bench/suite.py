@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -80,6 +81,7 @@ ROWS: dict[str, tuple[str, str]] = {
     "step.raw": ("raw jupyter_client execute", "ms"),
     "step.kernelenv": ("KernelEnv.step in process", "ms"),
     "step.websocket": ("step over the WebSocket (kernelenv serve)", "ms"),
+    "step.websocket_no_journal": ("step over the WebSocket, journal off", "ms"),
     "compute.kernelenv": ("KernelEnv.step in process", "ms"),
     "compute.smolagents": ("smolagents LocalPythonExecutor (OpenEnv coding_env)", "ms"),
     "reset.warm_pool": ("reset, a ready kernel in the pool", "ms"),
@@ -154,22 +156,30 @@ async def bench_step(cfg: SuiteConfig, results: Results) -> None:
             "step.raw": lambda: raw_execute(raw_kernel.client, TRIVIAL_CODE),
             "step.kernelenv": lambda: env.step(TRIVIAL_CODE),
         }
-        if server_available():
-            server = await stack.enter_async_context(ServerProcess(pool_size=0))
+        for key, journal in (("step.websocket", True), ("step.websocket_no_journal", False)):
+            if not server_available():
+                break
+            server = await stack.enter_async_context(ServerProcess(pool_size=0, journal=journal))
             session = await stack.enter_async_context(WireSession(server.ws_url))
             await session.reset()
-            contenders["step.websocket"] = lambda: session.step(TRIVIAL_CODE)
+            contenders[key] = functools.partial(session.step, TRIVIAL_CODE)
         samples = await alternate(contenders, cfg.steps, cfg.warmup)
     add_timings(results, samples, {
-        "step.websocket": "server in its own process; client sends OpenEnv's JSON frames",
+        "step.websocket": "server in its own process (journal on: an fsync a step); "
+                          "client sends OpenEnv's JSON frames",
     })
-    if "step.websocket" not in samples:
-        add_row(results, new_row("step.websocket", skipped="this checkout has no `kernelenv serve`"))
+    for key in ("step.websocket", "step.websocket_no_journal"):
+        if key not in samples:
+            add_row(results, new_row(key, skipped="this checkout has no `kernelenv serve`"))
     raw, ours, ws = (results.p50(k) for k in ("step.raw", "step.kernelenv", "step.websocket"))
+    ws_no_journal = results.p50("step.websocket_no_journal")
     results.check("step.ratio", "in-process step over raw jupyter_client (p50)",
                   ours / raw if ours and raw else None, "x", "<= 1.15x", 1.15)
     results.check("step.websocket_overhead", "WebSocket step minus in-process step (p50)",
                   ws - ours if ws and ours else None, "ms", "<= +1.5 ms", 1.5)
+    results.check("step.websocket_overhead_no_journal",
+                  "WebSocket step minus in-process step, journal off (p50)",
+                  ws_no_journal - ours if ws_no_journal and ours else None, "ms", "<= +1.5 ms", 1.5)
 
 
 # -- compute-heavy step ---------------------------------------------------------------------

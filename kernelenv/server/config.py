@@ -42,7 +42,7 @@ class ServerConfig(BaseSettings):
     idle_timeout_s: float = Field(
         default=600.0,
         gt=0,
-        description="HTTP episodes unused for this many seconds are closed and their kernels freed.",
+        description="HTTP episodes unused for this many seconds are closed, their kernels freed.",
     )
     max_message_bytes: int = Field(
         default=1 << 20,
@@ -62,6 +62,11 @@ class ServerConfig(BaseSettings):
     journal_dir: str | None = Field(
         default=None,
         description="Where the journal goes (default: journal/ in the user's state directory).",
+    )
+    journal_fsync: bool = Field(
+        default=True,
+        description="fsync each journaled step, so it also survives a crash of the machine "
+        "(a few ms a step); without it, steps still survive the server being killed.",
     )
 
     def journal_path(self) -> Path | None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import pathlib
+from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
+from nbformat import NotebookNode
 
 from ..errors import UnknownEpisodeError
-from ..journal import read_journal, shared_journal
+from ..journal import Journal, read_journal
 from .deps import Config, Sessions
 
 router = APIRouter(tags=["episodes"])
@@ -21,12 +24,14 @@ NOTEBOOK_MEDIA_TYPE = "application/x-ipynb+json"
     "/episodes/{episode_id}.ipynb",
     summary="An episode as a Jupyter notebook",
     response_class=Response,
-    responses={200: {"content": {NOTEBOOK_MEDIA_TYPE: {}}, "description": "An nbformat 4.5 notebook."}},
+    responses={
+        200: {"content": {NOTEBOOK_MEDIA_TYPE: {}}, "description": "An nbformat 4.5 notebook"}
+    },
 )
 async def episode_notebook(
     sessions: Sessions,
     config: Config,
-    episode_id: str = Path(description="The episode, as returned by /reset."),
+    episode_id: Annotated[str, Path(description="The episode, as returned by /reset.")],
 ) -> Response:
     """The notebook of a live episode, or of an ended one that the server's journal kept.
 
@@ -38,7 +43,9 @@ async def episode_notebook(
         with sessions.using(session):
             notebook = await session.env.export_notebook()
     else:
-        notebook = await anyio.to_thread.run_sync(_journaled_notebook, config.journal_path(), episode_id)
+        notebook = await anyio.to_thread.run_sync(
+            _journaled_notebook, config.journal_path(), episode_id
+        )
     return Response(
         content=json.dumps(notebook, indent=1, ensure_ascii=False),
         media_type=NOTEBOOK_MEDIA_TYPE,
@@ -46,9 +53,9 @@ async def episode_notebook(
     )
 
 
-def _journaled_notebook(journal_dir, episode_id: str):
+def _journaled_notebook(journal_dir: pathlib.Path | None, episode_id: str) -> NotebookNode:
     if journal_dir is not None:
-        path = shared_journal(journal_dir).path_of(episode_id)
+        path = Journal(journal_dir).path_of(episode_id)
         if path.is_file():
             return read_journal(path).notebook()
     raise UnknownEpisodeError(

@@ -1,4 +1,4 @@
-"""MCP over the server: JSON-RPC 2.0 ``tools/list`` and ``tools/call`` on ``POST /mcp`` and WS frames."""
+"""MCP on the server: JSON-RPC 2.0 ``tools/list`` and ``tools/call``, on ``POST /mcp`` and WS."""
 
 from __future__ import annotations
 
@@ -90,6 +90,9 @@ async def handle_jsonrpc(message: Any, resolve: EnvResolver, *, http: bool) -> d
         result = await _dispatch(str(message["method"]), params, resolve, http=http)
     except JsonRpcError as exc:
         return rpc_error(request_id, exc.code, exc.message)
+    except Exception as exc:  # a bug must not cost the client its session
+        log.error("MCP %s failed", message["method"], exc_info=exc)
+        return rpc_error(request_id, INTERNAL_ERROR, f"internal error: {exc}")
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 
@@ -102,8 +105,8 @@ async def _dispatch(
             "capabilities": {"tools": {"listChanged": False}},
             "serverInfo": {"name": "kernelenv", "version": __version__},
         }
-    if method == "ping":
-        return {}
+    if method == "ping" or method.startswith("notifications/"):
+        return {}  # acknowledged (a WebSocket frame always gets exactly one reply)
     if method == "tools/list":
         return {"tools": [tool_listing(tool, http=http) for tool in TOOLS]}
     if method == "tools/call":

@@ -18,7 +18,9 @@ from .config import ServerConfig
 WS_HARD_CAP_FACTOR = 4
 
 
-def uvicorn_config(config: ServerConfig, app: FastAPI | None = None, **options: Any) -> uvicorn.Config:
+def uvicorn_config(
+    config: ServerConfig, app: FastAPI | None = None, **options: Any
+) -> uvicorn.Config:
     """The uvicorn settings the kernelenv server runs with.
 
     Args:
@@ -80,7 +82,9 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         """Start serving and wait until the server accepts connections."""
-        self._thread = threading.Thread(target=self.server.run, name="kernelenv-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.run, name="kernelenv-server", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + self.start_timeout_s
         while not self.server.started:

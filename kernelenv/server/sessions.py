@@ -29,7 +29,9 @@ EnvFactory = Callable[[KernelPool, ServerConfig], KernelEnv]
 def default_env_factory(pool: KernelPool, config: ServerConfig) -> KernelEnv:
     """A plain :class:`KernelEnv` on the server's shared pool, journaled if configured."""
     journal_dir = config.journal_path()
-    journal = shared_journal(journal_dir) if journal_dir is not None else None
+    journal = (
+        shared_journal(journal_dir, fsync=config.journal_fsync) if journal_dir is not None else None
+    )
     return KernelEnv(pool=pool, step_timeout_s=config.step_timeout_s, journal=journal)
 
 

@@ -12,9 +12,9 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 from ..env_tools import EnvTool
 from ..models import parse_action
 from .deps import Config, Sessions
+from .error_replies import error_frame_data
 from .mcp_routes import ToolTarget, handle_jsonrpc
 from .sessions import CapacityReachedError, Session, SessionKind, SessionManager
-from .error_replies import error_frame_data
 from .wire import ErrorCode, ResetRequest, error_payload, observation_payload, state_payload
 
 router = APIRouter(tags=["websocket"])

@@ -17,10 +17,9 @@ const $ = (id) => document.getElementById(id);
 
 /** An error frame from the server, a lost connection, or a failed HTTP call. */
 class ServerError extends Error {
-  constructor(message, code = "", details = null) {
+  constructor(message, code = "") {
     super(message);
     this.code = code;
-    this.details = details;
   }
 }
 
@@ -31,9 +30,13 @@ class EnvSocket {
     this.onClose = onClose;
     this.pending = [];
     this.unsolicited = null;
+    this.wasOpen = false;
     this.ws = new WebSocket(url);
     this.opened = new Promise((resolve, reject) => {
-      this.ws.addEventListener("open", () => resolve(this));
+      this.ws.addEventListener("open", () => {
+        this.wasOpen = true;
+        resolve(this);
+      });
       this.ws.addEventListener("close", (event) => {
         const error = this.unsolicited || new ServerError(closeMessage(event), "CLOSED");
         reject(error);
@@ -59,7 +62,7 @@ class EnvSocket {
     const waiter = this.pending.shift();
     if (frame.type === "error") {
       const data = frame.data || {};
-      const error = new ServerError(data.message || "server error", data.code || "", data);
+      const error = new ServerError(data.message || "server error", data.code || "");
       if (waiter) waiter.reject(error);
       else this.unsolicited = error; // e.g. CAPACITY_REACHED, sent before the socket closes
     } else if (waiter) {
@@ -153,7 +156,6 @@ const session = {
   socket: null,
   ready: null, // a promise of the current episode (reset done)
   state: {},
-  task: null, // the observation fields of the current task, if any
   tasks: new Map(),
   recalled: [],
   recallIndex: 0,
@@ -173,7 +175,9 @@ function openSocket() {
     session.socket = null;
     session.ready = null;
     setConnection("closed");
-    if (error.code !== "CLOSED" || !/session ended/.test(error.message)) showBanner(error.message);
+    // A connection that never opened is reported by the reset that waited for it.
+    const normal = error.code === "CLOSED" && /session ended/.test(error.message);
+    if (closed.wasOpen && !normal) showBanner(`Disconnected: ${error.message}`);
   });
   socket.opened.then(() => {
     if (session.socket === socket) setConnection("open");
@@ -182,24 +186,25 @@ function openSocket() {
   return socket;
 }
 
-/** Start a new episode (on the selected task, if any) on a fresh connection. */
+/** Start a new episode (on the selected task, if any); the server gives it a fresh kernel. */
 function resetEpisode() {
-  hideBanner();
   const taskId = $("task-select").value;
   const socket = session.socket && session.socket.isOpen ? session.socket : openSocket();
   clearHistory();
-  session.ready = (async () => {
+  const ready = (async () => {
     const reply = await socket.request({ type: "reset", data: taskId ? { task_id: taskId } : {} });
+    hideBanner();
     const observation = liftObservation(reply.data);
     showTask(observation);
     await refreshState();
     return observation;
   })();
-  session.ready.catch((error) => {
+  ready.catch((error) => {
     showBanner(`Reset failed: ${error.message}`);
-    session.ready = null;
+    if (session.ready === ready) session.ready = null;
   });
-  return session.ready;
+  session.ready = ready;
+  return ready;
 }
 
 /** Reset from a button or at load: failures are shown in the banner, nothing to await. */
@@ -316,16 +321,16 @@ async function loadTasks() {
       ? "This server has no tasks."
       : `Could not load tasks: ${error.message}`;
     note.hidden = false;
+    if (error.code === "HTTP_401") {
+      showBanner("This server needs a token: type it in the token field (top right).");
+    }
     return;
   }
-  const tasks = Array.isArray(listing) ? listing : listing.tasks || [];
+  const tasks = listing.tasks || [];
   for (const task of tasks) {
-    const id = task.task_id || task.id;
-    if (!id) continue;
-    session.tasks.set(id, task);
-    const details = [task.family, task.difficulty].filter(Boolean).join(", ");
-    const label = task.title ? `${id}: ${task.title}` : id;
-    select.append(el("option", { value: id }, details ? `${label} (${details})` : label));
+    session.tasks.set(task.id, task);
+    select.append(el("option", { value: task.id },
+      `${task.id}: ${task.title} (${task.family}, ${task.difficulty})`));
   }
   note.textContent = `${tasks.length} task${tasks.length === 1 ? "" : "s"} on this server.`;
   note.hidden = false;
@@ -345,9 +350,12 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+/** Show a problem above the page (several problems: one line each, until the next reset). */
 function showBanner(message) {
   const banner = $("banner");
-  banner.textContent = message;
+  if (banner.hidden) banner.replaceChildren();
+  if ([...banner.children].some((line) => line.textContent === message)) return;
+  banner.append(el("div", {}, message));
   banner.hidden = false;
 }
 
@@ -424,7 +432,8 @@ function renderObservation(cell, observation) {
   cell.querySelector(".prompt").textContent = cell.classList.contains("review-cell")
     ? "Review:" : `In [${count ?? " "}]:`;
   const outputs = cell.querySelector(".cell-outputs");
-  const items = Array.isArray(observation.outputs) ? observation.outputs : fallbackOutputs(observation);
+  // Outputs as a notebook stores them; plain stdout/stderr when a step has none (a review).
+  const items = observation.outputs?.length ? observation.outputs : fallbackOutputs(observation);
   for (const output of items) {
     const node = renderOutput(output);
     if (node) outputs.append(node);
@@ -437,11 +446,12 @@ function renderObservation(cell, observation) {
   cell.dataset.status = status;
   cell.dataset.exitCode = String(observation.exit_code ?? "");
   const facts = [`exit ${observation.exit_code ?? "?"}`, status];
-  if (typeof observation.duration_s === "number") facts.push(formatDuration(observation.duration_s));
+  if (observation.duration_s > 0) facts.push(formatDuration(observation.duration_s));
   if (observation.reward !== undefined && observation.reward !== null) {
     facts.push(`reward ${formatScore(observation.reward)}`);
   }
   if (observation.kernel_restarted) facts.push("kernel restarted: earlier state is gone");
+  if (observation.done) facts.push("episode done");
   if (observation.output_truncated) facts.push("output truncated");
   cell.querySelector(".cell-footer").textContent = facts.join(" · ");
   scrollToEnd(cell);
@@ -460,7 +470,7 @@ function formatDuration(seconds) {
   return seconds < 1 ? `${Math.round(seconds * 1000)} ms` : `${seconds.toFixed(2)} s`;
 }
 
-/** Outputs for a server that sends only OpenEnv's plain fields. */
+/** Outputs from the plain fields (a review step, or a server that sends only OpenEnv's). */
 function fallbackOutputs(observation) {
   const outputs = [];
   if (observation.stdout) outputs.push({ output_type: "stream", name: "stdout", text: observation.stdout });
@@ -581,16 +591,11 @@ function showTask(observation) {
   const panel = $("task-panel");
   const reviewPanel = $("review-panel");
   const gradePanel = $("grade-panel");
-  const context = { ...(observation.task_context || {}) };
-  for (const key of PR_FIELDS) {
-    if (observation[key] !== undefined && context[key] === undefined) context[key] = observation[key];
-  }
   if (!observation.task_id) {
-    session.task = null;
     panel.hidden = reviewPanel.hidden = gradePanel.hidden = true;
     return;
   }
-  session.task = observation;
+  const context = observation.task_context || {};
   const listed = session.tasks.get(observation.task_id) || {};
   $("task-title").textContent = listed.title || observation.task_id;
   const difficulty = observation.difficulty || listed.difficulty || "";
@@ -600,7 +605,7 @@ function showTask(observation) {
   $("task-context").replaceChildren(...renderContext(context));
   panel.hidden = false;
   gradePanel.hidden = false;
-  const isReview = listed.action ? listed.action === "review" : PR_FIELDS.some((key) => context[key]);
+  const isReview = listed.action === "review"; // as /tasks says: a review or code
   $("grade-note").textContent = isReview
     ? "The grade of your last review."
     : "Grading replays your steps in fresh kernels against hidden checks.";
@@ -638,7 +643,9 @@ function changedFiles(value) {
 function renderContext(context) {
   const nodes = [];
   if (context.pr_title) nodes.push(el("h3", { className: "pr-title" }, context.pr_title));
-  if (context.pr_description) nodes.push(el("p", { className: "prose" }, context.pr_description));
+  if (context.pr_description) {
+    nodes.push(el("div", { className: "prose pr-description" }, ...renderProse(String(context.pr_description))));
+  }
   if (context.changed_files) {
     nodes.push(el("p", { className: "files" }, "Changed: ",
       ...changedFiles(context.changed_files).map((path) => el("code", {}, path))));
@@ -660,38 +667,29 @@ function renderDiff(diff) {
     else if (line.startsWith("+")) kind = "add";
     else if (line.startsWith("-")) kind = "del";
     else if (line.startsWith("@@")) kind = "hunk";
-    pre.append(el("span", { className: kind }, `${line}\n`));
+    pre.append(el("span", { className: kind }, line || " ")); // display: block, one per line
   }
   return pre;
 }
 
 function renderGrade(container, grade) {
-  const score = Number(grade.score ?? grade.reward ?? NaN);
-  const passed = grade.passed ?? grade.pass;
-  const nodes = [];
-  if (!Number.isNaN(score)) {
-    nodes.push(el("div", { className: "score" },
-      el("span", { className: "score-value", "data-score": String(score) }, formatScore(score)),
-      el("meter", { min: 0, max: 1, value: score, low: 0.5, high: 0.9, optimum: 1 })));
-  }
-  if (passed !== undefined) {
-    nodes.push(el("span", { className: `badge ${passed ? "passed" : "failed"}` },
-      passed ? "passed" : "not passed"));
-  }
-  if (grade.feedback) nodes.push(el("p", { className: "prose feedback" }, String(grade.feedback)));
-  const components = grade.components || {};
-  const entries = Array.isArray(components)
-    ? components.map((item) => [item.name, item.score ?? item.value])
-    : Object.entries(components);
-  if (entries.length) {
+  const nodes = [
+    el("div", { className: "score" },
+      el("span", { className: "score-value", "data-score": String(grade.score) },
+        formatScore(grade.score)),
+      el("meter", { min: 0, max: 1, value: grade.score, low: 0.5, high: 0.9, optimum: 1 })),
+    el("span", { className: `badge ${grade.passed ? "passed" : "failed"}` },
+      grade.passed ? "passed" : "not passed"),
+  ];
+  if (grade.feedback) nodes.push(el("p", { className: "prose feedback" }, grade.feedback));
+  const components = Object.entries(grade.components || {});
+  if (components.length) {
     const table = el("table", { className: "components" });
-    for (const [name, value] of entries) {
-      const shown = typeof value === "number" ? formatScore(value) : JSON.stringify(value);
-      table.append(el("tr", {}, el("th", {}, String(name)), el("td", {}, shown)));
+    for (const [name, value] of components) {
+      table.append(el("tr", {}, el("th", {}, name), el("td", {}, formatScore(value))));
     }
     nodes.push(table);
   }
-  if (!nodes.length) nodes.push(el("pre", {}, JSON.stringify(grade, null, 2)));
   container.replaceChildren(...nodes);
 }
 
@@ -755,6 +753,8 @@ function onEditorKey(event) {
     const { text } = currentLine(area);
     const indent = text.match(/^\s*/)[0] + (text.trimEnd().endsWith(":") ? INDENT : "");
     insertText(area, `\n${indent}`);
+  } else if (event.key === "Escape") {
+    area.blur(); // Tab indents here, so Escape is the way out for keyboard users
   } else if (event.ctrlKey && (event.key === "ArrowUp" || event.key === "ArrowDown")) {
     event.preventDefault();
     const step = event.key === "ArrowUp" ? -1 : 1;
@@ -784,7 +784,8 @@ function main() {
     session.tasks.clear();
     $("task-select").replaceChildren(el("option", { value: "" }, "Free play (no task)"));
     openSocket();
-    loadTasks().finally(startEpisode);
+    startEpisode();
+    loadTasks();
   });
   const area = $("code");
   area.addEventListener("keydown", onEditorKey);
@@ -802,7 +803,8 @@ function main() {
     event.preventDefault();
     submitReview(event.currentTarget);
   });
-  loadTasks().finally(startEpisode);
+  startEpisode();
+  loadTasks();
   area.focus();
 }
 

@@ -1,6 +1,6 @@
 """Drives a kernelenv server with OpenEnv's published clients; run with the `openenv` venv.
 
-Usage: python drive_server.py BASE_URL. Prints a JSON report of what the clients saw; the
+Usage: python openenv_clients.py BASE_URL. Prints a JSON report of what the clients saw; the
 calling test asserts on it. Any exception makes the script fail with a traceback.
 """
 
