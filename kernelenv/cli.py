@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("kernelenv.bench.command", "benchmark kernelenv beside its floor and its peers"),
     "replay": ("kernelenv.replay_cli", "re-run a notebook in a fresh kernel, report divergences"),
     "recover": ("kernelenv.recover", "write the notebooks of episodes a dead server was running"),
+    "mcp": ("kernelenv.mcp_server", "serve the environment as an MCP server over stdio"),
 }
 
 

@@ -135,7 +135,11 @@ class CodingEnv:
     # -- the environment API --------------------------------------------------------------
 
     async def __aenter__(self) -> CodingEnv:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()  # __aexit__ will not run: stop a server started for us
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -317,7 +321,11 @@ class SyncCodingEnv:
         self._closed = False
 
     def __enter__(self) -> SyncCodingEnv:
-        self.connect()
+        try:
+            self.connect()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:

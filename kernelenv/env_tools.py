@@ -6,12 +6,13 @@ server. Add a tool by appending an :class:`EnvTool` to :data:`TOOLS`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .env import KernelEnv
-from .models import CodeObservation, parse_action
+from .models import CodeObservation, ReviewAction, parse_action
 
 ToolHandler = Callable[[KernelEnv, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -94,6 +95,10 @@ TOOLS: list[EnvTool] = [
             "properties": {
                 "seed": {"type": "integer", "description": "Seed for random generators."},
                 "episode_id": {"type": "string", "description": "Id of the new episode."},
+                "task_id": {
+                    "type": "string",
+                    "description": "Start a graded task (ids from list_tasks).",
+                },
             },
         },
         handler=_reset,
@@ -106,6 +111,89 @@ TOOLS: list[EnvTool] = [
         handler=_get_state,
     ),
 ]
+
+
+
+# -- tasks, submission and export (kernelenv mcp and POST /mcp alike) ------------------------
+
+
+async def _list_tasks(env: KernelEnv, arguments: dict[str, Any]) -> dict[str, Any]:
+    from .task_library import default_library
+
+    library = env.task_library or default_library()
+    tasks = [library.get(task_id) for task_id in library.ids()]
+    return {
+        "tasks": [
+            {
+                "id": task.id,
+                "title": task.title,
+                "family": task.family.value,
+                "difficulty": task.difficulty.value,
+                "action": "review" if task.uses_review_actions else "code",
+            }
+            for task in tasks
+        ]
+    }
+
+
+async def _submit(env: KernelEnv, arguments: dict[str, Any]) -> dict[str, Any]:
+    review = {k: v for k, v in arguments.items() if k != "episode_id"}
+    task = env.episode.task.task if env.episode and env.episode.task else None
+    if task is not None and task.uses_review_actions:
+        observation = await env.step(ReviewAction.model_validate(review))
+        return observation.model_dump(mode="json")
+    if review:
+        raise ValueError(
+            "review fields are only for pr_review tasks; on a code task call submit with no "
+            "arguments once the code is written"
+        )
+    return (await env.grade()).model_dump(mode="json")
+
+
+async def _export_episode(env: KernelEnv, arguments: dict[str, Any]) -> dict[str, Any]:
+    notebook = await env.export_notebook()
+    return {"episode_id": env.state.episode_id, "notebook": dict(notebook)}
+
+
+_REVIEW_FIELDS = {
+    name: {k: v for k, v in spec.items() if k in ("type", "description", "enum")}
+    | ({"type": "integer"} if name == "line_number" else {})
+    for name, spec in ReviewAction.model_json_schema()["properties"].items()
+    if name != "request_id"
+}
+
+TOOLS += [
+    EnvTool(
+        name="list_tasks",
+        description="The graded tasks: id, title, family, difficulty, and whether the answer "
+        "is a review ('review') or code ('code'). Start one with reset(task_id=...).",
+        input_schema={"type": "object", "properties": {}},
+        handler=_list_tasks,
+    ),
+    EnvTool(
+        name="submit",
+        description="Submit the episode's answer for grading. On a pr_review task pass the "
+        "review fields; on a code task pass nothing (the episode's code is graded in fresh "
+        "kernels). Returns the score in [0, 1] and feedback.",
+        input_schema={"type": "object", "properties": _REVIEW_FIELDS},
+        handler=_submit,
+    ),
+    EnvTool(
+        name="export_episode",
+        description="The episode so far as a Jupyter notebook (nbformat 4 JSON): one code cell "
+        "per step with its outputs.",
+        input_schema={"type": "object", "properties": {}},
+        handler=_export_episode,
+    ),
+]
+
+
+def result_text(result: dict[str, Any]) -> str:
+    """The text content of a tool's result: a step's summary, or the result as JSON."""
+    if "exit_code" in result and "stdout" in result:
+        fields = {k: v for k, v in result.items() if k in CodeObservation.model_fields}
+        return observation_summary(CodeObservation.model_validate(fields))
+    return json.dumps(result)
 
 
 def find_tool(name: str) -> EnvTool | None:

@@ -51,7 +51,7 @@ class KernelGymEnv(gymnasium.Env[str, str]):
         max_observation_chars: Longest observation text (longer output is cut with a marker).
         max_code_chars: Longest action the action space describes.
         **env_options: Passed to :class:`KernelEnv` (``pool_size``, ``step_timeout_s``,
-            ``backend``, ``transform``, ...).
+            ``backend``, ``transform``, ...), which is then ``self.kernel_env`` (blocking).
     """
 
     # A text env renders on demand; the frame rate only quiets Gymnasium's render checker.
@@ -70,7 +70,7 @@ class KernelGymEnv(gymnasium.Env[str, str]):
         self.render_mode = render_mode
         self.observation_space = spaces.Text(max_observation_chars, min_length=0, charset=CHARSET)
         self.action_space = spaces.Text(max_code_chars, min_length=0, charset=CHARSET)
-        self.env: SyncKernelEnv = KernelEnv(**env_options).sync()
+        self.kernel_env: SyncKernelEnv = KernelEnv(**env_options).sync()
         self._last_text = ""
 
     def reset(
@@ -83,15 +83,16 @@ class KernelGymEnv(gymnasium.Env[str, str]):
             options: Options of :meth:`KernelEnv.reset`, e.g. ``{"task_id": ...}``.
         """
         super().reset(seed=seed)
-        observation = self.env.reset(seed=seed, **(options or {}))
+        observation = self.kernel_env.reset(seed=seed, **(options or {}))
         parts = [observation.task_description or ""]
         parts += [f"{key}:\n{value}" for key, value in observation.task_context.items()]
         self._last_text = self._fit("\n\n".join(part for part in parts if part))
-        return self._last_text, {**_info(observation), "episode_id": self.env.state.episode_id}
+        info = {**_info(observation), "episode_id": self.kernel_env.state.episode_id}
+        return self._last_text, info
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         """Run ``action`` (Python code) in the episode's kernel."""
-        observation = self.env.step(action)
+        observation = self.kernel_env.step(action)
         self._last_text = self._fit(observation_summary(observation))
         reward = float(observation.reward) if observation.reward is not None else 0.0
         return self._last_text, reward, observation.done, False, _info(observation)
@@ -102,7 +103,7 @@ class KernelGymEnv(gymnasium.Env[str, str]):
 
     def close(self) -> None:
         """Stop the kernels. Safe to call twice."""
-        self.env.close()
+        self.kernel_env.close()
 
     def _fit(self, text: str) -> str:
         """``text`` made a member of the observation space (escaped, then cut to length)."""

@@ -186,11 +186,11 @@ class MCPConnection:
             return
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout=10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-        except Exception as exc:  # the server failed earlier; nothing left to close
+        except Exception as exc:  # noqa: BLE001 - the server failed earlier; nothing to close
             log.debug("MCP server %s ended with %r", self.server.name, exc)
 
     def _as_tool(self, mcp_tool: Any) -> Tool:
@@ -234,13 +234,15 @@ def _transport(server: MCPServer) -> contextlib.AbstractAsyncContextManager[tupl
 
 
 @contextlib.asynccontextmanager
-async def _http_transport(server: MCPServer):  # noqa: ANN202 - yields the SDK's stream pair
+async def _http_transport(server: MCPServer):
     from mcp.client.streamable_http import streamable_http_client
     from mcp.shared._httpx_utils import create_mcp_http_client
 
-    async with create_mcp_http_client(headers=dict(server.headers or {})) as http_client:
-        async with streamable_http_client(server.url, http_client=http_client) as (read, write, _):
-            yield read, write
+    async with (
+        create_mcp_http_client(headers=dict(server.headers or {})) as http_client,
+        streamable_http_client(server.url, http_client=http_client) as (read, write, _),
+    ):
+        yield read, write
 
 
 def python_name(name: str) -> str:

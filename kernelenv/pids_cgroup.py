@@ -82,16 +82,17 @@ class PidsCgroup:
         except OSError:
             return []
 
-    def kill_all(self) -> None:
+    def kill_all(self, rounds: int = 50) -> None:
         """SIGKILL every member (repeat while new ones appear: a fork can race the read)."""
-        for _ in range(50):
+        for round_ in range(rounds):
             pids = self.pids()
             if not pids:
                 return
             for pid in pids:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
+            if round_ + 1 < rounds:
+                time.sleep(0.01)
 
     def remove(self, timeout_s: float = 5.0) -> bool:
         """Kill what is left and remove the group; False if it could not be removed."""

@@ -92,10 +92,13 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
                 f"(this kernel manager uses {km.transport!r})"
             )
         cwd = Path(kwargs.get("cwd") or os.getcwd()).absolute()
-        writable = {cwd, Path(km.connection_file).absolute().parent}
+        writable = {cwd}
         if km.transport == "ipc":
             writable.add(Path(km.ip).absolute().parent)
-        readable = paths_under_tmp(interpreter_paths(cmd[0]))
+        # The connection file alone, read-only: its folder may be Jupyter's shared runtime
+        # directory, with other kernels' keys in it.
+        readable = [Path(km.connection_file).absolute()]
+        readable += paths_under_tmp(interpreter_paths(cmd[0]))
         # Matplotlib and IPython want writable config directories; the home is read-only.
         kwargs["env"].setdefault("MPLCONFIGDIR", "/tmp/.config/matplotlib")
         kwargs["env"].setdefault("IPYTHONDIR", "/tmp/.ipython")
@@ -113,7 +116,9 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
             await super().send_signal(signum)
         finally:
             if signum == signal.SIGKILL and self._cgroup is not None:
-                await asyncio.to_thread(self._cgroup.kill_all)
+                # One pass, so a step that kills its kernel returns at once; cleanup()
+                # repeats it until the group is empty.
+                self._cgroup.kill_all(rounds=1)
 
     def translate_exit_code(self, code: int | None) -> int | None:
         """The kernel's exit code as Popen reports it (bubblewrap reports signal N as 128+N)."""

@@ -66,10 +66,14 @@ class TaskNotebook(pytest.File):
     """A task notebook: one test item per validation attempt."""
 
     def collect(self) -> Iterator[TaskAttempt]:
+        from .errors import TaskFormatError
         from .task_format import load_task
         from .task_validation import attempts_of
 
-        task = load_task(self.path)  # a malformed task is a collection error, with the reason
+        try:
+            task = load_task(self.path)
+        except TaskFormatError as exc:  # a collection error that says what is wrong, briefly
+            raise self.CollectError(str(exc)) from exc
         for attempt in attempts_of(task):
             yield TaskAttempt.from_parent(self, name=attempt, task=task, attempt=attempt)
 

@@ -337,7 +337,7 @@ async def replay_notebook(
     grade: bool = False,
     progress: bool | None = False,
 ) -> ReplayReport:
-    """Replay a whole notebook and collect the report (one call on top of :func:`replay_trajectory`).
+    """Replay a whole notebook and collect the report (:func:`replay_trajectory` in one call).
 
     Args:
         notebook: A notebook path, a loaded notebook, or a :class:`Trajectory`.

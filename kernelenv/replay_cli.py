@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import nbformat
 
     from .env import KernelEnv
+    from .errors import KernelEnvError
     from .replay import Trajectory, replay_notebook
 
     try:
@@ -56,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
                 progress=False if args.quiet else None,
             )
 
-    report = anyio.run(main)
+    try:
+        report = anyio.run(main)
+    except KernelEnvError as exc:  # e.g. the notebook's task is not in this task library
+        print(f"kernelenv replay: cannot replay {args.notebook}: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
     print(report.summary())
     return EXIT_MATCH if report.ok else EXIT_DIVERGED

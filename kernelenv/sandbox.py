@@ -225,7 +225,8 @@ def bwrap_args(
         writable: Directories bound read-write (the episode's working and socket directories).
         hidden: Directories replaced by an empty tmpfs first (e.g. the pool's root, so an
             episode cannot see its neighbours'), before ``writable`` is bound back.
-        readable: Directories under /tmp bound back read-only (e.g. a virtual environment).
+        readable: Paths bound read-only over what ``hidden`` and the private /tmp hide (the
+            connection file, a virtual environment under /tmp).
         cwd: The kernel's working directory inside the sandbox.
     """
     args = [

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -137,11 +136,22 @@ class ToolBridge:
         self._handlers.add(task)
         try:
             line = await reader.readline()
-            if line:
-                writer.write(await self._answer(line) + b"\n")
+            if not line:
+                return
+            answer = asyncio.ensure_future(self._answer(line))
+            # The stub closes its socket when the agent's code is interrupted (a timeout):
+            # then the tool is cancelled rather than left running for nobody.
+            hangup = asyncio.ensure_future(reader.read(1))
+            try:
+                await asyncio.wait({answer, hangup}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                hangup.cancel()
+                answer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                writer.write(await answer + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
-            log.warning("tool request failed: %s", exc)  # e.g. the cell was interrupted
+            log.warning("tool request failed: %s", exc)
         finally:
             self._handlers.discard(task)
             writer.close()
@@ -161,32 +171,43 @@ class ToolBridge:
             arguments = dict(bound.arguments)
             assert self._context is not None
             result = to_json(name, await tool.invoke(bound, self._context))
-        except Exception as exc:
-            call = ToolCall(
-                tool=name,
-                arguments=_jsonable(arguments),
-                ok=False,
-                error_type=type(exc).__name__,
-                error=str(exc),
-                duration_s=time.perf_counter() - started,
+        except asyncio.CancelledError:
+            interrupted = (
+                "Interrupted",
+                "the calling code was interrupted (or the episode ended) before the tool returned",
             )
-            self._calls.append(call)
-            return json.dumps({"ok": False, "error_type": call.error_type, "error": call.error}).encode()
+            self._record(name, arguments, started, error=interrupted)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of a tool goes back to the agent
+            self._record(name, arguments, started, error=(type(exc).__name__, str(exc)))
+            return json.dumps({"ok": False, "error_type": type(exc).__name__, "error": str(exc)}).encode()
         reply = json.dumps({"ok": True, "result": result})
-        recorded, truncated = result, False
-        if len(reply) > RECORDED_RESULT_CHARS:
-            recorded, truncated = json.dumps(result)[:RECORDED_RESULT_CHARS], True
+        self._record(name, arguments, started, result=result, reply_chars=len(reply))
+        return reply.encode()
+
+    def _record(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        started: float,
+        *,
+        result: Any = None,
+        reply_chars: int = 0,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        truncated = reply_chars > RECORDED_RESULT_CHARS
         self._calls.append(
             ToolCall(
                 tool=name,
                 arguments=_jsonable(arguments),
-                ok=True,
-                result=recorded,
+                ok=error is None,
+                result=json.dumps(result)[:RECORDED_RESULT_CHARS] if truncated else result,
                 result_truncated=truncated,
+                error_type=error[0] if error else None,
+                error=error[1] if error else None,
                 duration_s=time.perf_counter() - started,
             )
         )
-        return reply.encode()
 
 
 def to_json(tool_name: str, value: Any) -> Any:
@@ -237,7 +258,7 @@ def install_code(socket_path: str, tools: Any) -> str:
     )
 
 
-def _install_tool_stubs(socket_path, specs, namespace):  # noqa: ANN001 - runs in the kernel
+def _install_tool_stubs(socket_path, specs, namespace):
     """Define tool stubs in ``namespace``. Runs inside the kernel: self-contained on purpose."""
     import builtins
     import inspect
@@ -279,7 +300,7 @@ def _install_tool_stubs(socket_path, specs, namespace):  # noqa: ANN001 - runs i
         if isinstance(error_type, type) and issubclass(error_type, Exception):
             try:
                 error = error_type(reply["error"])
-            except Exception:
+            except Exception:  # noqa: BLE001 - an exception class with other arguments
                 error = None
             if error is not None:
                 raise error

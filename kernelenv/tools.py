@@ -115,7 +115,10 @@ class Tool:
                 kwargs[context_param] = context
             if inspect.iscoroutinefunction(fn):
                 return await fn(*bound.args, **kwargs)
-            return await anyio.to_thread.run_sync(lambda: fn(*bound.args, **kwargs))
+            # Abandoned on cancellation (the caller was interrupted): the thread finishes alone.
+            return await anyio.to_thread.run_sync(
+                lambda: fn(*bound.args, **kwargs), abandon_on_cancel=True
+            )
 
         return cls(
             name or fn.__name__,
@@ -131,7 +134,7 @@ class Tool:
 def _context_parameter(fn: ToolFunction, signature: inspect.Signature) -> str | None:
     try:
         hints = typing.get_type_hints(fn)
-    except Exception:  # unresolvable annotations: fall back to their text
+    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to their text
         hints = {}
     for param in signature.parameters.values():
         annotation = hints.get(param.name, param.annotation)

@@ -83,7 +83,11 @@ def test_load_test_and_targets_are_reported(quick_run):
     _, out, _, _ = quick_run
     data = json.loads(out.with_suffix(".json").read_text())
     contenders = [run["contender"] for run in data["load"]]
-    assert contenders == ["kernelenv over the WebSocket", "raw jupyter_client, same number of kernels"]
+    assert contenders == [
+        "kernelenv over the WebSocket",
+        "kernelenv over the WebSocket, journal off",
+        "raw jupyter_client, same number of kernels",
+    ]
     for run in data["load"]:
         # Errors and cross-talk are correctness, not timing: every session saw only itself.
         assert run["errors"] == 0 and run["cross_talk"] == 0, run["error_examples"]
@@ -93,7 +97,7 @@ def test_load_test_and_targets_are_reported(quick_run):
         "step.ratio", "step.websocket_overhead", "step.websocket_overhead_no_journal",
         "compute.speedup", "reset.warm_p50",
         "reset.warm_p99", "reset.drained_p99", "replay.speedup", "memory.uss", "load.errors",
-        "load.cross_talk", "load.throughput",
+        "load.cross_talk", "load.throughput", "load.throughput_no_journal",
     }
     assert all(check["value"] is not None for check in checks.values())
 

@@ -79,6 +79,16 @@ async def test_from_local_server_starts_a_server_and_stops_it_on_close(no_leaks)
     assert process.poll() is not None, "closing the client stops the server it started"
 
 
+@pytest.mark.anyio
+async def test_a_local_server_that_cannot_start_is_a_clear_error(no_leaks):
+    env = CodingEnv.from_local_server(max_sessions=0)  # refused by the server's settings
+    with pytest.raises(ServerStartError, match="exited with code") as caught:
+        async with env:
+            pass
+    assert "max_sessions" in str(caught.value)  # the server's own message is shown
+    assert env._launcher.process is None
+
+
 def test_from_local_server_rejects_unknown_options():
     with pytest.raises(TypeError, match="max_sesions"):
         CodingEnv.from_local_server(max_sesions=3)

@@ -66,7 +66,7 @@ def test_task_episode_shows_the_prompt_and_rewards_a_solution(no_leaks):
         for code in task.solution:
             observation, *_ = env.step(code)
             assert observation.startswith("status: ok"), observation
-        assert env.env.grade().score >= 0.95
+        assert env.kernel_env.grade().score >= 0.95
     finally:
         env.close()
 

@@ -26,7 +26,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from kernelenv import KernelEnv, KernelPool, SandboxConfig, StepStatus
-from kernelenv.pids_cgroup import cgroup_parent
+from kernelenv.pids_cgroup import cgroup_parent, reap_stale_cgroups
 from kernelenv.pool import reap_stale_roots
 from kernelenv.sandbox import bwrap_available
 
@@ -36,6 +36,9 @@ LEVELS = ["none", "limits", "bwrap"]
 # Small limits, so that bombs fail fast.
 LIMITS = {"memory_mb": 1024, "cpu_s": 120, "max_processes": 64}
 STEP_TIMEOUT_S = 2.0
+# Slow cases whose path (kernel, output capture) does not depend on the level run only at the
+# default level, to keep the suite short.
+DEFAULT_LEVEL_ONLY = ("bwrap",) if bwrap_available() else ("limits",)
 MARGIN_S = 2.0
 SECRET_NAME = "KERNELENV_HOSTILE_API_TOKEN"
 SECRET_VALUE = uuid.uuid4().hex
@@ -132,7 +135,7 @@ class HostileEpisode:
 
 @pytest.fixture
 async def episode(pool):
-    env = KernelEnv(pool=pool, step_timeout_s=STEP_TIMEOUT_S, interrupt_grace_s=1.0)
+    env = KernelEnv(pool=pool, step_timeout_s=STEP_TIMEOUT_S, interrupt_grace_s=0.5)
     hostile = HostileEpisode(env)
     try:
         await hostile.reset()
@@ -188,7 +191,8 @@ async def test_segfault_through_ctypes_is_kernel_died(episode):
     await episode.works()
 
 
-async def test_unbounded_recursion_is_an_error(episode):
+async def test_unbounded_recursion_is_an_error(pool, episode):
+    only_at(pool, *DEFAULT_LEVEL_ONLY)
     # IPython's default traceback mode takes seconds to format 3,000 frames: a longer budget.
     obs = await episode.step("def down(n):\n    return down(n + 1)\ndown(0)", timeout_s=30)
     assert obs.status is StepStatus.ERROR
@@ -212,7 +216,8 @@ async def test_input_fails_at_once(episode):
     await episode.works()
 
 
-async def test_printing_100_mb_is_truncated(episode):
+async def test_printing_100_mb_is_truncated(pool, episode):
+    only_at(pool, *DEFAULT_LEVEL_ONLY)
     obs = await episode.step(
         "import sys\nchunk = 'x' * (1024 * 1024)\nfor _ in range(100):\n    sys.stdout.write(chunk)",
         timeout_s=30,
@@ -228,8 +233,11 @@ async def test_printing_100_mb_is_truncated(episode):
 
 async def test_allocating_past_the_memory_limit_is_a_memory_error(pool, episode):
     only_at(pool, "limits", "bwrap")
+    obs = await episode.step("huge = bytearray(64 * 1024**3)")
+    assert obs.status is StepStatus.ERROR
+    assert obs.error.ename == "MemoryError"
     obs = await episode.step(
-        "def hog():\n    chunks = []\n    while True:\n        chunks.append(b'x' * (64 * 1024**2))\n"
+        "def hog():\n    chunks = []\n    while True:\n        chunks.append(bytearray(128 * 1024**2))\n"
         "hog()"
     )
     assert obs.status is StepStatus.ERROR
@@ -242,9 +250,9 @@ async def test_fork_bomb_is_capped_and_cleaned_up(pool, episode):
     obs = await episode.step("import os\nwhile True:\n    os.fork()")
     # The kernel's own fork fails once the group is full (an error), or the step runs out.
     assert obs.status in (StepStatus.ERROR, StepStatus.TIMEOUT)
-    cgroup = episode.env.kernel.manager.provisioner.pids_cgroup
-    if cgroup is not None:
-        assert len(cgroup.pids()) <= LIMITS["max_processes"]
+    if episode.env.kernel is not None:  # it survived: its group holds no more than the cap
+        cgroup = episode.env.kernel.manager.provisioner.pids_cgroup
+        assert 1 < len(cgroup.pids()) <= LIMITS["max_processes"]
     await episode.works()
 
 
@@ -313,11 +321,12 @@ async def test_network_connections_fail(pool, episode):
 async def test_writing_outside_the_episode_directory(pool, episode, tmp_path):
     target = tmp_path / "escaped.txt"
     obs = await episode.step(
-        f"import os\nopen({str(target)!r}, 'w').write('x')\nopen('inside.txt', 'w').write('y')\n"
-        "print(os.path.exists('inside.txt'))"
+        f"import os\ntry:\n    open({str(target)!r}, 'w').write('x')\n"
+        "except OSError as exc:\n    print(type(exc).__name__)\n"
+        "open('inside.txt', 'w').write('y')\nprint(os.path.exists('inside.txt'))"
     )
     assert obs.status is StepStatus.OK, obs.stderr
-    assert obs.stdout == "True\n"
+    assert obs.stdout.endswith("True\n")  # its own directory is writable
     if level_of(pool) == "bwrap":
         # /tmp is private: the write landed in the sandbox's own tmpfs, not on the host.
         assert not target.exists()
@@ -420,6 +429,8 @@ async def test_a_sigkilled_server_leaves_no_kernel_behind():
             tree = psutil.Process(server.pid).children(recursive=True)
             kernels = [p for p in tree if "launch_new_instance" in " ".join(_cmdline(p))]
             assert len(kernels) >= 8
+            connection = next(arg for arg in _cmdline(kernels[0]) if arg.endswith(".json"))
+            server_root = Path(connection).parents[2]
             server.send_signal(signal.SIGKILL)
             server.wait(timeout=10)
             deadline = time.monotonic() + 15
@@ -430,7 +441,8 @@ async def test_a_sigkilled_server_leaves_no_kernel_behind():
                 psutil.Process(pid).kill()
             assert not left, f"processes outlived the server: {left}"
             # What the dead server could not remove, the next pool's start-up reaps.
-            assert any(str(server.pid) in path.name for path in reap_stale_roots())
+            assert server_root in reap_stale_roots()
+            reap_stale_cgroups()
         finally:
             for ws in sockets:
                 with anyio.CancelScope(shield=True):

@@ -100,6 +100,18 @@ def test_cli_exit_codes(recorded):
     )
     assert missing.returncode == 2
     assert "cannot read" in missing.stderr
+    unknown_task = nbformat.read(path, as_version=4)
+    unknown_task.metadata["kernelenv"]["task_id"] = "no_such_task"
+    nbformat.write(unknown_task, path.with_name("unknown_task.ipynb"))
+    unknown = subprocess.run(
+        [*command, str(path.with_name("unknown_task.ipynb"))],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unknown.returncode == 2
+    assert "cannot replay" in unknown.stderr and "no_such_task" in unknown.stderr
 
 
 def test_normalisation_of_what_legitimately_varies():

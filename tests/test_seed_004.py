@@ -15,7 +15,7 @@ from kernelenv import CodeObservation, Transform
 
 
 def test_quick_start(no_leaks, capsys):
-    from kernelenv import create_codeact_env, CodeAction
+    from kernelenv import create_codeact_env, CodeAction  # noqa: I001 - the seed's line
 
     # Create environment
     env = create_codeact_env()
@@ -92,7 +92,7 @@ print(f"File contents: {result}")
 
 
 def test_rl_training_with_transforms(no_leaks, capsys):
-    from kernelenv import CodeAction, create_codeact_env  # context: the Quick Start's imports
+    from kernelenv import CodeAction, create_codeact_env  # noqa: I001 - context: Quick Start
 
     from kernelenv import create_math_env_transform
 

@@ -108,6 +108,7 @@ async def test_step_timeout_comes_back_as_an_observation(env):
     ("frame", "code", "needle"),
     [
         ("{not json", "INVALID_JSON", "invalid JSON"),
+        (b"\xff\xfe not utf-8", "INVALID_JSON", "invalid JSON"),
         ({"type": "teleport"}, "UNKNOWN_TYPE", "teleport"),
         ({"data": {}}, "VALIDATION_ERROR", "type"),
         ([1, 2], "VALIDATION_ERROR", "JSON object"),
@@ -131,6 +132,15 @@ async def test_bad_frames_get_an_error_and_the_session_goes_on(raw, frame, code,
         assert reply["data"]["errors"], "validation errors list what is wrong"
     after = await raw({"type": "step", "data": {"code": "kept"}})
     assert after["data"]["metadata"][RICH_KEY]["return_value"] == "'yes'"
+
+
+async def test_agent_code_that_kills_its_kernel_gets_an_observation(env):
+    await env.reset()
+    died = await env.step("import os; os._exit(3)")
+    assert died.observation.status is StepStatus.KERNEL_DIED and died.observation.exit_code == 137
+    after = await env.step("'fresh kernel'")
+    assert after.observation.return_value == "'fresh kernel'"
+    assert after.observation.kernel_restarted
 
 
 async def test_step_before_reset_is_a_session_error(raw):

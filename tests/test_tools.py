@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -116,7 +117,7 @@ async def test_tool_errors_are_raised_in_agent_code(tool_env):
         "caught"
     )
     assert observation.status is StepStatus.OK, observation.error
-    caught = eval(observation.return_value)  # noqa: S307 - a list of string pairs
+    caught = ast.literal_eval(observation.return_value)
     assert caught[0] == ("ValueError", "bad value")
     assert caught[1] == ("ToolError", "QuotaExceeded: custom failure")
     assert caught[2][0] == "TypeError" and "label" in caught[2][1]
@@ -141,6 +142,10 @@ async def test_a_slow_tool_call_is_interrupted_by_the_step_timeout(tool_env):
     assert stuck.kernel_restarted is False
     after = await tool_env.step("slow_echo('still works')")
     assert after.return_value == "'still works'"
+    # The abandoned call was cancelled on the host, not left running for nobody.
+    calls = stuck.metadata["tool_calls"] + after.metadata["tool_calls"]
+    cancelled = [c for c in calls if c["error_type"] == "Interrupted"]
+    assert len(cancelled) == 1 and cancelled[0]["tool"] == "slow_echo"
 
 
 async def test_tools_come_back_after_the_kernel_is_replaced(tool_env):
@@ -181,7 +186,7 @@ async def test_file_tools_are_confined_to_the_episode(tool_env, tmp_path):
         "listing, errors"
     )
     assert observation.status is StepStatus.OK, observation.error
-    listing, errors = eval(observation.return_value)  # noqa: S307 - plain literals
+    listing, errors = ast.literal_eval(observation.return_value)
     assert listing == (["b.txt", "notes/"], ["a.txt"])
     assert errors[0][0] == "PermissionError"
     # The host's absolute path is read inside the episode's files, where it does not exist.
