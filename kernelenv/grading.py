@@ -137,7 +137,7 @@ async def collect_answer(
     kernel = await pool.acquire()
     try:
         return await _replay_and_collect(kernel, task, steps, prelude)
-    except Exception as exc:  # agent code can break the kernel's messages (e.g. patch json)
+    except Exception as exc:  # noqa: BLE001 - agent code can break the kernel's messages
         log.info("task %s: attempt kernel broke the protocol: %r", task.id, exc)
         return None, f"the kernel broke its protocol ({type(exc).__name__}); nothing to grade"
     finally:

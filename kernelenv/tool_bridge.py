@@ -63,27 +63,36 @@ class ToolBridge:
 
     async def open(self) -> None:
         """Connect the registry's MCP servers and add their tools (once)."""
-        if self._opened:
-            return
-        self._opened = True
-        if not self.registry.mcp_servers:
+        if self._opened or not self.registry.mcp_servers:
             return
         from .mcp_client import MCPConnection
 
-        for server in self.registry.mcp_servers:
-            connection = await MCPConnection.open(server)
-            self._connections.append(connection)
-            for tool in connection.tools:
-                if tool.name in self.tools:
-                    raise ValueError(
-                        f"MCP server {server.name!r} offers a tool named {tool.name!r}, which "
-                        "is already registered; give the server a prefix=..."
-                    )
-                self.tools[tool.name] = tool
+        try:
+            for server in self.registry.mcp_servers:
+                connection = await MCPConnection.open(server)
+                self._connections.append(connection)
+                for tool in connection.tools:
+                    if tool.name in self.tools:
+                        raise ValueError(
+                            f"MCP server {server.name!r} offers a tool named {tool.name!r}, "
+                            "which is already registered; give the server a prefix=..."
+                        )
+                    self.tools[tool.name] = tool
+        except BaseException:
+            # All or nothing: the next reset tries again from scratch.
+            await self.aclose()
+            self.tools = {tool.name: tool for tool in self.registry}
+            raise
+        self._opened = True
 
     async def attach(self, kernel: Kernel, episode_id: str, timeout_s: float = 30.0) -> None:
         """Serve ``kernel``'s tool socket and define the tool stubs in its namespace."""
         self.detach()
+        if getattr(kernel, "directory", None) is None:
+            raise KernelEnvError(
+                "host-side tools need kernels on this machine (a Unix socket in the kernel's "
+                "directory); use the local backend with tools="
+            )
         socket_path = kernel.directory / "run" / SOCKET_NAME
         if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
             raise KernelEnvError(
@@ -93,6 +102,7 @@ class ToolBridge:
         files_dir = kernel.directory / FILES_DIR_NAME
         files_dir.mkdir(exist_ok=True)
         self._context = ToolContext(episode_id=episode_id, files_dir=files_dir)
+        self._calls.clear()  # stragglers of the previous kernel's calls
         self._server = await asyncio.start_unix_server(
             self._serve, path=str(socket_path), limit=MAX_MESSAGE_BYTES
         )
@@ -199,7 +209,7 @@ class ToolBridge:
         self._calls.append(
             ToolCall(
                 tool=name,
-                arguments=_jsonable(arguments),
+                arguments=_preview(_jsonable(arguments)),
                 ok=error is None,
                 result=json.dumps(result)[:RECORDED_RESULT_CHARS] if truncated else result,
                 result_truncated=truncated,
@@ -222,6 +232,16 @@ def to_json(tool_name: str, value: Any) -> Any:
 
 def _jsonable(value: Any) -> Any:
     return to_jsonable_python(value, fallback=repr)
+
+
+def _preview(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments as recorded: long strings (a file's content) cut to a preview."""
+    return {
+        name: f"{value[:RECORDED_RESULT_CHARS]}... [{len(value)} characters]"
+        if isinstance(value, str) and len(value) > RECORDED_RESULT_CHARS
+        else value
+        for name, value in arguments.items()
+    }
 
 
 # -- the kernel side ----------------------------------------------------------------------

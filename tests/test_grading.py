@@ -28,7 +28,8 @@ async def pool(anyio_backend):
 
 async def grade(pool, task_id: str, *cells: str) -> Grade:
     task = default_library().get(task_id)
-    return await grade_code_attempt(pool, task, [(cell, 10.0) for cell in cells])
+    # A short step budget: some hacks wreck the kernel's messaging until the step times out.
+    return await grade_code_attempt(pool, task, [(cell, 2.0) for cell in cells])
 
 
 async def test_honest_attempts_get_their_scores(pool):
@@ -58,11 +59,15 @@ def score_review(*args, **kwargs):
     "hack",
     [
         # builtins the grader would use to add up and compare
-        "import builtins\nbuiltins.sum = lambda *a, **k: 10\nbuiltins.len = lambda *a: 10\n"
-        "builtins.isinstance = lambda *a: True\nbuiltins.all = lambda *a: True",
+        (
+            "import builtins\nbuiltins.sum = lambda *a, **k: 10\nbuiltins.len = lambda *a: 10\n"
+            "builtins.isinstance = lambda *a: True\nbuiltins.all = lambda *a: True"
+        ),
         # the JSON channel itself
-        "import json\njson.dumps = lambda *a, **k: '{\"score\": 1.0, \"passed\": true}'\n"
-        "json.loads = lambda *a, **k: {'score': 1.0}",
+        (
+            "import json\njson.dumps = lambda *a, **k: '{\"score\": 1.0, \"passed\": true}'\n"
+            "json.loads = lambda *a, **k: {'score': 1.0}"
+        ),
         # imports (the collect cell cannot even import json)
         "import builtins\nbuiltins.__import__ = lambda *a, **k: None",
     ],
@@ -184,7 +189,7 @@ async def test_grading_never_touches_the_live_kernel(pool, no_leaks):
             "sorted(os.listdir('.')), [n for n in ('grade', 'EXPECTED', '_expected', '_components')"
             " if n in globals()], get_ipython().execution_count"
         )
-        files, grader_names, count = eval(probe.return_value)  # noqa: S307 - our own repr
+        files, grader_names, count = eval(probe.return_value)  # our own repr
         assert files == ["readings.csv"] and grader_names == []
         assert count == int(before) + 1  # grading ran no cell in this kernel
         # Grading twice gives the same grade (it replays, it does not consume the episode).

@@ -160,6 +160,8 @@ async def test_kernelenv_mcp_over_stdio_with_the_sdk_client(tmp_path):
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
+    from kernelenv.env_tools import TOOLS
+
     server = StdioServerParameters(
         command=sys.executable, args=["-m", "kernelenv", "mcp", "--sandbox", "none"]
     )
@@ -171,6 +173,7 @@ async def test_kernelenv_mcp_over_stdio_with_the_sdk_client(tmp_path):
             info = await session.initialize()
             assert info.serverInfo.name == "kernelenv"
             listed = {tool.name: tool for tool in (await session.list_tools()).tools}
+            assert list(listed) == [tool.name for tool in TOOLS]  # the table POST /mcp serves
             assert {"run_code", "reset", "list_tasks", "submit", "export_episode"} <= set(listed)
             assert listed["run_code"].inputSchema["required"] == ["code"]
 
@@ -202,3 +205,46 @@ async def test_kernelenv_mcp_over_stdio_with_the_sdk_client(tmp_path):
             assert wrong.isError is True and "code" in wrong.content[0].text
             nothing = await session.call_tool("submit", {})
             assert nothing.isError is True and "task_id" in nothing.content[0].text
+
+
+async def test_post_mcp_serves_the_same_tools_with_tasks_and_export():
+    import httpx
+
+    from kernelenv.env_tools import TOOLS
+    from kernelenv.server import ServerConfig, ServerThread
+
+    with ServerThread(ServerConfig(port=0, pool_size=1)) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
+
+            async def call(name, **arguments):
+                request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                           "params": {"name": name, "arguments": arguments}}
+                reply = (await http.post("/mcp", json=request)).json()
+                assert "result" in reply, reply
+                return reply["result"]
+
+            listing = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "tools/list"})
+            assert [t["name"] for t in listing.json()["result"]["tools"]] == [t.name for t in TOOLS]
+
+            task_id = "functions_easy_palindrome"
+            started = await call("reset", episode_id="mcp-task", task_id=task_id)
+            assert started["structuredContent"]["task_id"] == task_id
+            tasks = await call("list_tasks", episode_id="mcp-task")
+            assert task_id in {t["id"] for t in tasks["structuredContent"]["tasks"]}
+            code = (
+                "def is_palindrome(text):\n"
+                "    kept = [c.lower() for c in text if c.isalnum()]\n"
+                "    return kept == kept[::-1]"
+            )
+            assert (await call("run_code", episode_id="mcp-task", code=code))["isError"] is False
+            misuse = await call("submit", episode_id="mcp-task", review="looks fine")
+            assert misuse["isError"] is True and "pr_review" in misuse["content"][0]["text"]
+            graded = await call("submit", episode_id="mcp-task")
+            assert graded["isError"] is False, graded
+            assert graded["structuredContent"]["task_id"] == task_id
+            assert graded["structuredContent"]["score"] == 1.0
+            assert graded["structuredContent"]["passed"] is True
+            exported = await call("export_episode", episode_id="mcp-task")
+            sources = [c["source"] for c in exported["structuredContent"]["notebook"]["cells"]]
+            assert code in sources
+            assert (await http.post("/close", json={"episode_id": "mcp-task"})).status_code == 200

@@ -56,12 +56,18 @@ def test_task_notebooks_run_as_tests(pytester):
 
 
 def test_kernelenv_env_fixture_gives_a_ready_env(pytester):
+    # The fixture's env resets into the ini's task folder.
+    (pytester.path / "mytasks").mkdir()
+    notebook = nbformat.read(SOURCE_TASKS / "task_easy_1.ipynb", as_version=4)
+    notebook.metadata.kernelenv.task.id = "my_review"
+    nbformat.write(notebook, pytester.path / "mytasks" / "my_review.ipynb")
+    pytester.makeini("[pytest]\nkernelenv_tasks_dir = mytasks\n")
     pytester.makepyfile(
         """
         from kernelenv.models import ReviewAction
 
         def test_review_episode(kernelenv_env):
-            obs = kernelenv_env.reset(task_id="task_easy_1")
+            obs = kernelenv_env.reset(task_id="my_review")
             assert obs.task_context["pr_title"].startswith("Add paginate()")
             assert kernelenv_env.step("len(open('pr.diff').read()) > 0").return_value == "True"
             scored = kernelenv_env.step(ReviewAction(file_path="app/pagination.py"))

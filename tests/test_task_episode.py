@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from kernelenv import CodeAction, KernelEnv, KernelPool, StepStatus
-from kernelenv.errors import InvalidActionError, UnknownTaskError
+from kernelenv.errors import InvalidActionError, TaskFormatError, UnknownTaskError
 from kernelenv.models import ReviewAction, parse_action
 from kernelenv.task_format import review_answer
 from kernelenv.task_library import SOURCE_TASKS, TaskLibrary, default_library
@@ -137,6 +137,18 @@ async def test_max_steps_ends_the_episode(pool, tmp_path, no_leaks):
         await env.reset(task_id="functions_easy_palindrome")
         assert not (await env.step("x = 1")).done
         assert (await env.step("x += 1")).done
+
+
+async def test_a_task_whose_setup_fails_is_a_clear_error(pool, tmp_path, no_leaks):
+    notebook = nbformat.read(SOURCE_TASKS / "data_analysis_easy_readings.ipynb", as_version=4)
+    setup = next(c for c in notebook.cells if "setup" in c.metadata.get("tags", []))
+    setup.source = "raise RuntimeError('data source missing')"
+    nbformat.write(notebook, tmp_path / "data_analysis_easy_readings.ipynb")
+    async with KernelEnv(pool=pool, task_library=TaskLibrary(tmp_path)) as env:
+        with pytest.raises(TaskFormatError, match="(?s)setup of task .* failed.*data source missing"):
+            await env.reset(task_id="data_analysis_easy_readings")
+        assert env.episode is None and env.kernel is None
+        assert (await env.reset()).task_id is None  # the env is still usable
 
 
 def test_parse_action_tells_reviews_from_code():

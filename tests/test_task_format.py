@@ -71,7 +71,7 @@ def _notebook(library) -> dict:
         (lambda nb: nb.metadata.kernelenv.task.update(surprise=1), "surprise"),
         (lambda nb: setattr(nb, "cells", [c for c in nb.cells if "grader" not in c.metadata.get("tags", [])]),
          "no cell tagged 'grader'"),
-        (lambda nb: [c for c in nb.cells if "wrong" in c.metadata.get("tags", [])][0].update(
+        (lambda nb: next(c for c in nb.cells if "wrong" in c.metadata.get("tags", [])).update(
             cell_type="code", outputs=[], execution_count=None), "must be a raw cell"),
         (lambda nb: nb.cells[1].metadata.update(tags=["prompt", "setup"]), "more than one role"),
     ],

@@ -91,13 +91,18 @@ async def test_stubs_look_like_plain_functions(tool_env):
         "print(inspect.signature(describe))\n"
         "print(inspect.signature(slow_echo))\n"
         "print(describe.__name__, describe.__doc__)\n"
-        "print(callable(file_read), 'context' in str(inspect.signature(file_list)))"
+        "print(callable(file_read), 'context' in str(inspect.signature(file_list)))\n"
+        "try:\n"
+        "    input('agent input is still refused at once: ')\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__)"
     )
     assert observation.stdout.splitlines() == [
         "(label, *, upper=False)",
         "(text, delay_s=0.0)",
         "describe Describe the episode this call serves.",
         "True False",
+        "StdinNotImplementedError",
     ]
 
 
@@ -193,6 +198,12 @@ async def test_file_tools_are_confined_to_the_episode(tool_env, tmp_path):
     assert errors[1][0] == "FileNotFoundError" and str(host_file) in errors[1][1]
     assert errors[2] == ("FileNotFoundError", "[Errno 2] No such file or directory: '/missing.txt'")
     assert "kernelenv-" not in json.dumps(errors)  # no host path leaks to the agent
+    # Big contents reach the agent whole but are recorded as previews.
+    big = await tool_env.step("len(file_read('/big.txt')) if file_write('/big.txt', 'x' * 10000) else 0")
+    assert big.return_value == "10000"
+    write, read = big.metadata["tool_calls"]
+    assert write["arguments"]["content"].endswith("... [10000 characters]")
+    assert read["result_truncated"] is True and len(read["result"]) < 10000
     # A new episode starts with no files.
     await tool_env.reset()
     fresh = await tool_env.step("file_list()")

@@ -90,7 +90,7 @@ async def _main(args: argparse.Namespace, cases: list[str]) -> int:
     for check in results.checks:
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[check.met]
         value = "–" if check.value is None else f"{check.value:.2f} {check.unit}"
-        print(f"  {check.what:<64} {value:>12}  wanted {check.target:<11} {verdict}")
+        print(f"  {check.what:<66} {value:>12}  wanted {check.target:<12} {verdict}")
     print(f"\nwrote {markdown} and {json_path}")
     if failed:
         print(f"cases that failed: {', '.join(failed)}", file=sys.stderr)

@@ -11,6 +11,8 @@ from .stats import Figures, Results
 def _num(value: float | None, unit: str = "") -> str:
     if value is None:
         return "–"
+    if isinstance(value, int):
+        return str(value)  # a count
     digits = 1 if abs(value) >= 100 or unit == "MiB" else 2
     return f"{value:.{digits}f}{(' ' + unit) if unit else ''}"
 

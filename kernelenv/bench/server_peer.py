@@ -18,6 +18,11 @@ import httpx
 
 START_TIMEOUT_S = 120.0
 
+# How the server journals episodes: "fsync" (its default: each step written, flushed and
+# fsynced before the reply), "flush" (written and flushed: survives the server being killed,
+# not the machine crashing), "off".
+JOURNAL_MODES = ("fsync", "flush", "off")
+
 
 def server_available() -> bool:
     """Whether this checkout has the ``kernelenv serve`` command."""
@@ -42,8 +47,10 @@ class ServerProcess:
 
     def __init__(
         self, *, pool_size: int = 1, max_sessions: int = 8, step_timeout_s: float = 60.0,
-        journal: bool = True,
+        journal: str = "fsync",
     ):
+        if journal not in JOURNAL_MODES:
+            raise ValueError(f"journal must be one of {', '.join(JOURNAL_MODES)}, not {journal!r}")
         self.port = free_port()
         self.settings = {
             "KERNELENV_HOST": "127.0.0.1",
@@ -51,9 +58,10 @@ class ServerProcess:
             "KERNELENV_POOL_SIZE": str(pool_size),
             "KERNELENV_MAX_SESSIONS": str(max_sessions),
             "KERNELENV_STEP_TIMEOUT_S": str(step_timeout_s),
-            "KERNELENV_JOURNAL": "true" if journal else "false",
+            "KERNELENV_JOURNAL": "false" if journal == "off" else "true",
+            "KERNELENV_JOURNAL_FSYNC": "true" if journal == "fsync" else "false",
         }
-        # The journal (on by default, one fsync a step) goes to a scratch directory.
+        # The journal goes to a scratch directory, not the user's state directory.
         self._journal_dir: tempfile.TemporaryDirectory | None = None
         self._process: subprocess.Popen | None = None
         self._log: Any = None  # the server's stderr (a file: a full pipe would stall it)

@@ -12,9 +12,8 @@ from pydantic import ValidationError
 
 from .. import __version__
 from ..env import KernelEnv
-from ..env_tools import TOOLS, EnvTool, find_tool, observation_summary
+from ..env_tools import TOOLS, EnvTool, find_tool, result_text
 from ..errors import KernelEnvError
-from ..models import CodeObservation
 from .deps import Sessions
 from .sessions import Session, SessionKind, SessionManager
 
@@ -153,21 +152,10 @@ async def _call_tool(params: dict[str, Any], resolve: EnvResolver) -> dict[str, 
     finally:
         await target.finish(ok)
     return {
-        "content": [{"type": "text", "text": _result_text(result)}],
+        "content": [{"type": "text", "text": result_text(result)}],
         "structuredContent": result,
         "isError": False,
     }
-
-
-def _result_text(result: dict[str, Any]) -> str:
-    if "exit_code" in result and "stdout" in result:
-        try:
-            return observation_summary(CodeObservation.model_validate(
-                {k: v for k, v in result.items() if k != "episode_id"}
-            ))
-        except ValidationError:
-            pass
-    return json.dumps(result)
 
 
 def http_resolver(sessions: SessionManager) -> EnvResolver:

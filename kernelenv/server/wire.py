@@ -55,7 +55,8 @@ def observation_from_payload(payload: dict[str, Any]) -> CodeObservation:
     wire = dict(payload.get("observation") or {})
     metadata = dict(wire.pop("metadata", None) or payload.get("metadata") or {})
     rich = metadata.pop(RICH_KEY, None) or {}
-    fields = {**rich, **wire, "metadata": metadata}
+    known = CodeObservation.model_fields  # fields of a newer server are skipped, not refused
+    fields = {**{k: v for k, v in rich.items() if k in known}, **wire, "metadata": metadata}
     if "reward" in payload:
         fields["reward"] = payload["reward"]
     if "done" in payload:

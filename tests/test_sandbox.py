@@ -1,0 +1,146 @@
+"""Sandbox settings, the loud fallback, and the containment real kernels actually get."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import nbformat
+import pytest
+from jupyter_client import AsyncKernelManager
+from nbclient import NotebookClient
+
+from kernelenv import (
+    KernelEnv,
+    KernelPool,
+    SandboxConfig,
+    SandboxFallbackWarning,
+    SandboxUnavailableError,
+    StepStatus,
+)
+from kernelenv.pids_cgroup import cgroup_parent
+from kernelenv.sandbox import bwrap_available, bwrap_problem, scrub_env
+
+needs_bwrap = pytest.mark.skipif(not bwrap_available(), reason="bubblewrap is not usable here")
+
+CONFIG = {"memory_mb": 1536, "cpu_s": 300, "file_size_mb": 64, "open_files": 256,
+          "max_processes": 100}  # fmt: skip
+
+
+@pytest.fixture
+def without_bwrap(tmp_path, monkeypatch):
+    """A PATH with the util-linux tools but no bwrap; the availability check is redone."""
+    for tool in ("prlimit", "setpriv", "sh"):
+        (tmp_path / tool).symlink_to(shutil.which(tool))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    bwrap_problem.cache_clear()
+    yield
+    monkeypatch.undo()
+    bwrap_problem.cache_clear()
+
+
+def test_fallback_from_the_default_is_loud(without_bwrap, caplog):
+    with caplog.at_level(logging.WARNING, logger="kernelenv.sandbox"):
+        with pytest.warns(SandboxFallbackWarning, match="bwrap is not on PATH"):
+            config = SandboxConfig().resolved()
+    assert config.level == "limits"
+    assert "resource limits only" in caplog.text
+
+
+def test_an_explicit_level_that_is_unavailable_raises(without_bwrap):
+    with pytest.raises(SandboxUnavailableError, match="bwrap is not on PATH"):
+        SandboxConfig(level="bwrap").resolved()
+    assert SandboxConfig(level="limits").resolved().level == "limits"
+
+
+@needs_bwrap
+def test_the_default_is_the_strongest_level():
+    assert SandboxConfig().resolved().level == "bwrap"
+    assert KernelPool(size=0).sandbox.level == "bwrap"
+
+
+def test_secrets_are_scrubbed_from_the_environment():
+    env = {
+        "PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8",
+        "OPENAI_API_KEY": "x", "GITHUB_TOKEN": "x", "db_password": "x",
+        "MY_SECRET": "x", "AWS_SESSION_TOKEN": "x", "AWS_REGION": "x", "SSH_KEYS": "x",
+    }  # fmt: skip
+    kept = scrub_env(env, SandboxConfig().secret_env_patterns)
+    assert kept == {"PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError):
+        SandboxConfig(level="docker")
+    with pytest.raises(ValueError):
+        SandboxConfig(memory_mb=0)
+    with pytest.raises(ValueError, match="not to an env that shares it"):
+        KernelEnv(pool=KernelPool(size=0, sandbox="none"), sandbox="limits")
+
+
+PROBE = (
+    "import os, resource\n"
+    "status = open('/proc/self/status').read()\n"
+    "print(resource.getrlimit(resource.RLIMIT_AS)[1] // 2**20,\n"
+    "      resource.getrlimit(resource.RLIMIT_CPU)[1],\n"
+    "      resource.getrlimit(resource.RLIMIT_FSIZE)[1] // 2**20,\n"
+    "      resource.getrlimit(resource.RLIMIT_NOFILE)[1],\n"
+    "      status.split('CapEff:')[1].split()[0], os.getcwd())\n"
+    "try:\n"
+    "    resource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n"
+    "    print('raised')\n"
+    "except ValueError:\n"
+    "    print('kept')"
+)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("level", ["limits", pytest.param("bwrap", marks=needs_bwrap)])
+async def test_kernels_get_the_limits_and_cannot_raise_them(level, no_leaks):
+    async with KernelEnv(pool_size=1, sandbox=SandboxConfig(level=level, **CONFIG)) as env:
+        await env.reset()
+        obs = await env.step(PROBE)
+        assert obs.status is StepStatus.OK, obs.stderr
+        limits, verdict = obs.stdout.splitlines()
+        memory, cpu, fsize, nofile, caps, cwd = limits.split()
+        assert (int(memory), int(cpu), int(fsize), int(nofile)) == (1536, 300, 64, 256)
+        assert int(caps, 16) == 0  # no capabilities: root in the kernel cannot undo them
+        assert verdict == "kept"
+        assert cwd == str(env.kernel.work_dir)
+        cgroup = env.kernel.manager.provisioner.pids_cgroup
+        if cgroup_parent() is not None:
+            assert (cgroup.path / "pids.max").read_text().strip() == "100"
+            assert env.kernel.pid in cgroup.pids()
+
+
+@pytest.mark.anyio
+@needs_bwrap
+async def test_nbclient_starting_from_the_kernelspec_is_contained(tmp_path, no_leaks):
+    """Containment lives in the kernelspec's provisioner, so other tools get it too."""
+    async with KernelPool(size=0, sandbox="bwrap") as pool:
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        manager = AsyncKernelManager(
+            kernel_name=pool.kernel_name,
+            kernel_spec_manager=pool.spec_manager,
+            transport="ipc",
+            ip=str(run_dir / "kernel"),
+            connection_file=str(run_dir / "connection.json"),
+        )
+        notebook = nbformat.v4.new_notebook(
+            cells=[nbformat.v4.new_code_cell("import os, socket\nprint(os.getpid())\n"
+                                             "print(socket.gethostname())")]
+        )  # fmt: skip
+        client = NotebookClient(
+            notebook, km=manager, resources={"metadata": {"path": str(tmp_path)}}
+        )
+        try:
+            await client.async_execute(cleanup_kc=True)
+        finally:  # nbclient leaves a kernel manager it was given running
+            if manager.has_kernel:
+                await manager.shutdown_kernel(now=True)
+        pid, hostname = notebook.cells[0].outputs[0]["text"].split()
+        assert pid == "2"  # its own PID namespace
+        assert hostname == "kernelenv"
+        assert os.getpid() != 2
