@@ -15,6 +15,8 @@ Exceptions are for faults of the infrastructure and for misuse of the API::
     ├── TaskFormatError (ValueError)         a task notebook is malformed, or its setup failed
     ├── UnknownEpisodeError (LookupError)    no live episode has that id
     ├── ServerStartError (RuntimeError)      a server launched for a client did not start
+    ├── MCPConnectionError (ConnectionError)  an MCP server of the tools could not be reached
+    ├── ToolSetupError (RuntimeError)        host-side tools could not be set up in a kernel
     └── ServerError (RuntimeError)           a kernelenv server answered with an error frame
 
 Third-party errors (zmq, jupyter_client) are translated at the boundary with
@@ -78,6 +80,14 @@ class TaskFormatError(KernelEnvError, ValueError):
 
 class UnknownEpisodeError(KernelEnvError, LookupError):
     """No live episode has the requested id (it never existed, was closed, or was reaped)."""
+
+
+class MCPConnectionError(KernelEnvError, ConnectionError):
+    """An MCP server whose tools an env offers could not be reached, or did not answer in time."""
+
+
+class ToolSetupError(KernelEnvError, RuntimeError):
+    """Host-side tools could not be set up for a kernel (see ``kernelenv.tools``)."""
 
 
 class ServerStartError(KernelEnvError, RuntimeError):

@@ -25,14 +25,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .errors import KernelEnvError
+from .errors import MCPConnectionError
 from .tools import Tool, ToolContext, ToolError
 
 log = logging.getLogger(__name__)
-
-
-class MCPConnectionError(KernelEnvError, ConnectionError):
-    """An MCP server could not be reached, or did not finish its handshake in time."""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,22 @@ def descendants(root_pid: int) -> set[int]:
     return found
 
 
+def kill_tree(root_pid: int) -> None:
+    """Stop the whole tree first (a stopped process cannot fork any more), then kill it."""
+    stopped: set[int] = set()
+    for _ in range(20):
+        new = descendants(root_pid) - stopped
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped |= new
+    for pid in stopped:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 class ProcessWatchdog:
     """Kills a kernel's whole process tree once it holds more than ``max_processes``.
 
@@ -76,9 +92,7 @@ class ProcessWatchdog:
                     "kernel process %d started %d processes (cap %d): killing its tree",
                     self.root_pid, len(tree), self.max_processes,
                 )  # fmt: skip
-                for pid in tree:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
+                await asyncio.to_thread(kill_tree, self.root_pid)
                 return
             if not os.path.exists(f"/proc/{self.root_pid}"):
                 return

@@ -22,6 +22,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Dict, List, Unicode
 
 from .pids_cgroup import PidsCgroup, cgroup_parent
+from .process_watchdog import ProcessWatchdog
 from .sandbox import (
     SandboxConfig,
     SandboxFallbackWarning,
@@ -48,6 +49,8 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
     ).tag(config=True)
 
     _cgroup: PidsCgroup | None = None
+    _watchdog: ProcessWatchdog | None = None
+    _watchdog_cap: int | None = None
     _level = "none"
 
     @property
@@ -79,10 +82,21 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
                 cmd = ["sh", "-c", JOIN_CGROUP, str(self._cgroup.procs_file)] + cmd
             else:
                 _warn_no_cgroup()
+                self._watchdog_cap = config.max_processes
         kwargs["cmd"] = cmd
         return kwargs
 
-    def _bwrap_args(self, config: SandboxConfig, cmd: list[str], kwargs: dict[str, Any]) -> list[str]:
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        """Launch the wrapped command; without a cgroup, start the process-count watchdog."""
+        info = await super().launch_kernel(cmd, **kwargs)
+        if self._watchdog_cap is not None and self.pid:
+            self._watchdog = ProcessWatchdog(self.pid, self._watchdog_cap)
+            self._watchdog.start()
+        return info
+
+    def _bwrap_args(
+        self, config: SandboxConfig, cmd: list[str], kwargs: dict[str, Any]
+    ) -> list[str]:
         km = self.parent
         if km is None:
             raise RuntimeError("the bwrap sandbox needs a kernel manager (for the socket paths)")
@@ -130,6 +144,9 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         """Release the kernel's resources: kill what is left of its processes, drop its cgroup."""
         await super().cleanup(restart=restart)
         await self._release_cgroup()
+        if self._watchdog is not None:
+            await self._watchdog.stop()
+            self._watchdog = None
 
     def kill_now(self) -> None:
         """Kill the kernel and every process it started, without an event loop (at exit)."""
@@ -151,8 +168,9 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
 @functools.cache
 def _warn_no_cgroup() -> None:
     message = (
-        "no writable pids cgroup on this machine: the process count of kernels is not "
-        "limited (RLIMIT_NPROC does not apply to root); a fork bomb can exhaust the machine"
+        "no writable pids cgroup on this machine: the process count of kernels is enforced "
+        "only by a watchdog polling each kernel's process tree (RLIMIT_NPROC does not apply "
+        "to root), which a fast fork bomb can overshoot"
     )
     log.warning(message)
     warnings.warn(message, SandboxFallbackWarning, stacklevel=2)

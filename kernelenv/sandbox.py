@@ -19,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -104,16 +105,22 @@ class SandboxConfig(BaseModel):
         if self.level == "auto":
             if bwrap_available():
                 return self.model_copy(update={"level": "bwrap"})
+            if limits_problem() is None:
+                _announce_fallback(
+                    f"bubblewrap is not usable on this machine ({bwrap_problem()}); kernels "
+                    "run with resource limits only: no network, filesystem or PID isolation. "
+                    "Install the 'bubblewrap' package to fix this."
+                )
+                return self.model_copy(update={"level": "limits"})
             _announce_fallback(
-                "bubblewrap is not usable on this machine "
-                f"({bwrap_problem()}); kernels run with resource limits only: no network, "
-                "filesystem or PID isolation. Install the 'bubblewrap' package to fix this."
+                f"neither bubblewrap nor resource limits are usable here ({limits_problem()}); "
+                "kernels run UNCONTAINED. Install 'bubblewrap' and 'util-linux' to fix this."
             )
-            return self.model_copy(update={"level": "limits"})
-        if self.level == "bwrap" and not bwrap_available():
+            return self.model_copy(update={"level": "none"})
+        problem = {"bwrap": bwrap_problem, "limits": limits_problem}.get(self.level)
+        if problem is not None and problem() is not None:
             raise SandboxUnavailableError(
-                f"sandbox level 'bwrap' was asked for but bubblewrap is not usable: "
-                f"{bwrap_problem()}"
+                f"sandbox level {self.level!r} was asked for but is not usable here: {problem()}"
             )
         return self
 
@@ -153,7 +160,7 @@ def bwrap_problem() -> str | None:
             return f"{tool} (util-linux) is not on PATH"
     try:
         result = subprocess.run(
-            [bwrap, *BWRAP_PROBE, "true"], capture_output=True, text=True, timeout=10
+            [bwrap, *BWRAP_PROBE, "true"], capture_output=True, text=True, timeout=10, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"a trial sandbox failed: {exc}"
@@ -206,7 +213,10 @@ def limit_args(config: SandboxConfig) -> list[str]:
         args.append(f"--nofile={config.open_files}")
     args.append("--")
     if config.level == "limits":
-        args += ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--"]
+        args += ["setpriv", "--no-new-privs"]
+        if os.geteuid() == 0:  # only root has capabilities to drop (and may drop them)
+            args += ["--bounding-set=-all", "--inh-caps=-all"]
+        args.append("--")
     return args
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from .errors import KernelEnvError
+from .errors import ToolSetupError
 from .tools import Tool, ToolCall, ToolContext, ToolError, ToolRegistry
 
 if TYPE_CHECKING:
@@ -89,13 +89,13 @@ class ToolBridge:
         """Serve ``kernel``'s tool socket and define the tool stubs in its namespace."""
         self.detach()
         if getattr(kernel, "directory", None) is None:
-            raise KernelEnvError(
+            raise ToolSetupError(
                 "host-side tools need kernels on this machine (a Unix socket in the kernel's "
                 "directory); use the local backend with tools="
             )
         socket_path = kernel.directory / "run" / SOCKET_NAME
         if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
-            raise KernelEnvError(
+            raise ToolSetupError(
                 f"the tool socket path {socket_path} is too long for a Unix socket; "
                 "use a shorter pool root_dir"
             )
@@ -111,7 +111,7 @@ class ToolBridge:
             install_code(str(socket_path), self.tools.values()), timeout_s=timeout_s, silent=True
         )
         if outcome.observation.error is not None:
-            raise KernelEnvError(
+            raise ToolSetupError(
                 f"defining the tools in kernel {kernel.kernel_id} failed: "
                 f"{outcome.observation.error.text}"
             )

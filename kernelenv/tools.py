@@ -39,11 +39,15 @@ class ToolContext:
 
     A tool receives it when one of its parameters is annotated ``ToolContext``; that parameter
     is hidden from the agent.
+
+    Attributes:
+        episode_id: The episode the call comes from.
+        files_dir: The episode's own host directory (see :mod:`kernelenv.file_tools`),
+            removed with the episode.
     """
 
     episode_id: str
     files_dir: Path
-    """The episode's own host directory (see :mod:`kernelenv.file_tools`), removed with it."""
 
 
 class ToolCall(BaseModel):

@@ -9,7 +9,6 @@ show the same probe does see the hole there (the threat model in the README).
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess

@@ -41,9 +41,11 @@ def without_bwrap(tmp_path, monkeypatch):
 
 
 def test_fallback_from_the_default_is_loud(without_bwrap, caplog):
-    with caplog.at_level(logging.WARNING, logger="kernelenv.sandbox"):
-        with pytest.warns(SandboxFallbackWarning, match="bwrap is not on PATH"):
-            config = SandboxConfig().resolved()
+    with (
+        caplog.at_level(logging.WARNING, logger="kernelenv.sandbox"),
+        pytest.warns(SandboxFallbackWarning, match="bwrap is not on PATH"),
+    ):
+        config = SandboxConfig().resolved()
     assert config.level == "limits"
     assert "resource limits only" in caplog.text
 
@@ -52,6 +54,19 @@ def test_an_explicit_level_that_is_unavailable_raises(without_bwrap):
     with pytest.raises(SandboxUnavailableError, match="bwrap is not on PATH"):
         SandboxConfig(level="bwrap").resolved()
     assert SandboxConfig(level="limits").resolved().level == "limits"
+
+
+def test_without_any_tool_the_fallback_says_uncontained(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    bwrap_problem.cache_clear()
+    try:
+        with pytest.warns(SandboxFallbackWarning, match="UNCONTAINED"):
+            assert SandboxConfig().resolved().level == "none"
+        with pytest.raises(SandboxUnavailableError, match="prlimit"):
+            SandboxConfig(level="limits").resolved()
+    finally:
+        monkeypatch.undo()
+        bwrap_problem.cache_clear()
 
 
 @needs_bwrap
@@ -144,3 +159,29 @@ async def test_nbclient_starting_from_the_kernelspec_is_contained(tmp_path, no_l
         assert pid == "2"  # its own PID namespace
         assert hostname == "kernelenv"
         assert os.getpid() != 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("level", ["limits", pytest.param("bwrap", marks=needs_bwrap)])
+async def test_without_a_cgroup_a_watchdog_caps_the_process_count(level, monkeypatch, no_leaks):
+    from kernelenv import provisioner
+
+    monkeypatch.setattr(provisioner, "cgroup_parent", lambda: None)  # a machine without one
+    provisioner._warn_no_cgroup.cache_clear()
+    config = SandboxConfig(level=level, max_processes=20)
+    async with KernelEnv(pool_size=0, sandbox=config) as env:
+        with pytest.warns(SandboxFallbackWarning, match="watchdog"):  # noqa: PT031
+            await env.reset()  # the kernel start announces it
+        assert env.kernel.manager.provisioner.pids_cgroup is None
+        obs = await env.step(
+            "import subprocess, time\n"
+            "sleepers = [subprocess.Popen(['sleep', '60']) for _ in range(40)]\n"
+            "time.sleep(30)",
+            timeout_s=20,
+        )
+        assert obs.status is StepStatus.KERNEL_DIED
+        # The replacement kernel's start warns again (the warning is cached per process).
+        provisioner._warn_no_cgroup.cache_clear()
+        with pytest.warns(SandboxFallbackWarning, match="watchdog"):  # noqa: PT031
+            assert (await env.step("1 + 1")).return_value == "2"
+    provisioner._warn_no_cgroup.cache_clear()
