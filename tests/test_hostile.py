@@ -400,7 +400,7 @@ async def test_a_sigkilled_server_leaves_no_kernel_behind():
     if not bwrap_available():
         pytest.skip("bubblewrap is not usable here")
     port = _free_port()
-    server = subprocess.Popen(
+    server = subprocess.Popen(  # noqa: ASYNC220  (starting it does not block)
         [sys.executable, "-m", "kernelenv", "serve", "--port", str(port), "--pool-size", "2",
          "--sandbox", "bwrap", "--log-level", "warning"],
         stdout=subprocess.DEVNULL,

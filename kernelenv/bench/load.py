@@ -58,8 +58,11 @@ class Tally:
 
 @dataclass
 class Session:
-    """One contender's session, set up: ``step()`` runs :data:`STEP_CODE` and returns stdout;
-    ``finish(steps)`` checks the session's final state."""
+    """A set-up session of one contender.
+
+    ``step()`` runs :data:`STEP_CODE` and returns what it printed; ``finish(steps)`` checks the
+    session's final state.
+    """
 
     secret: str
     step: Callable[[], Awaitable[str]]
