@@ -170,7 +170,7 @@ async def test_without_a_cgroup_a_watchdog_caps_the_process_count(level, monkeyp
     provisioner._warn_no_cgroup.cache_clear()
     config = SandboxConfig(level=level, max_processes=20)
     async with KernelEnv(pool_size=0, sandbox=config) as env:
-        with pytest.warns(SandboxFallbackWarning, match="watchdog"):  # noqa: PT031
+        with pytest.warns(SandboxFallbackWarning, match="watchdog"):
             await env.reset()  # the kernel start announces it
         assert env.kernel.manager.provisioner.pids_cgroup is None
         obs = await env.step(
@@ -182,6 +182,6 @@ async def test_without_a_cgroup_a_watchdog_caps_the_process_count(level, monkeyp
         assert obs.status is StepStatus.KERNEL_DIED
         # The replacement kernel's start warns again (the warning is cached per process).
         provisioner._warn_no_cgroup.cache_clear()
-        with pytest.warns(SandboxFallbackWarning, match="watchdog"):  # noqa: PT031
+        with pytest.warns(SandboxFallbackWarning, match="watchdog"):
             assert (await env.step("1 + 1")).return_value == "2"
     provisioner._warn_no_cgroup.cache_clear()

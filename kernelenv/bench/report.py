@@ -39,10 +39,12 @@ def to_markdown(results: Results) -> str:
     machine = results.machine
     lines = [f"# {results.title}", ""]
     lines += [
-        f"Taken {machine.get('date_utc')} on {machine.get('logical_cores')} logical cores "
-        f"({machine.get('cpu_model')}), {machine.get('memory_gib')} GiB, "
-        f"Python {machine.get('python')}; mode **{results.mode}**. Medians in the unit shown; "
-        "contenders alternate within one run, so compare ratios inside a run.",
+        (
+            f"Taken {machine.get('date_utc')} on {machine.get('logical_cores')} logical cores "
+            f"({machine.get('cpu_model')}), {machine.get('memory_gib')} GiB, "
+            f"Python {machine.get('python')}; mode **{results.mode}**. Medians in the unit "
+            "shown; contenders alternate within one run, so compare ratios inside a run."
+        ),
         "",
         "## Targets",
         "",
@@ -69,8 +71,8 @@ def to_markdown(results: Results) -> str:
     lines += ["", "## Machine", ""]
     packages = ", ".join(f"{name} {v}" for name, v in machine.get("packages", {}).items())
     lines += _table(["", ""], [
-        ["CPU", f"{machine.get('cpu_model')}, {machine.get('logical_cores')} logical / "
-                f"{machine.get('physical_cores')} physical cores"],
+        ["CPU", (f"{machine.get('cpu_model')}, {machine.get('logical_cores')} logical / "
+                 f"{machine.get('physical_cores')} physical cores")],
         ["memory", f"{machine.get('memory_gib')} GiB"],
         ["OS", str(machine.get("os"))],
         ["Python", str(machine.get("python"))],

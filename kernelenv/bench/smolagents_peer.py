@@ -45,7 +45,7 @@ def smolagents_version(python: Path) -> str | None:
     """The smolagents version installed for ``python``."""
     out = subprocess.run(
         [str(python), "-c", "from importlib.metadata import version; print(version('smolagents'))"],
-        capture_output=True, text=True,
+        check=False, capture_output=True, text=True,
     )
     return out.stdout.strip() or None
 

@@ -42,8 +42,10 @@ NOTEBOOK_CELLS = [
     "for w in words[:3]:\n    print(w.upper())",
     "fib = [0, 1]\nfor _ in range(30):\n    fib.append(fib[-1] + fib[-2])\nfib[-1]",
     "math.sqrt(fib[-1])",
-    "class Point:\n    def __init__(self, x, y):\n        self.x, self.y = x, y\n"
-    "    def norm(self):\n        return math.hypot(self.x, self.y)",
+    (
+        "class Point:\n    def __init__(self, x, y):\n        self.x, self.y = x, y\n"
+        "    def norm(self):\n        return math.hypot(self.x, self.y)"
+    ),
     "Point(3, 4).norm()",
     "matrix = [[i * j for j in range(10)] for i in range(10)]",
     "sum(map(sum, matrix))",
