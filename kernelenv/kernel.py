@@ -228,6 +228,9 @@ class Kernel:
         late = self._take_late()
         if run.died:
             return StepOutcome(self._died_observation(collector, duration), True, late)
+        if run.broken is not None:
+            await self.kill()
+            return StepOutcome(self._broken_observation(collector, duration, run.broken), True, late)
         if timed_out:
             if not interrupted_in_time:
                 await self.kill()
@@ -266,11 +269,29 @@ class Kernel:
         observation.metadata["kernel_exit_code"] = code
         return observation
 
+    def _broken_observation(
+        self, collector: OutputCollector, duration: float, reason: str
+    ) -> CodeObservation:
+        error = ErrorInfo(
+            ename="KernelProtocolError",
+            evalue="The kernel sent a message that could not be read "
+            f"({reason}): the cell probably replaced something the kernel's own messaging "
+            "uses (such as json.dumps). The kernel was stopped; the episode's variables are "
+            "lost and the next step runs on a fresh kernel.",
+        )
+        return collector.to_observation(StepStatus.KERNEL_DIED, error=error, duration_s=duration)
+
     # Output written after a cell's idle (by background threads) cannot be attributed
     # reliably; it is kept apart and reported with the next step as ``late_output``.
     def _drain_late_nowait(self) -> None:
-        while (msg := self.recv_iopub_nowait()) is not None:
-            self._note_late(msg)
+        while True:
+            try:
+                msg = self.recv_iopub_nowait()
+                if msg is None:
+                    return
+                self._note_late(msg)
+            except Exception as exc:  # unreadable leftovers of a previous cell: drop them
+                log.warning("kernel %s: dropped an unreadable message: %s", self.kernel_id, exc)
 
     def recv_iopub_nowait(self) -> dict[str, Any] | None:
         """The next IOPub message if one is already queued, else None (never waits)."""
@@ -343,6 +364,9 @@ class _Run:
         self.reply: dict[str, Any] | None = None
         self.idle = False
         self.died = False
+        # Why a message could not be read, once one could not (agent code broke the
+        # kernel's messaging): the step cannot finish normally.
+        self.broken: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -360,7 +384,7 @@ class _Run:
         shell: asyncio.Future | None = None
         iopub: asyncio.Future | None = None
         try:
-            while not self.finished:
+            while not self.finished and self.broken is None:
                 if self.reply is None and shell is None:
                     shell = shell_socket.recv_multipart()
                 if not self.idle and iopub is None:
@@ -394,12 +418,18 @@ class _Run:
         return decode_message(self.kernel.client.session, frames)
 
     def _take_shell(self, frames: list[bytes]) -> None:
-        msg = self._decode(frames)
-        if msg["parent_header"].get("msg_id") == self.msg_id:
-            self.reply = msg["content"]
+        try:
+            msg = self._decode(frames)
+            if msg["parent_header"].get("msg_id") == self.msg_id:
+                self.reply = dict(msg["content"])
+        except Exception as exc:
+            self.broken = f"{type(exc).__name__}: {exc}"
 
     def _take_iopub(self, frames: list[bytes]) -> None:
-        self._take(self._decode(frames))
+        try:
+            self._take(self._decode(frames))
+        except Exception as exc:
+            self.broken = f"{type(exc).__name__}: {exc}"
 
     def _take(self, msg: dict[str, Any]) -> None:
         if msg["parent_header"].get("msg_id") != self.msg_id:
@@ -412,6 +442,12 @@ class _Run:
 
     def drain_nowait(self) -> None:
         """Take IOPub messages that are already queued, without waiting."""
-        while (msg := self.kernel.recv_iopub_nowait()) is not None:
-            self._take(msg)
+        while self.broken is None:
+            try:
+                msg = self.kernel.recv_iopub_nowait()
+                if msg is None:
+                    return
+                self._take(msg)
+            except Exception as exc:
+                self.broken = f"{type(exc).__name__}: {exc}"
 

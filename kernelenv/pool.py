@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,13 @@ from .errors import EnvClosedError, KernelStartError, PoolExhaustedError
 from .kernel import Kernel
 from .kernelspec import KERNEL_NAME, kernel_spec, write_kernel_spec
 from .pids_cgroup import reap_stale_cgroups
-from .sandbox import SandboxConfig, as_sandbox_config
+from .sandbox import SandboxConfig, agent_hidden_paths, as_sandbox_config
 
 log = logging.getLogger(__name__)
 
 ROOT_PREFIX = "kernelenv-"
+# Kernel starts that may fail in a row before acquire() raises instead of waiting on.
+MAX_START_FAILURES = 3
 OWNER_FILE = "owner.pid"
 
 
@@ -61,6 +63,7 @@ class KernelPool:
         max_concurrent_starts: int = 2,
         root_dir: str | os.PathLike[str] | None = None,
         sandbox: SandboxConfig | str | None = None,
+        hidden_paths: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         if size < 0:
             raise ValueError(f"pool size must be >= 0, got {size}")
@@ -73,6 +76,7 @@ class KernelPool:
         self._root_parent = root_dir
         # Resolved now, so a fallback warning points at the code that made the pool.
         self.sandbox = as_sandbox_config(sandbox).resolved()
+        self.hidden_paths = [Path(p) for p in hidden_paths]
         self.root: Path | None = None
         self.kernel_name = KERNEL_NAME
         self._spec_manager: KernelSpecManager | None = None
@@ -83,6 +87,7 @@ class KernelPool:
         self._live: set[Kernel] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._start_failures = 0
+        self._last_start_error: KernelStartError | None = None
         self._closed = False
         self._finalizer: weakref.finalize | None = None
 
@@ -140,7 +145,11 @@ class KernelPool:
                 python=self.python,
                 extra_env=self.extra_env,
                 sandbox=self.sandbox,
-                hidden_paths=[str(self.root)],
+                # Neighbouring episodes, answer keys, and whatever the owner adds.
+                hidden_paths=[
+                    str(p) for p in (self.root, *agent_hidden_paths(), *self.hidden_paths)
+                    if p.is_dir()
+                ],
             )
         )
         self._spec_manager = KernelSpecManager(kernel_dirs=[str(self.root / "kernelspecs")])
@@ -186,11 +195,13 @@ class KernelPool:
     async def _next_ready(self) -> Kernel:
         assert self._ready is not None
         while True:
-            if self._start_failures >= 3 and self._ready.empty() and not self._starting:
+            # Starts that keep failing must surface as an error, not as a wait until the
+            # acquire timeout (a replacement start is usually already under way by now).
+            if self._start_failures >= MAX_START_FAILURES and self._ready.empty():
                 failures, self._start_failures = self._start_failures, 0
                 raise KernelStartError(
-                    f"{failures} kernel starts failed in a row; see the log for the cause"
-                )
+                    f"{failures} kernel starts failed in a row; the last: {self._last_start_error}"
+                ) from self._last_start_error
             with contextlib.suppress(TimeoutError):
                 with anyio.fail_after(0.5):
                     return await self._ready.get()
@@ -252,6 +263,7 @@ class KernelPool:
                     await kernel.execute(self.warmup_code, timeout_s=self.start_timeout_s, silent=True)
         except KernelStartError as exc:
             self._start_failures += 1
+            self._last_start_error = exc
             log.error("kernel start failed: %s", exc)
             return
         finally:

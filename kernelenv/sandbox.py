@@ -220,6 +220,13 @@ def limit_args(config: SandboxConfig) -> list[str]:
     return args
 
 
+def agent_hidden_paths() -> list[Path]:
+    """Folders no agent kernel may read under bwrap: the task library (solutions, graders)."""
+    from .task_library import shipped_task_dirs
+
+    return shipped_task_dirs()
+
+
 def bwrap_args(
     config: SandboxConfig,
     *,

@@ -14,6 +14,11 @@ PACKAGED_TASKS = Path(__file__).parent / "_tasks"
 SOURCE_TASKS = Path(__file__).parent.parent / "tasks"
 
 
+def shipped_task_dirs() -> list[Path]:
+    """Every folder the shipped task notebooks (with their solutions) may be read from."""
+    return [PACKAGED_TASKS, SOURCE_TASKS]
+
+
 def default_tasks_dir() -> Path:
     """The library shipped with kernelenv: the installed copy, else the source checkout's."""
     if PACKAGED_TASKS.is_dir():

@@ -87,7 +87,7 @@ def test_load_test_and_targets_are_reported(quick_run):
     contenders = [run["contender"] for run in data["load"]]
     assert contenders == [
         "kernelenv over the WebSocket",
-        "kernelenv over the WebSocket, journal without fsync",
+        "kernelenv over the WebSocket, journal with fsync",
         "raw jupyter_client, same number of kernels",
     ]
     for run in data["load"]:
@@ -96,12 +96,12 @@ def test_load_test_and_targets_are_reported(quick_run):
         assert run["sessions"] * run["steps_per_session"] == run["latency"]["n"]
     checks = {check["key"]: check for check in data["checks"]}
     assert set(checks) == {
-        "step.ratio", "step.websocket_overhead", "step.websocket_no_fsync_overhead",
-        "step.websocket_no_journal_overhead", "step.websocket_cpu", "step.websocket_no_fsync_cpu",
+        "step.ratio", "step.websocket_overhead", "step.websocket_fsync_overhead",
+        "step.websocket_no_journal_overhead", "step.websocket_cpu", "step.websocket_fsync_cpu",
         "step.websocket_no_journal_cpu",
         "compute.speedup", "reset.warm_p50",
         "reset.warm_p99", "reset.drained_p99", "replay.speedup", "memory.uss", "load.errors",
-        "load.cross_talk", "load.throughput", "load.throughput_no_fsync",
+        "load.cross_talk", "load.throughput", "load.throughput_fsync",
     }
     assert all(check["value"] is not None for check in checks.values())
 

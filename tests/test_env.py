@@ -177,6 +177,18 @@ async def test_segfault_is_kernel_died(env):
     assert (await env.step("2 + 2")).return_value == "4"
 
 
+async def test_code_that_breaks_the_kernels_messaging_is_an_observation(env):
+    """Patching what the kernel serialises its messages with must not crash the env."""
+    await env.step("kept = 1")
+    obs = await env.step("import json\njson.dumps = lambda *a, **k: '{}'")
+    assert obs.status is StepStatus.KERNEL_DIED
+    assert obs.error.ename == "KernelProtocolError"
+    assert "json.dumps" in obs.error.evalue
+    after = await env.step("'kept' in globals()")
+    assert after.kernel_restarted is True
+    assert after.return_value == "False"
+
+
 async def test_output_flood_is_truncated_and_the_step_finishes(shared_pool):
     async with KernelEnv(pool=shared_pool, max_output_bytes=10_000, step_timeout_s=30) as env:
         await env.reset()

@@ -135,3 +135,11 @@ def test_a_killed_owner_leaves_no_kernel_running():
     if alive:
         psutil.Process(kernel_pid).kill()
     assert not alive
+
+
+async def test_kernels_that_cannot_start_raise_instead_of_waiting(no_leaks):
+    from kernelenv import KernelStartError
+
+    async with KernelPool(size=1, python="/nonexistent/python3", sandbox="none") as pool:
+        with pytest.raises(KernelStartError, match="failed in a row"):
+            await pool.acquire(timeout_s=120)

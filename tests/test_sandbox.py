@@ -185,3 +185,32 @@ async def test_without_a_cgroup_a_watchdog_caps_the_process_count(level, monkeyp
         with pytest.warns(SandboxFallbackWarning, match="watchdog"):
             assert (await env.step("1 + 1")).return_value == "2"
     provisioner._warn_no_cgroup.cache_clear()
+
+
+@needs_bwrap
+@pytest.mark.anyio
+async def test_answer_keys_and_hidden_folders_are_empty_inside_bwrap(no_leaks):
+    """The task library (solutions, graders) and owner-hidden folders read as empty."""
+    import tempfile
+    from pathlib import Path
+
+    from kernelenv.task_library import default_tasks_dir
+
+    tasks = default_tasks_dir()
+    # Outside /tmp (which bwrap replaces anyway), as a server's journal is.
+    artifacts = Path(__file__).parent.parent / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    secret_dir = Path(tempfile.mkdtemp(prefix="hidden-journal-", dir=artifacts))
+    (secret_dir / "other-episode.jsonl").write_text("{}")
+    try:
+        assert any(tasks.glob("*.ipynb"))
+        async with KernelPool(size=0, sandbox="bwrap", hidden_paths=[secret_dir]) as pool:
+            async with KernelEnv(pool=pool) as env:
+                await env.reset()
+                obs = await env.step(
+                    f"import os\n(os.listdir({str(tasks)!r}), os.listdir({str(secret_dir)!r}))"
+                )
+                assert obs.status is StepStatus.OK, obs.stderr
+                assert obs.return_value == "([], [])"
+    finally:
+        shutil.rmtree(secret_dir)

@@ -68,8 +68,8 @@ class SuiteConfig:
 
 # The WebSocket contenders: row key -> how the server journals (see server_peer.JOURNAL_MODES).
 WEBSOCKET_JOURNALS = {
-    "step.websocket": "fsync",
-    "step.websocket_no_fsync": "flush",
+    "step.websocket": "flush",
+    "step.websocket_fsync": "fsync",
     "step.websocket_no_journal": "off",
 }
 
@@ -90,7 +90,7 @@ ROWS: dict[str, tuple[str, str]] = {
     "step.raw": ("raw jupyter_client execute", "ms"),
     "step.kernelenv": ("KernelEnv.step in process", "ms"),
     "step.websocket": ("step over the WebSocket (kernelenv serve)", "ms"),
-    "step.websocket_no_fsync": ("step over the WebSocket, journal without fsync", "ms"),
+    "step.websocket_fsync": ("step over the WebSocket, journal with fsync", "ms"),
     "step.websocket_no_journal": ("step over the WebSocket, journal off", "ms"),
     "compute.kernelenv": ("KernelEnv.step in process", "ms"),
     "compute.smolagents": ("smolagents LocalPythonExecutor (OpenEnv coding_env)", "ms"),
@@ -224,7 +224,7 @@ async def bench_step(cfg: SuiteConfig, results: Results) -> None:
             cpu[key] = CpuMeter([server.pid])  # the server and its kernel
         samples = await alternate(contenders, cfg.steps, cfg.warmup, cpu)
     notes = {key: meter.note(cfg.steps) for key, meter in cpu.items()}
-    notes["step.websocket"] += "; default settings: journal on, an fsync a step"
+    notes["step.websocket"] += "; default settings: journal on, written and flushed a step"
     add_timings(results, samples, notes)
     for key in WEBSOCKET_JOURNALS:
         if key not in samples:
@@ -245,10 +245,10 @@ async def bench_step(cfg: SuiteConfig, results: Results) -> None:
                       ratio, "x", "<= 1.25x (= 80 % throughput)", 1.25)
     results.notes.append(
         "A WebSocket step runs through a `kernelenv serve` child process. With its default "
-        "settings the journal makes each step durable (write, flush and fsync on a worker "
-        "thread) before replying, so that latency includes one fsync of this machine's disk; "
-        "`without fsync` keeps the write and flush (which survive the server being killed), "
-        "`journal off` drops the journal. CPU figures add up this process, the server and the "
+        "settings the journal writes and flushes each step before replying (which survives "
+        "the server being killed); `with fsync` (`--journal-fsync`) also forces it to the "
+        "disk, so that it survives a crash of the machine, and its latency includes one fsync "
+        "of this machine's disk; `journal off` drops the journal. CPU figures add up this process, the server and the "
         "kernel over the timed steps (wall time on a shared machine is noisy; CPU a step is "
         "what bounds throughput)."
     )

@@ -35,7 +35,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with KernelPool(size=config.pool_size, sandbox=config.sandbox) as pool:
+        journal_dir = config.journal_path()
+        if journal_dir is not None:
+            journal_dir.mkdir(parents=True, exist_ok=True)
+        async with KernelPool(
+            size=config.pool_size,
+            sandbox=config.sandbox,
+            # Other episodes' journals must not be readable from an agent's kernel.
+            hidden_paths=[journal_dir] if journal_dir else (),
+        ) as pool:
             sessions = SessionManager(pool, config, env_factory)
             app.state.pool, app.state.sessions = pool, sessions
             async with anyio.create_task_group() as background:

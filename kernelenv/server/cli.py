@@ -17,6 +17,7 @@ _OPTIONS = {
     "sandbox": "sandbox",
     "journal_dir": "journal_dir",
     "journal": "journal",
+    "journal_fsync": "journal_fsync",
 }
 
 
@@ -47,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-journal", dest="journal", action="store_false", default=None,
         help="do not journal episodes (a crash then loses them)",
+    )
+    parser.add_argument(
+        "--journal-fsync", action="store_true", default=None,
+        help="fsync every journaled step, so it survives a crash of the machine too "
+        "(costs one fsync a step; without it steps survive the server being killed)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

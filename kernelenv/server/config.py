@@ -64,7 +64,7 @@ class ServerConfig(BaseSettings):
         description="Where the journal goes (default: journal/ in the user's state directory).",
     )
     journal_fsync: bool = Field(
-        default=True,
+        default=False,
         description="fsync each journaled step, so it also survives a crash of the machine "
         "(a few ms a step); without it, steps still survive the server being killed.",
     )
