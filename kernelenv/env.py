@@ -51,7 +51,7 @@ REQUEST_ID_MEMORY = 256
 class StepRecord:
     """One step of an episode as it happened (what export and replay work from)."""
 
-    action: CodeAction
+    action: CodeAction | ReviewAction
     observation: CodeObservation
     started_at: float
     ended_at: float
@@ -380,12 +380,18 @@ class KernelEnv:
         if action.request_id is not None and action.request_id in self._recorded:
             return self._recorded[action.request_id].model_copy(deep=True)
         async with self._step_lock():
+            loop = asyncio.get_running_loop()
+            started_at = loop.time()
             observation = await submit_review(self.pool, episode.task, action)
             observation.metadata.setdefault("episode_id", episode.episode_id)
             episode.state.step_count += 1
             episode.state.last_exit_code = observation.exit_code
             if episode.task.last_grade is not None:
                 episode.state.last_score = episode.task.last_grade.score
+            # Recorded like a code step, so export, the journal and recovery keep it.
+            episode.steps.append(StepRecord(action, observation, started_at, loop.time()))
+            if self.journal is not None:
+                await self.journal.record_step(episode, episode.steps[-1])
             if action.request_id is not None:
                 self._remember(action.request_id, observation)
             return observation

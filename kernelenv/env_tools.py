@@ -14,7 +14,8 @@ from typing import Any
 from .env import KernelEnv
 from .models import CodeObservation, ReviewAction, parse_action
 
-ToolHandler = Callable[[KernelEnv, dict[str, Any]], Awaitable[dict[str, Any]]]
+# The env is None for a tool that needs no episode, called without one.
+ToolHandler = Callable[[KernelEnv | None, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class EnvTool:
         handler: ``async (env, arguments) -> result dict``, run on the session's env.
         starts_episode: True when the tool needs no live episode (it starts one); a
             stateless transport may then give it a fresh env.
+        needs_episode: False when the tool can answer without any episode (its handler then
+            gets ``env=None`` where no episode is named).
     """
 
     name: str
@@ -35,6 +38,7 @@ class EnvTool:
     input_schema: dict[str, Any]
     handler: ToolHandler
     starts_episode: bool = False
+    needs_episode: bool = True
 
 
 def observation_summary(observation: CodeObservation) -> str:
@@ -117,10 +121,10 @@ TOOLS: list[EnvTool] = [
 # -- tasks, submission and export (kernelenv mcp and POST /mcp alike) ------------------------
 
 
-async def _list_tasks(env: KernelEnv, arguments: dict[str, Any]) -> dict[str, Any]:
+async def _list_tasks(env: KernelEnv | None, arguments: dict[str, Any]) -> dict[str, Any]:
     from .task_library import default_library
 
-    library = env.task_library or default_library()
+    library = (env.task_library if env is not None else None) or default_library()
     tasks = [library.get(task_id) for task_id in library.ids()]
     return {
         "tasks": [
@@ -169,6 +173,7 @@ TOOLS += [
         "is a review ('review') or code ('code'). Start one with reset(task_id=...).",
         input_schema={"type": "object", "properties": {}},
         handler=_list_tasks,
+        needs_episode=False,
     ),
     EnvTool(
         name="submit",

@@ -22,7 +22,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from .errors import ResetNeeded
-from .models import CodeAction, CodeObservation
+from .models import CodeAction, CodeObservation, ReviewAction
 
 if TYPE_CHECKING:
     from .env import KernelEnv
@@ -79,7 +79,7 @@ class TimedStep:
         ended_at: When the step ended.
     """
 
-    action: CodeAction
+    action: CodeAction | ReviewAction
     observation: CodeObservation
     started_at: float
     ended_at: float
@@ -132,7 +132,13 @@ def episode_notebook(info: EpisodeInfo, steps: Iterable[TimedStep]) -> NotebookN
 
 
 def step_cell(step: TimedStep, *, index: int) -> NotebookNode:
-    """The code cell of one step (its id is ``step-<index>``, counted from 1)."""
+    """The cell of one step (its id is ``step-<index>``, counted from 1).
+
+    A code step is a code cell; a review submitted on a pr_review task is a markdown cell
+    showing the review and the grader's feedback (a notebook has no cell kind for it).
+    """
+    if isinstance(step.action, ReviewAction):
+        return review_cell(step, index=index)
     observation = step.observation
     started, ended = iso_timestamp(step.started_at), iso_timestamp(step.ended_at)
     step_metadata = {
@@ -169,6 +175,37 @@ def step_cell(step: TimedStep, *, index: int) -> NotebookNode:
                 "iopub.status.idle": ended,
             },
             METADATA_KEY: step_metadata,
+        },
+    )
+
+
+def review_cell(step: TimedStep, *, index: int) -> NotebookNode:
+    """The markdown cell of a review submission, its fields and grade in the metadata."""
+    review = step.action.model_dump(mode="json", exclude_none=True)
+    observation = step.observation
+    rows = "\n".join(
+        f"| {name} | {str(value).replace('|', '/')} |"
+        for name, value in review.items() if name != "review"
+    )
+    source = (
+        f"**Review submitted** (step {index}, reward {observation.reward})\n\n"
+        f"> {review.get('review', '')}\n\n| field | value |\n|---|---|\n{rows}\n\n"
+        f"**Feedback:** {observation.previous_feedback or observation.stdout.strip()}"
+    )
+    return nbformat.v4.new_markdown_cell(
+        source=source,
+        id=f"step-{index}",
+        metadata={
+            METADATA_KEY: {
+                "role": "review",
+                "step": index,
+                "review": review,
+                "status": observation.status.value,
+                "exit_code": observation.exit_code,
+                "reward": observation.reward,
+                "done": observation.done,
+                "feedback": observation.previous_feedback,
+            }
         },
     )
 

@@ -31,7 +31,7 @@ import anyio
 from nbformat import NotebookNode
 
 from .export import EpisodeInfo, TimedStep, episode_info, episode_notebook, wall_clock_offset
-from .models import CodeAction, CodeObservation
+from .models import CodeObservation, parse_action
 
 if TYPE_CHECKING:
     from .env import Episode, KernelEnv, StepRecord
@@ -236,7 +236,7 @@ def read_journal(path: str | os.PathLike[str]) -> JournalEntry:
         elif kind == "step":
             entry.steps.append(
                 TimedStep(
-                    action=CodeAction.model_validate(record["action"]),
+                    action=parse_action(record["action"]),
                     observation=CodeObservation.model_validate(record["observation"]),
                     started_at=record["started_at"],
                     ended_at=record["ended_at"],

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from .errors import TaskFormatError
 from .grading import Grade, grade_answer, grade_code_attempt
-from .models import CodeObservation, ReviewAction, StepStatus
+from .models import CodeAction, CodeObservation, ReviewAction, StepStatus
 from .task_format import Task
 
 if TYPE_CHECKING:
@@ -103,7 +103,8 @@ async def grade_run(
         cells = [
             (record.action.code, record.action.timeout_s or task.limits.step_timeout_s)
             for record in steps
-            if record.observation.status not in _NOT_REPLAYED
+            if isinstance(record.action, CodeAction)
+            and record.observation.status not in _NOT_REPLAYED
         ]
         grade = await grade_code_attempt(pool, task, cells, prelude=prelude)
     run.last_grade = grade

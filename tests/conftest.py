@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -108,3 +110,29 @@ async def shared_pool(anyio_backend):
 
     async with KernelPool(size=2) as pool:
         yield pool
+
+
+# OpenEnv's published package, in its own cached virtual environment: never a dependency of
+# kernelenv (it pins mcp<2 and brings about 480 MB).
+OPENENV_REQUIREMENT = "openenv==0.10.0"
+OPENENV_VENV = Path(__file__).resolve().parent.parent / ".venv-openenv"
+
+
+@pytest.fixture(scope="session")
+def openenv_python() -> Path:
+    """The interpreter of a virtual environment with OpenEnv's published package."""
+    marker = OPENENV_VENV / f".installed-{OPENENV_REQUIREMENT}"
+    python = OPENENV_VENV / "bin" / "python"
+    if not marker.exists():
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(OPENENV_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             OPENENV_REQUIREMENT],
+            check=True,
+            timeout=900,
+        )
+        marker.touch()
+    return python
+
+

@@ -227,6 +227,10 @@ async def test_post_mcp_serves_the_same_tools_with_tasks_and_export():
             assert [t["name"] for t in listing.json()["result"]["tools"]] == [t.name for t in TOOLS]
 
             task_id = "functions_easy_palindrome"
+            # Listing the tasks needs no episode.
+            before = await call("list_tasks")
+            assert before["isError"] is False
+            assert task_id in {t["id"] for t in before["structuredContent"]["tasks"]}
             started = await call("reset", episode_id="mcp-task", task_id=task_id)
             assert started["structuredContent"]["task_id"] == task_id
             tasks = await call("list_tasks", episode_id="mcp-task")

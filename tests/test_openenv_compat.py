@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,28 +16,8 @@ import pytest
 
 from kernelenv.server import ServerConfig, ServerThread
 
-OPENENV_REQUIREMENT = "openenv==0.10.0"
 REPO = Path(__file__).resolve().parent.parent
-VENV = REPO / ".venv-openenv"
 DRIVER = Path(__file__).resolve().parent / "openenv_clients.py"
-
-
-@pytest.fixture(scope="module")
-def openenv_python() -> Path:
-    """The interpreter of a virtual environment with OpenEnv's published package."""
-    marker = VENV / f".installed-{OPENENV_REQUIREMENT}"
-    python = VENV / "bin" / "python"
-    if not marker.exists():
-        if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             OPENENV_REQUIREMENT],
-            check=True,
-            timeout=900,
-        )
-        marker.touch()
-    return python
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,31 @@ async def test_review_submissions_are_graded_with_feedback(env):
     assert (await env.grade()).score == second.reward  # grade() reads the last submission
 
 
+async def test_reviews_are_steps_of_the_episode_in_export_and_journal(pool, tmp_path, no_leaks):
+    from kernelenv import Journal
+    from kernelenv.journal import recover_all
+
+    async with KernelEnv(pool=pool, journal=Journal(tmp_path / "journal")) as env:
+        await env.reset(task_id="task_easy_1", episode_id="reviewed")
+        await env.step("print(1)")
+        graded = await env.step(reference_review("task_easy_1"))
+        notebook = await env.export_notebook(tmp_path / "episode.ipynb")
+        nbformat.validate(notebook)
+        kinds = [cell.cell_type for cell in notebook.cells]
+        assert kinds == ["markdown", "code", "markdown"]  # task prompt, code, review
+        review_cell = notebook.cells[-1]
+        meta = review_cell.metadata["kernelenv"]
+        assert meta["role"] == "review" and meta["reward"] == graded.reward
+        assert meta["review"]["file_path"] == reference_review("task_easy_1").file_path
+        assert "Review submitted" in review_cell.source
+        # The journal keeps the review too: a recovered episode has all three cells.
+        recovered = recover_all(tmp_path / "journal", tmp_path / "recovered")
+        assert len(recovered) == 1
+        again = nbformat.read(recovered[0], as_version=4)
+        assert [c.cell_type for c in again.cells] == kinds
+        assert again.cells[-1].metadata["kernelenv"]["review"] == meta["review"]
+
+
 async def test_submissions_are_limited_and_request_ids_are_idempotent(env):
     await env.reset(task_id="task_easy_1")
     blank = ReviewAction(request_id="r1")

@@ -9,8 +9,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-# OpenEnv's published package lives in its own cached venv (see test_openenv_compat).
-from test_openenv_compat import openenv_python  # noqa: F401  (a fixture)
 
 from kernelenv import CodingEnv
 from kernelenv.models import ReviewAction
@@ -115,7 +113,7 @@ asyncio.run(main())
 """
 
 
-def test_openenv_generic_client_submits_a_review(openenv_python, server, http):  # noqa: F811
+def test_openenv_generic_client_submits_a_review(openenv_python, server, http):
     answer = review_answer(default_library().get("task_hard_1").solution[0])
     run = subprocess.run(
         [str(openenv_python), "-c", OPENENV_DRIVER, server.base_url, json.dumps(answer)],

@@ -117,13 +117,16 @@ def tool_listing(tool: EnvTool, *, http: bool) -> dict[str, Any]:
     """A tool as ``tools/list`` shows it; over HTTP, tools take the episode's id."""
     schema = tool.input_schema
     if http and not tool.starts_episode:
+        required = [*schema.get("required", [])]
+        if tool.needs_episode:
+            required.append("episode_id")
         schema = {
             **schema,
             "properties": {
                 **schema.get("properties", {}),
                 "episode_id": {"type": "string", "description": "The episode, from 'reset'."},
             },
-            "required": [*schema.get("required", []), "episode_id"],
+            "required": required,
         }
     return {"name": tool.name, "description": tool.description, "inputSchema": schema}
 
@@ -137,6 +140,8 @@ async def _call_tool(params: dict[str, Any], resolve: EnvResolver) -> dict[str, 
         raise JsonRpcError(INVALID_PARAMS, f"unknown tool {name!r}; known tools: {known}")
     if not isinstance(arguments, dict):
         raise JsonRpcError(INVALID_PARAMS, "'arguments' must be an object")
+    if not tool.needs_episode and arguments.get("episode_id") is None:
+        return _tool_result(await tool.handler(None, arguments))
     try:
         target = await resolve(tool, arguments)
     except KernelEnvError as exc:
@@ -151,6 +156,10 @@ async def _call_tool(params: dict[str, Any], resolve: EnvResolver) -> dict[str, 
         return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
     finally:
         await target.finish(ok)
+    return _tool_result(result)
+
+
+def _tool_result(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "content": [{"type": "text", "text": result_text(result)}],
         "structuredContent": result,
