@@ -16,7 +16,7 @@ from .errors import EnvClosedError, ServerError
 from .launchers import DockerLauncher, Launcher, LocalServerLauncher
 from .models import Action, CodeAction, CodeObservation, CodeState
 from .server.wire import observation_from_payload
-from .sync import PortalThread
+from .sync import BlockingTwin
 
 
 @dataclass
@@ -302,7 +302,7 @@ class CodingEnv:
                 await ws.close()
 
 
-class SyncCodingEnv:
+class SyncCodingEnv(BlockingTwin):
     """The blocking twin of :class:`CodingEnv` (same methods, no ``await``).
 
     It drives the async client on a private event loop thread, so it also works inside
@@ -316,9 +316,8 @@ class SyncCodingEnv:
     """
 
     def __init__(self, client: CodingEnv) -> None:
+        super().__init__(client)
         self.client = client
-        self._portal = PortalThread()
-        self._closed = False
 
     def __enter__(self) -> SyncCodingEnv:
         try:
@@ -328,26 +327,15 @@ class SyncCodingEnv:
             raise
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # A forgotten twin must not leave a thread, a connection or a server running.
-        if not getattr(self, "_closed", True):
-            try:
-                self.close()
-            except Exception:
-                pass
-
     def connect(self) -> None:
         """See :meth:`CodingEnv.connect`."""
-        self._portal.call(self.client.connect)
+        self._call(self.client.connect)
 
     def reset(
         self, *, seed: int | None = None, episode_id: str | None = None, **options: Any
     ) -> StepResult:
         """See :meth:`CodingEnv.reset`."""
-        return self._portal.call(self.client.reset, seed=seed, episode_id=episode_id, **options)
+        return self._call(self.client.reset, seed=seed, episode_id=episode_id, **options)
 
     def step(
         self,
@@ -357,27 +345,18 @@ class SyncCodingEnv:
         request_id: str | None = None,
     ) -> StepResult:
         """See :meth:`CodingEnv.step`."""
-        return self._portal.call(
+        return self._call(
             self.client.step, action, timeout_s=timeout_s, request_id=request_id
         )
 
     def state(self) -> CodeState:
         """See :meth:`CodingEnv.state`."""
-        return self._portal.call(self.client.state)
+        return self._call(self.client.state)
 
     def mcp(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """See :meth:`CodingEnv.mcp`."""
-        return self._portal.call(self.client.mcp, method, params)
+        return self._call(self.client.mcp, method, params)
 
-    def close(self) -> None:
-        """Close the client (see :meth:`CodingEnv.close`) and stop the private loop."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._portal.call(self.client.close)
-        finally:
-            self._portal.stop()
 
 
 def _step_result(reply: dict[str, Any]) -> StepResult:

@@ -122,7 +122,7 @@ def reap_stale_cgroups() -> list[Path]:
             owner = int(path.name[len(CGROUP_PREFIX) :].split("-", 1)[0])
         except ValueError:
             continue
-        if owner == os.getpid() or _pid_alive(owner):
+        if owner == os.getpid() or pid_alive(owner):
             continue
         group = PidsCgroup.__new__(PidsCgroup)
         group.path = path
@@ -131,7 +131,8 @@ def reap_stale_cgroups() -> list[Path]:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (possibly as another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

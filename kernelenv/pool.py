@@ -21,7 +21,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from .errors import EnvClosedError, KernelStartError, PoolExhaustedError
 from .kernel import Kernel
 from .kernelspec import KERNEL_NAME, kernel_spec, write_kernel_spec
-from .pids_cgroup import reap_stale_cgroups
+from .pids_cgroup import pid_alive, reap_stale_cgroups
 from .sandbox import SandboxConfig, agent_hidden_paths, as_sandbox_config
 
 log = logging.getLogger(__name__)
@@ -303,17 +303,8 @@ def reap_stale_roots(parent: str | os.PathLike[str] | None = None) -> list[Path]
             owner = int((root / OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if owner != os.getpid() and not _pid_alive(owner):
+        if owner != os.getpid() and not pid_alive(owner):
             shutil.rmtree(root, ignore_errors=True)
             removed.append(root)
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -6,7 +6,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -51,7 +51,49 @@ class PortalThread:
             cm.__exit__(None, None, None)
 
 
-class SyncKernelEnv:
+class BlockingTwin:
+    """What every blocking twin shares: a private loop thread, and closing its async half.
+
+    The async half (an env or a client) is closed by :meth:`close`, at the end of a ``with``
+    block, or when the twin is garbage-collected unclosed: a forgotten twin must not leave a
+    thread, kernels, a connection or a server running.
+    """
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self._portal = PortalThread()
+        self._closed = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - nothing to report to at garbage collection
+                pass
+
+    def close(self) -> None:
+        """Close the async half and stop the private loop. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._portal.call(self._target.close)
+        finally:
+            self._portal.stop()
+
+    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        if self._closed:
+            raise EnvClosedError("this environment is closed; create a new one")
+        return self._portal.call(fn, *args, **kwargs)
+
+
+class SyncKernelEnv(BlockingTwin):
     """The blocking twin of :class:`KernelEnv`: same methods, no ``await``.
 
     Example:
@@ -62,47 +104,28 @@ class SyncKernelEnv:
     """
 
     def __init__(self, env: KernelEnv) -> None:
+        super().__init__(env)
         self.env = env
-        self._portal = PortalThread()
-        self._closed = False
-
-    def __enter__(self) -> SyncKernelEnv:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # A forgotten facade must not leave a thread and kernels running.
-        if not getattr(self, "_closed", True):
-            try:
-                self.close()
-            except Exception:
-                pass
 
     def reset(
         self, *, seed: int | None = None, episode_id: str | None = None, **options: Any
     ) -> CodeObservation:
         """See :meth:`KernelEnv.reset`."""
-        self._check_open()
-        return self._portal.call(self.env.reset, seed=seed, episode_id=episode_id, **options)
+        return self._call(self.env.reset, seed=seed, episode_id=episode_id, **options)
 
     def step(
         self, action: CodeAction | str, *, timeout_s: float | None = DEFAULT
     ) -> CodeObservation:
         """See :meth:`KernelEnv.step`."""
-        self._check_open()
-        return self._portal.call(self.env.step, action, timeout_s=timeout_s)
+        return self._call(self.env.step, action, timeout_s=timeout_s)
 
     def grade(self) -> Grade:
         """See :meth:`KernelEnv.grade`."""
-        self._check_open()
-        return self._portal.call(self.env.grade)
+        return self._call(self.env.grade)
 
     def export_notebook(self, path: str | os.PathLike[str] | None = None) -> NotebookNode:
         """See :meth:`KernelEnv.export_notebook`."""
-        self._check_open()
-        return self._portal.call(self.env.export_notebook, path)
+        return self._call(self.env.export_notebook, path)
 
     @property
     def state(self) -> CodeState:
@@ -120,22 +143,7 @@ class SyncKernelEnv:
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run any coroutine function of the env (e.g. ``env.export_notebook``) blocking."""
-        self._check_open()
-        return self._portal.call(fn, *args, **kwargs)
-
-    def close(self) -> None:
-        """Close the env and stop the private loop. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._portal.call(self.env.close)
-        finally:
-            self._portal.stop()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise EnvClosedError("this environment is closed; create a new one")
+        return self._call(fn, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         # Plain attributes of the async env (pool, episode, step_timeout_s, ...) read through.

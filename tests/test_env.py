@@ -45,7 +45,7 @@ async def test_reset_gives_a_fresh_kernel_and_working_directory(env):
     await env.step("import os")
     second_dir = Path(eval((await env.step("os.getcwd()")).return_value))
     assert second_dir != first_dir
-    assert not (await env.step("import os; os.path.exists('note.txt')")).return_value == "True"
+    assert (await env.step("import os; os.path.exists('note.txt')")).return_value == "False"
     assert env.state.step_count == 4  # counts restart with the episode
 
 

@@ -6,10 +6,10 @@ import pytest
 
 gymnasium = pytest.importorskip("gymnasium")
 
-from gymnasium.utils.env_checker import check_env  # noqa: E402
+from gymnasium.utils.env_checker import check_env
 
-from kernelenv.gym import ENV_ID, KernelGymEnv  # noqa: E402
-from kernelenv.task_library import default_library  # noqa: E402
+from kernelenv.gym import ENV_ID, KernelGymEnv
+from kernelenv.task_library import default_library
 
 
 def test_gymnasium_check_env_passes(no_leaks):

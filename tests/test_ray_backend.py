@@ -11,10 +11,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from kernelenv import CodeAction, KernelEnv, KernelStartError, StepStatus  # noqa: E402
-from kernelenv.models import EXIT_KERNEL_DIED  # noqa: E402
-from kernelenv.ray_backend import RayKernelPool  # noqa: E402
-from kernelenv.task_library import default_library  # noqa: E402
+from kernelenv import CodeAction, KernelEnv, KernelStartError, StepStatus
+from kernelenv.models import EXIT_KERNEL_DIED
+from kernelenv.ray_backend import RayKernelPool
+from kernelenv.task_library import default_library
 
 pytestmark = pytest.mark.anyio
 

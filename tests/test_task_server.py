@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-
 from kernelenv import CodingEnv
 from kernelenv.models import ReviewAction
 from kernelenv.server import ServerConfig, ServerThread

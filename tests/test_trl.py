@@ -8,8 +8,8 @@ import pytest
 
 transformers_utils = pytest.importorskip("transformers.utils")
 
-from kernelenv.task_library import default_library  # noqa: E402
-from kernelenv.trl import KernelEnvFactory, KernelToolEnv  # noqa: E402
+from kernelenv.task_library import default_library
+from kernelenv.trl import KernelEnvFactory, KernelToolEnv
 
 TASK_ID = "functions_easy_palindrome"
 
