@@ -66,8 +66,6 @@ class Episode:
     options: dict[str, Any] = field(default_factory=dict)
     steps: list[StepRecord] = field(default_factory=list)
     state: CodeState = field(default_factory=CodeState)
-    kernel_lost: bool = False
-    done: bool = False
     task: TaskRun | None = None  # set when reset(task_id=...) started a graded task
 
 

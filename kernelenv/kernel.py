@@ -183,6 +183,10 @@ class Kernel:
             log.warning("shutting down kernel %s failed: %s", self.kernel_id, exc)
             with contextlib.suppress(Exception):
                 await self.manager.signal_kernel(signal.SIGKILL)
+        # Each manager made its own zmq context (shared with its client): close it now rather
+        # than leave it to garbage collection, which warns about it at an arbitrary moment.
+        with contextlib.suppress(Exception):
+            self.manager.context.destroy(linger=0)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- running code -------------------------------------------------------------------

@@ -112,7 +112,6 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         # The connection file alone, read-only: its folder may be Jupyter's shared runtime
         # directory, with other kernels' keys in it.
         readable = [Path(km.connection_file).absolute()]
-        readable += paths_under_tmp(interpreter_paths(cmd[0]))
         # Matplotlib and IPython want writable config directories; the home is read-only.
         kwargs["env"].setdefault("MPLCONFIGDIR", "/tmp/.config/matplotlib")
         kwargs["env"].setdefault("IPYTHONDIR", "/tmp/.ipython")
@@ -121,6 +120,7 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
             writable=sorted(writable),
             hidden=self.hidden_paths,
             readable=readable,
+            system=paths_under_tmp(interpreter_paths(cmd[0])),
             cwd=cwd,
         )
 

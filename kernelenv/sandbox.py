@@ -233,17 +233,22 @@ def bwrap_args(
     writable: Sequence[str | Path],
     hidden: Sequence[str | Path] = (),
     readable: Sequence[str | Path] = (),
+    system: Sequence[str | Path] = (),
     cwd: str | Path | None = None,
 ) -> list[str]:
     """The ``bwrap`` command line in front of a kernel command.
 
+    Later mounts cover earlier ones, so the order is: the private /tmp, ``system``, ``hidden``,
+    ``readable``, ``writable``.
+
     Args:
         config: Sandbox settings (network, /tmp size).
         writable: Directories bound read-write (the episode's working and socket directories).
-        hidden: Directories replaced by an empty tmpfs first (e.g. the pool's root, so an
-            episode cannot see its neighbours'), before ``writable`` is bound back.
-        readable: Paths bound read-only over what ``hidden`` and the private /tmp hide (the
-            connection file, a virtual environment under /tmp).
+        hidden: Directories replaced by an empty tmpfs (e.g. the pool's root, so an episode
+            cannot see its neighbours', and the task library inside a checkout).
+        readable: Paths bound read-only over what ``hidden`` hides (the connection file).
+        system: Paths bound read-only over the private /tmp before anything is hidden: what
+            the interpreter needs that lives under /tmp (a virtual environment, a checkout).
         cwd: The kernel's working directory inside the sandbox.
     """
     args = [
@@ -253,6 +258,8 @@ def bwrap_args(
         "--proc", "/proc",
         "--size", str(config.tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp",
     ]  # fmt: skip
+    for path in system:
+        args += ["--ro-bind", str(path), str(path)]
     for path in hidden:
         args += ["--tmpfs", str(path)]
     for path in readable:
@@ -290,8 +297,10 @@ def paths_under_tmp(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def interpreter_paths(python: str) -> list[Path]:
-    """Directories a kernel interpreter needs to read: its venv and base installation."""
+    """Directories a kernel interpreter needs to read: its venv, its base installation, and
+    the folder kernelenv is imported from (a source checkout, for an editable install)."""
     exe = Path(python)
     paths = [exe.parent.parent, exe.resolve().parent.parent, Path(sys.prefix)]
     paths.append(Path(sys.base_prefix))
+    paths.append(Path(__file__).resolve().parent.parent)  # graders import kernelenv
     return paths

@@ -255,7 +255,8 @@ async def test_fork_bomb_is_capped_and_cleaned_up(pool, episode):
     assert obs.status in (StepStatus.ERROR, StepStatus.TIMEOUT)
     if episode.env.kernel is not None:  # it survived: its group holds no more than the cap
         cgroup = episode.env.kernel.manager.provisioner.pids_cgroup
-        assert 1 < len(cgroup.pids()) <= LIMITS["max_processes"]
+        # (the bomb's children may all have exited by now: only the cap is an invariant)
+        assert 1 <= len(cgroup.pids()) <= LIMITS["max_processes"]
     await episode.works()
 
 

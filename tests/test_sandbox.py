@@ -214,3 +214,32 @@ async def test_answer_keys_and_hidden_folders_are_empty_inside_bwrap(no_leaks):
                 assert obs.return_value == "([], [])"
     finally:
         shutil.rmtree(secret_dir)
+
+
+def test_bwrap_mount_order_keeps_hidden_folders_hidden_inside_bound_ones():
+    """A checkout under /tmp is bound back, its task library stays hidden, the connection
+    file inside the hidden pool root stays readable: later mounts cover earlier ones."""
+    from kernelenv.sandbox import bwrap_args
+
+    args = bwrap_args(
+        SandboxConfig(level="bwrap"),
+        writable=["/tmp/pool/k1/work"],
+        hidden=["/tmp/pool", "/tmp/checkout/tasks"],
+        readable=["/tmp/pool/k1/run/connection.json"],
+        system=["/tmp/checkout"],
+    )
+
+    def position(*mount: str) -> int:
+        for i in range(len(args) - len(mount) + 1):
+            if tuple(args[i : i + len(mount)]) == mount:
+                return i
+        raise AssertionError(f"{mount} not in {args}")
+
+    private_tmp = position("--tmpfs", "/tmp")
+    checkout = position("--ro-bind", "/tmp/checkout", "/tmp/checkout")
+    tasks = position("--tmpfs", "/tmp/checkout/tasks")
+    pool_root = position("--tmpfs", "/tmp/pool")
+    connection = position("--ro-bind", *["/tmp/pool/k1/run/connection.json"] * 2)
+    work = position("--bind", "/tmp/pool/k1/work", "/tmp/pool/k1/work")
+    assert private_tmp < checkout < tasks < connection < work
+    assert pool_root < connection
