@@ -14,7 +14,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY kernelenv ./kernelenv
 COPY tasks ./tasks
-RUN pip install --no-cache-dir . && rm -rf /root/.cache
+RUN pip install --no-cache-dir .
 
 USER kernelenv
 ENV KERNELENV_HOST=0.0.0.0 \

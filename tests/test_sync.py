@@ -33,34 +33,6 @@ def test_blocking_facade_inside_a_running_event_loop(no_leaks):
     assert asyncio.run(notebook_cell()) == "42"
 
 
-def test_seed_004_quick_start(no_leaks):
-    # Seed 004's Quick Start, with only the import line changed.
-    from kernelenv import CodeAction, create_codeact_env
-
-    env = create_codeact_env()
-    obs = env.reset()
-    action = CodeAction(code="""
-x = 10
-y = 20
-result = x * y
-print(f"Result: {result}")
-result  # Return value
-""")
-    obs = env.step(action)
-    assert obs.execution_result.stdout == "Result: 200\n"
-    assert obs.execution_result.return_value == "200"
-    assert obs.execution_result.success is True
-
-    obs = env.step(CodeAction(code="import math\nmath.sqrt(16)"))
-    assert obs.execution_result.return_value == "4.0"
-
-    # Seed 004's multi-step exploration.
-    env.step(CodeAction(code="data = [1, 2, 3, 4, 5]"))
-    obs = env.step(CodeAction(code="mean = sum(data) / len(data); mean"))
-    assert obs.execution_result.return_value == "3.0"
-    env.close()
-
-
 def test_create_codeact_env_passes_options(no_leaks):
     with create_codeact_env(step_timeout_s=0.5) as env:
         env.reset()
