@@ -34,7 +34,8 @@ class OutputCollector:
     def __init__(self, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> None:
         self.max_output_bytes = max_output_bytes
         self.outputs: list[dict[str, Any]] = []
-        self.truncated = False
+        self.truncated = False  # something was dropped at some point (reported)
+        self._full = False  # the cap is reached now: drop until the next clear_output
         self.execution_count: int | None = None
         self._bytes = 0
         self._clear_on_next_output = False
@@ -67,18 +68,19 @@ class OutputCollector:
         self.outputs.clear()
         self._display_index.clear()
         self._bytes = 0
+        self._full = False
         self._clear_on_next_output = False
 
     def _room(self) -> int:
         return self.max_output_bytes - self._bytes
 
     def _add_stream(self, name: str, text: str) -> None:
-        if self.truncated:
+        if self._full:
             return
         size = len(text.encode("utf-8", "surrogatepass"))
         if size > self._room():
             text = _cut_utf8(text, max(self._room(), 0)) + truncation_marker(self.max_output_bytes)
-            self.truncated = True
+            self.truncated = self._full = True
         self._bytes += size
         last = self.outputs[-1] if self.outputs else None
         if last is not None and last["output_type"] == "stream" and last["name"] == name:
@@ -89,7 +91,7 @@ class OutputCollector:
     def _add_rich(self, msg_type: str, msg: dict[str, Any]) -> None:
         size = _bundle_size(msg["content"])
         essential = msg_type in ("execute_result", "error")
-        if self.truncated and not essential:
+        if self._full and not essential:
             return
         output = output_from_msg(msg)
         if essential:
@@ -109,8 +111,8 @@ class OutputCollector:
         self.outputs.append(output)
 
     def _mark_truncated(self) -> None:
-        if not self.truncated:
-            self.truncated = True
+        if not self._full:
+            self.truncated = self._full = True
             self.outputs.append(
                 {
                     "output_type": "stream",

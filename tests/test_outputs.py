@@ -130,3 +130,14 @@ def test_outputs_match_what_nbformat_builds_from_the_same_messages():
         ours = output_from_msg(message)
         assert ours == nbformat_output_from_msg(message)
         nbformat.validate(nbformat.from_dict(ours), ref=ours["output_type"], version=4)
+
+
+def test_clear_output_after_a_cut_makes_room_again_and_the_cut_is_still_reported():
+    c = OutputCollector(max_output_bytes=50)
+    c.feed(msg("stream", name="stdout", text="x" * 80))
+    c.feed(msg("stream", name="stdout", text="dropped"))
+    c.feed(msg("clear_output", wait=False))
+    c.feed(msg("stream", name="stdout", text="final\n"))
+    obs = c.to_observation(StepStatus.OK)
+    assert obs.stdout == "final\n"
+    assert obs.output_truncated is True
