@@ -189,7 +189,9 @@ class KernelEnv:
             self._kernel = await self.pool.acquire(self.acquire_timeout_s)
             self._episode = episode
             if seed is not None:
-                await self._kernel.execute(_seed_code(seed), timeout_s=self.step_timeout_s, silent=True)
+                await self._kernel.execute(
+                    _seed_code(seed), timeout_s=self.step_timeout_s, silent=True
+                )
             await self._attach_tools(episode.episode_id)
             observation = CodeObservation(
                 metadata={"episode_id": episode.episode_id, "kernel_id": self._kernel.kernel_id}
@@ -256,15 +258,10 @@ class KernelEnv:
                 # Transforms judge the code too (OpenEnv's key, so its transforms work as is).
                 observation.metadata["last_code"] = action.code
                 observation = self.transform(observation)
-            episode.state.step_count += 1
-            episode.state.last_exit_code = observation.exit_code
-            if episode.task and episode.state.step_count >= episode.task.task.limits.max_steps:
+            steps_taken = episode.state.step_count + 1  # this one included
+            if episode.task and steps_taken >= episode.task.task.limits.max_steps:
                 observation.done = True
-            episode.steps.append(StepRecord(action, observation, started_at, loop.time()))
-            if self.journal is not None:  # durable before the observation is returned
-                await self.journal.record_step(episode, episode.steps[-1])
-            if action.request_id is not None:
-                self._remember(action.request_id, observation)
+            await self._record(episode, action, observation, started_at)
             return observation
 
     async def close(self) -> None:
@@ -382,17 +379,28 @@ class KernelEnv:
             started_at = loop.time()
             observation = await submit_review(self.pool, episode.task, action)
             observation.metadata.setdefault("episode_id", episode.episode_id)
-            episode.state.step_count += 1
-            episode.state.last_exit_code = observation.exit_code
             if episode.task.last_grade is not None:
                 episode.state.last_score = episode.task.last_grade.score
             # Recorded like a code step, so export, the journal and recovery keep it.
-            episode.steps.append(StepRecord(action, observation, started_at, loop.time()))
-            if self.journal is not None:
-                await self.journal.record_step(episode, episode.steps[-1])
-            if action.request_id is not None:
-                self._remember(action.request_id, observation)
+            await self._record(episode, action, observation, started_at)
             return observation
+
+    async def _record(
+        self,
+        episode: Episode,
+        action: CodeAction | ReviewAction,
+        observation: CodeObservation,
+        started_at: float,
+    ) -> None:
+        """Count a finished step, keep it, journal it, and remember its request id."""
+        episode.state.step_count += 1
+        episode.state.last_exit_code = observation.exit_code
+        ended_at = asyncio.get_running_loop().time()
+        episode.steps.append(StepRecord(action, observation, started_at, ended_at))
+        if self.journal is not None:  # durable before the observation is returned
+            await self.journal.record_step(episode, episode.steps[-1])
+        if action.request_id is not None:
+            self._remember(action.request_id, observation)
 
     def _release_kernel(self) -> None:
         if self._tool_bridge is not None:
