@@ -6,17 +6,21 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
-# subcommand -> (module, one-line help). Each module defines
-# ``add_arguments(parser)`` and ``run(args) -> int``.
+# subcommand -> (module, one-line help). Each module defines ``add_arguments(parser)`` and
+# ``run(args) -> int``; a module serving several subcommands names them by suffix,
+# ``add_arguments_<name>`` and ``run_<name>``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kernelenv.demo", "run a demo episode on local kernels"),
-    "tasks": ("kernelenv.task_commands", "list, show and validate the graded task notebooks"),
+    "tasks": ("kernelenv.tasks.cli", "list, show and validate the graded task notebooks"),
     "serve": ("kernelenv.server.cli", "serve OpenEnv's WebSocket and HTTP protocol"),
     "bench": ("kernelenv.bench.command", "benchmark kernelenv beside its floor and its peers"),
-    "replay": ("kernelenv.replay_cli", "re-run a notebook in a fresh kernel, report divergences"),
-    "recover": ("kernelenv.recover", "write the notebooks of episodes a dead server was running"),
-    "mcp": ("kernelenv.mcp_server", "serve the environment as an MCP server over stdio"),
+    "replay": ("kernelenv.episodes.cli", "re-run a notebook in a fresh kernel, report divergences"),
+    "recover": ("kernelenv.episodes.cli", "write the notebooks of episodes a dead server was running"),
+    "mcp": ("kernelenv.server.mcp_stdio", "serve the environment as an MCP server over stdio"),
 }
 
 
@@ -32,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(_module=module_name)
-        importlib.import_module(module_name).add_arguments(sub)
+        sub.set_defaults(_module=module_name, _name=name)
+        _entry(importlib.import_module(module_name), "add_arguments", name)(sub)
     return parser
 
 
@@ -45,4 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return int(importlib.import_module(args._module).run(args) or 0)
+    run = _entry(importlib.import_module(args._module), "run", args._name)
+    return int(run(args) or 0)
+
+
+def _entry(module: ModuleType, function: str, command: str) -> Callable[..., Any]:
+    """``module.<function>_<command>`` where the module serves several commands, else ``<function>``."""
+    return getattr(module, f"{function}_{command}", None) or getattr(module, function)

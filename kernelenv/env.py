@@ -6,67 +6,43 @@ import asyncio
 import os
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .episodes.episode import Episode
+from .episodes.export import episode_notebook_of, write_notebook
 from .errors import EnvClosedError, InvalidActionError, ResetNeeded
-from .kernel import Kernel
-from .models import CodeAction, CodeObservation, CodeState, ReviewAction
-from .outputs import DEFAULT_MAX_OUTPUT_BYTES
-from .pool import KernelPool
+from .models import (
+    DEFAULT,
+    CodeAction,
+    CodeObservation,
+    CodeState,
+    ReviewAction,
+    StepRecord,
+    Transform,
+)
+from .runtime.kernel import Kernel
+from .runtime.outputs import DEFAULT_MAX_OUTPUT_BYTES
+from .runtime.pool import KernelPool
+from .sync import SyncKernelEnv
+from .tasks.library import answer_key_dirs, default_library
+from .tasks.run import add_task_fields, grade_run, start_task, submit_review
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
 
-    from .grading import Grade
-    from .journal import Journal
-    from .sandbox import SandboxConfig
-    from .sync import SyncKernelEnv
-    from .task_episode import TaskRun
-    from .task_format import Task
-    from .task_library import TaskLibrary
-    from .tool_bridge import ToolBridge
-    from .tools import ToolRegistry
-
-Transform = Callable[[CodeObservation], CodeObservation]
-
-
-class _Default:
-    """Sentinel: "use the env's default", distinct from ``None``."""
-
-    def __repr__(self) -> str:
-        return "DEFAULT"
-
-
-DEFAULT: Any = _Default()
+    from .episodes.journal import Journal
+    from .sandbox.config import SandboxConfig
+    from .tasks.format import Task
+    from .tasks.grading import Grade
+    from .tasks.library import TaskLibrary
+    from .tools.bridge import ToolBridge
+    from .tools.registry import ToolRegistry
 
 # How many request ids (and their observations) an episode remembers for safe retries.
 REQUEST_ID_MEMORY = 256
-
-
-@dataclass
-class StepRecord:
-    """One step of an episode as it happened (what export and replay work from)."""
-
-    action: CodeAction | ReviewAction
-    observation: CodeObservation
-    started_at: float
-    ended_at: float
-
-
-@dataclass
-class Episode:
-    """Everything kept about the current episode."""
-
-    episode_id: str
-    seed: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    steps: list[StepRecord] = field(default_factory=list)
-    state: CodeState = field(default_factory=CodeState)
-    task: TaskRun | None = None  # set when reset(task_id=...) started a graded task
 
 
 class KernelEnv:
@@ -84,18 +60,18 @@ class KernelEnv:
             ``pool_size`` kernels and closes it with the env.
         pool_size: Ready kernels kept by the env's own pool.
         backend: Where the env's own pool keeps kernels: ``"local"`` (this machine) or
-            ``"ray"`` (Ray actors, see ``kernelenv.ray_backend``; needs ``kernelenv[ray]``).
+            ``"ray"`` (Ray actors, see ``kernelenv.runtime.ray``; needs ``kernelenv[ray]``).
         step_timeout_s: Default wall-clock budget of a step.
         interrupt_grace_s: How long an interrupted step may take to stop before the kernel is
             killed and replaced.
         max_output_bytes: Output kept per step; the rest is dropped with a visible marker.
         acquire_timeout_s: How long reset waits for a kernel from the pool.
-        transform: Called on every step's observation (rewards, see ``kernelenv.transforms``).
+        transform: Called on every step's observation (rewards, see ``kernelenv.integrations.transforms``).
         tools: Host-side tools defined as functions in every episode's kernel; their calls are
-            recorded in ``metadata["tool_calls"]`` (see ``kernelenv.tools``).
-        journal: Records every episode durably as it happens (see ``kernelenv.journal``).
+            recorded in ``metadata["tool_calls"]`` (see ``kernelenv.tools.registry``).
+        journal: Records every episode durably as it happens (see ``kernelenv.episodes.journal``).
         task_library: Where ``reset(task_id=...)`` finds tasks (default: the shipped library).
-        sandbox: Containment of the env's own pool's kernels (see ``kernelenv.sandbox``): a
+        sandbox: Containment of the env's own pool's kernels (see ``kernelenv.sandbox.config``): a
             ``SandboxConfig`` or a level name; default the strongest level available.
     """
 
@@ -120,7 +96,11 @@ class KernelEnv:
         if pool is not None and sandbox is not None:
             raise ValueError("pass sandbox to the KernelPool, not to an env that shares it")
         self._own_pool = pool is None
-        self.pool = pool if pool is not None else _own_pool(backend, pool_size, sandbox)
+        self.pool = (
+            pool
+            if pool is not None
+            else _own_pool(backend, pool_size, sandbox, answer_key_dirs(task_library))
+        )
         self.step_timeout_s = step_timeout_s
         self.interrupt_grace_s = interrupt_grace_s
         self.max_output_bytes = max_output_bytes
@@ -199,7 +179,9 @@ class KernelEnv:
             if task is not None:
                 await self._start_task(episode, task, observation)
             if self.journal is not None:
-                await self.journal.begin(self)
+                await self.journal.begin(
+                    episode, kernel_name=self.pool.kernel_name, python=self.pool.python
+                )
             return observation
 
     async def step(
@@ -280,14 +262,16 @@ class KernelEnv:
     async def export_notebook(self, path: str | os.PathLike[str] | None = None) -> NotebookNode:
         """The current episode as a Jupyter notebook, also written to ``path`` if given.
 
-        See :mod:`kernelenv.export` for what the notebook holds.
+        See :mod:`kernelenv.episodes.export` for what the notebook holds.
 
         Raises:
             ResetNeeded: there is no episode yet.
         """
-        from .export import env_notebook, write_notebook
-
-        notebook = env_notebook(self)
+        if self._episode is None:
+            raise ResetNeeded("there is no episode to export yet; call reset() first")
+        notebook = episode_notebook_of(
+            self._episode, kernel_name=self.pool.kernel_name, python=self.pool.python
+        )
         if path is not None:
             await anyio.to_thread.run_sync(write_notebook, notebook, path)
         return notebook
@@ -301,8 +285,6 @@ class KernelEnv:
         Raises:
             ResetNeeded: there is no episode, or it was not started with a ``task_id``.
         """
-        from .task_episode import grade_run
-
         self._check_open()
         episode = self._episode
         if episode is None or episode.task is None:
@@ -315,8 +297,6 @@ class KernelEnv:
 
     def sync(self) -> SyncKernelEnv:
         """A blocking facade with the same methods, usable inside a running event loop."""
-        from .sync import SyncKernelEnv
-
         return SyncKernelEnv(self)
 
     # -- internals ------------------------------------------------------------------------
@@ -339,8 +319,6 @@ class KernelEnv:
         if task_id is None:
             return None
         if self.task_library is None:
-            from .task_library import default_library
-
             self.task_library = default_library()
         return self.task_library.get(task_id)
 
@@ -351,8 +329,6 @@ class KernelEnv:
         return self.step_timeout_s
 
     async def _start_task(self, episode: Episode, task: Task, observation: CodeObservation) -> None:
-        from .task_episode import add_task_fields, start_task
-
         assert self._kernel is not None
         try:
             episode.task = await start_task(self._kernel, task)
@@ -365,8 +341,6 @@ class KernelEnv:
         add_task_fields(observation, task)
 
     async def _submit_review(self, action: ReviewAction) -> CodeObservation:
-        from .task_episode import submit_review
-
         episode = self._episode
         if episode is None:
             raise ResetNeeded("call reset() before step()")
@@ -415,14 +389,18 @@ class KernelEnv:
             self._recorded.popitem(last=False)
 
 
-def _own_pool(backend: str, size: int, sandbox: SandboxConfig | str | None) -> KernelPool:
+def _own_pool(
+    backend: str, size: int, sandbox: SandboxConfig | str | None, hidden_paths: list[Path]
+) -> KernelPool:
     if backend == "local":
-        return KernelPool(size=size, sandbox=sandbox)
+        return KernelPool(size=size, sandbox=sandbox, hidden_paths=hidden_paths)
     if backend == "ray":
-        from .ray_backend import RayKernelPool  # Ray is an optional extra
+        from .runtime.ray import RayKernelPool  # Ray is an optional extra
 
         # One env runs one kernel at a time: one actor is enough.
-        options = {"sandbox": sandbox} if sandbox is not None else None
+        options: dict[str, Any] = {"hidden_paths": [str(p) for p in hidden_paths]}
+        if sandbox is not None:
+            options["sandbox"] = sandbox
         return RayKernelPool(actors=1, size=size, pool_options=options)  # type: ignore[return-value]
     raise ValueError(f"unknown backend {backend!r}; use 'local' or 'ray'")
 
@@ -430,7 +408,7 @@ def _own_pool(backend: str, size: int, sandbox: SandboxConfig | str | None) -> K
 def _tool_bridge(tools: ToolRegistry | None) -> ToolBridge | None:
     if tools is None:
         return None
-    from .tool_bridge import ToolBridge
+    from .tools.bridge import ToolBridge
 
     return ToolBridge(tools)
 

@@ -17,7 +17,12 @@ Exceptions are for faults of the infrastructure and for misuse of the API::
     ├── ServerStartError (RuntimeError)      a server launched for a client did not start
     ├── MCPConnectionError (ConnectionError)  an MCP server of the tools could not be reached
     ├── ToolSetupError (RuntimeError)        host-side tools could not be set up in a kernel
+    ├── CapacityReachedError (RuntimeError)  a server already runs its maximum of sessions
+    ├── EpisodeInUseError (ValueError)       another live session runs an episode of that id
+    ├── ToolError (RuntimeError)             raised by a host-side tool, re-raised in agent code
+    ├── JsonRpcError                         an MCP JSON-RPC error to answer with (server side)
     └── ServerError (RuntimeError)           a kernelenv server answered with an error frame
+
 
 Third-party errors (zmq, jupyter_client) are translated at the boundary with
 ``raise ... from exc`` so that callers only need to catch ``KernelEnvError``.
@@ -87,7 +92,7 @@ class MCPConnectionError(KernelEnvError, ConnectionError):
 
 
 class ToolSetupError(KernelEnvError, RuntimeError):
-    """Host-side tools could not be set up for a kernel (see ``kernelenv.tools``)."""
+    """Host-side tools could not be set up for a kernel (see ``kernelenv.tools.registry``)."""
 
 
 class ServerStartError(KernelEnvError, RuntimeError):
@@ -100,3 +105,32 @@ class ServerError(KernelEnvError, RuntimeError):
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(f"{message} (code: {code})" if code else message)
         self.code = code
+
+
+class CapacityReachedError(KernelEnvError, RuntimeError):
+    """The server already runs ``max_sessions`` sessions."""
+
+    def __init__(self, active_sessions: int, max_sessions: int) -> None:
+        super().__init__(
+            f"the server is at capacity ({active_sessions} of {max_sessions} sessions); "
+            "close a session or retry later"
+        )
+        self.active_sessions = active_sessions
+        self.max_sessions = max_sessions
+
+
+class EpisodeInUseError(KernelEnvError, ValueError):
+    """Another live session already runs an episode with the requested id."""
+
+
+class ToolError(KernelEnvError, RuntimeError):
+    """A tool failed in a way that has no matching builtin exception (raised in agent code)."""
+
+
+class JsonRpcError(KernelEnvError):
+    """A JSON-RPC error to send back."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

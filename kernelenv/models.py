@@ -18,6 +18,8 @@ exit code  status          meaning
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -171,6 +173,18 @@ class CodeObservation(BaseModel):
         )
 
 
+def observation_summary(observation: CodeObservation) -> str:
+    """A short text of a step's result, for models that read only the text content."""
+    parts = [f"status: {observation.status.value} (exit code {observation.exit_code})"]
+    if observation.stdout:
+        parts.append(f"stdout:\n{observation.stdout.rstrip()}")
+    if observation.stderr:
+        parts.append(f"stderr:\n{observation.stderr.rstrip()}")
+    if observation.return_value is not None:
+        parts.append(f"result: {observation.return_value}")
+    return "\n".join(parts)
+
+
 class CodeState(BaseModel):
     """The episode's state: OpenEnv's fields plus the task fields."""
 
@@ -226,3 +240,27 @@ def parse_action(data: dict[str, Any]) -> CodeAction | ReviewAction:
     if "code" not in data and review_fields & set(data):
         return ReviewAction.model_validate(data)
     return CodeAction.model_validate(data)
+
+
+# Observation in, observation out: rewards and filters (see kernelenv.integrations.transforms).
+Transform = Callable[[CodeObservation], CodeObservation]
+
+
+class _Default:
+    """Sentinel: "use the env's default", distinct from ``None``."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+
+
+@dataclass
+class StepRecord:
+    """One step of an episode as it happened (what export and replay work from)."""
+
+    action: CodeAction | ReviewAction
+    observation: CodeObservation
+    started_at: float
+    ended_at: float

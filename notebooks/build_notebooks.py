@@ -92,7 +92,7 @@ one, so the agent cannot tamper with the grader.""",
             "code",
             """\
 from kernelenv import KernelEnv
-from kernelenv.task_library import default_library
+from kernelenv.tasks.library import default_library
 
 library = default_library()
 library.ids()[:5]""",

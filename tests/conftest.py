@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kernelenv.pool import OWNER_FILE, ROOT_PREFIX
+from kernelenv.runtime.pool import OWNER_FILE, ROOT_PREFIX
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +79,7 @@ def no_leaks():
 @pytest.fixture(scope="session", autouse=True)
 def journal_dir_for_tests(tmp_path_factory):
     """Servers started by tests (also as subprocesses) journal into a temporary directory."""
-    from kernelenv.journal import JOURNAL_DIR_ENV
+    from kernelenv.episodes.journal import JOURNAL_DIR_ENV
 
     before = os.environ.get(JOURNAL_DIR_ENV)
     os.environ[JOURNAL_DIR_ENV] = str(tmp_path_factory.mktemp("journal"))
@@ -110,29 +108,3 @@ async def shared_pool(anyio_backend):
 
     async with KernelPool(size=2) as pool:
         yield pool
-
-
-# OpenEnv's published package, in its own cached virtual environment: never a dependency of
-# kernelenv (it pins mcp<2 and brings about 480 MB).
-OPENENV_REQUIREMENT = "openenv==0.10.0"
-OPENENV_VENV = Path(__file__).resolve().parent.parent / ".venv-openenv"
-
-
-@pytest.fixture(scope="session")
-def openenv_python() -> Path:
-    """The interpreter of a virtual environment with OpenEnv's published package."""
-    marker = OPENENV_VENV / f".installed-{OPENENV_REQUIREMENT}"
-    python = OPENENV_VENV / "bin" / "python"
-    if not marker.exists():
-        if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(OPENENV_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             OPENENV_REQUIREMENT],
-            check=True,
-            timeout=900,
-        )
-        marker.touch()
-    return python
-
-

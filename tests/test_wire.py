@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from kernelenv.models import CodeObservation, ErrorInfo, StepStatus
-from kernelenv.server.wire import RICH_KEY, observation_from_payload, observation_payload
+from kernelenv.wire import RICH_KEY, observation_from_payload, observation_payload
 
 
 def rich_observation() -> CodeObservation:

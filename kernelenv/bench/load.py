@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..pool import KernelPool
+from ..runtime.pool import KernelPool
 from .raw import raw_execute
 from .stats import Figures, LoadRun, Results
 

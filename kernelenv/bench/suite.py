@@ -16,7 +16,7 @@ from typing import Any
 import nbformat
 
 from ..env import KernelEnv
-from ..pool import KernelPool
+from ..runtime.pool import KernelPool
 from .raw import raw_execute
 from .stats import Figures, Results, Row
 
@@ -366,8 +366,8 @@ def twenty_cell_notebook(kernel_name: str) -> nbformat.NotebookNode:
 
 
 async def replay_in_env(env: KernelEnv, notebook: nbformat.NotebookNode) -> int:
-    """Replay ``notebook`` with :func:`kernelenv.replay.replay_notebook`; returns divergences."""
-    from ..replay import replay_notebook
+    """Replay ``notebook`` with :func:`kernelenv.episodes.replay.replay_notebook`; returns divergences."""
+    from ..episodes.replay import replay_notebook
 
     report = await replay_notebook(notebook, env)
     return len(report.divergences)

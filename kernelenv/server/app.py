@@ -11,14 +11,15 @@ from pydantic import ValidationError
 
 from .. import __version__
 from ..errors import KernelEnvError
-from ..pool import KernelPool
-from ..web.routes import mount_playground
+from ..runtime.pool import KernelPool
+from ..tasks.library import answer_key_dirs
 from . import episode_routes, http_routes, mcp_routes, task_routes, ws
 from .auth import require_token
 from .config import ServerConfig
 from .error_replies import http_error_reply
 from .limits import BodySizeLimit
 from .sessions import EnvFactory, SessionManager, default_env_factory
+from .web.routes import mount_playground
 
 
 def create_app(
@@ -41,8 +42,8 @@ def create_app(
         async with KernelPool(
             size=config.pool_size,
             sandbox=config.sandbox,
-            # Other episodes' journals must not be readable from an agent's kernel.
-            hidden_paths=[journal_dir] if journal_dir else (),
+            # Answer keys and other episodes' journals must not be readable from agent code.
+            hidden_paths=[*answer_key_dirs(), *([journal_dir] if journal_dir else [])],
         ) as pool:
             sessions = SessionManager(pool, config, env_factory)
             app.state.pool, app.state.sessions = pool, sessions

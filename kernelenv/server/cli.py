@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..sandbox.config import SANDBOX_LEVELS
+
 # option -> ServerConfig field; unset options fall back to KERNELENV_* variables, then defaults.
 _OPTIONS = {
     "host": "host",
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sandbox",
-        choices=["auto", "bwrap", "limits", "none"],
+        choices=SANDBOX_LEVELS,
         help="kernel containment (default auto: the strongest available, bwrap)",
     )
     parser.add_argument(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..sandbox.config import SandboxLevel
 
 
 class ServerConfig(BaseSettings):
@@ -49,7 +50,7 @@ class ServerConfig(BaseSettings):
         ge=1024,
         description="Largest request accepted (WebSocket frame or HTTP body), in bytes.",
     )
-    sandbox: Literal["auto", "bwrap", "limits", "none"] = Field(
+    sandbox: SandboxLevel = Field(
         default="auto",
         description="Kernel containment (see kernelenv.sandbox): auto is the strongest level "
         "this machine supports, and warns when that is not bwrap.",
@@ -73,6 +74,6 @@ class ServerConfig(BaseSettings):
         """The journal's directory, or None when journaling is off."""
         if not self.journal:
             return None
-        from ..journal import default_journal_dir
+        from ..episodes.journal import default_journal_dir
 
         return Path(self.journal_dir) if self.journal_dir else default_journal_dir()

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from ..pool import KernelPool
+from ..runtime.pool import KernelPool
 from .config import ServerConfig
 from .sessions import SessionManager
 

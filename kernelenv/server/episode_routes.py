@@ -11,8 +11,8 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 from nbformat import NotebookNode
 
+from ..episodes.journal import Journal, read_journal
 from ..errors import UnknownEpisodeError
-from ..journal import Journal, read_journal
 from .deps import Config, Sessions
 
 router = APIRouter(tags=["episodes"])
@@ -36,7 +36,7 @@ async def episode_notebook(
     """The notebook of a live episode, or of an ended one that the server's journal kept.
 
     Each step is a code cell with its outputs as Jupyter stores them; rewards, statuses and
-    timings are in cell metadata (see ``kernelenv.export``).
+    timings are in cell metadata (see ``kernelenv.episodes.export``).
     """
     session = sessions.find(episode_id)
     if session is not None and session.env.episode is not None:

@@ -11,14 +11,15 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from ..errors import (
+    CapacityReachedError,
     EnvClosedError,
+    EpisodeInUseError,
     KernelEnvError,
     PoolExhaustedError,
     ResetNeeded,
     UnknownEpisodeError,
 )
-from .sessions import CapacityReachedError, EpisodeInUseError
-from .wire import ErrorCode, error_payload
+from ..wire import ErrorCode, error_payload
 
 log = logging.getLogger(__name__)
 

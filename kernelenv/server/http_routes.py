@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from .. import __version__
 from ..models import Action, CodeObservation, CodeState, parse_action
+from ..wire import ObservationReply, ResetRequest, StepRequest, observation_payload, state_payload
 from .deps import Sessions
-from .wire import ObservationReply, ResetRequest, StepRequest, observation_payload, state_payload
 
 router = APIRouter(tags=["environment"])
 

@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from .. import __version__
 from ..env import KernelEnv
-from ..env_tools import TOOLS, EnvTool, find_tool, result_text
-from ..errors import KernelEnvError
+from ..errors import JsonRpcError, KernelEnvError
 from .deps import Sessions
+from .mcp_tools import TOOLS, EnvTool, find_tool, result_text
 from .sessions import Session, SessionKind, SessionManager
 
 log = logging.getLogger(__name__)
@@ -51,15 +51,6 @@ class ToolTarget:
             await self.sessions.close(self.session)
         else:
             self.sessions.track_episode(self.session)
-
-
-class JsonRpcError(Exception):
-    """A JSON-RPC error to send back."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def rpc_error(request_id: Any, code: int, message: str) -> dict[str, Any]:

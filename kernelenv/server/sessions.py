@@ -15,10 +15,14 @@ from typing import Any
 import anyio
 
 from ..env import KernelEnv
-from ..errors import KernelEnvError, UnknownEpisodeError
-from ..journal import shared_journal
+from ..episodes.journal import shared_journal
+from ..errors import (
+    CapacityReachedError,
+    EpisodeInUseError,
+    UnknownEpisodeError,
+)
 from ..models import CodeObservation
-from ..pool import KernelPool
+from ..runtime.pool import KernelPool
 from .config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -33,22 +37,6 @@ def default_env_factory(pool: KernelPool, config: ServerConfig) -> KernelEnv:
         shared_journal(journal_dir, fsync=config.journal_fsync) if journal_dir is not None else None
     )
     return KernelEnv(pool=pool, step_timeout_s=config.step_timeout_s, journal=journal)
-
-
-class CapacityReachedError(KernelEnvError, RuntimeError):
-    """The server already runs ``max_sessions`` sessions."""
-
-    def __init__(self, active_sessions: int, max_sessions: int) -> None:
-        super().__init__(
-            f"the server is at capacity ({active_sessions} of {max_sessions} sessions); "
-            "close a session or retry later"
-        )
-        self.active_sessions = active_sessions
-        self.max_sessions = max_sessions
-
-
-class EpisodeInUseError(KernelEnvError, ValueError):
-    """Another live session already runs an episode with the requested id."""
 
 
 class SessionKind(str, Enum):

@@ -8,24 +8,11 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from ..errors import InvalidActionError
-from ..grading import Grade
-from ..task_format import TaskLimits
-from ..task_library import default_library
+from ..tasks.grading import Grade
+from ..tasks.library import TaskSummary, default_library
 from .deps import Sessions
 
 router = APIRouter(tags=["tasks"])
-
-
-class TaskSummary(BaseModel):
-    """A task as listed by ``GET /tasks`` (never its solution or grader)."""
-
-    id: str = Field(description="Pass it to reset as task_id.")
-    version: int = Field(description="Bumped whenever grading changes.")
-    family: str = Field(description="pr_review, functions, data_analysis or multi_step.")
-    difficulty: str = Field(description="easy, medium or hard.")
-    title: str = Field(description="A short human title.")
-    action: str = Field(description="'review' (submit ReviewAction fields) or 'code'.")
-    limits: TaskLimits = Field(description="Episode budgets.")
 
 
 class TaskListReply(BaseModel):
@@ -43,21 +30,7 @@ class GraderReply(Grade):
 @router.get("/tasks", response_model=TaskListReply, summary="The graded tasks")
 async def list_tasks() -> TaskListReply:
     """Every task of the library; start one with ``/reset`` and ``{"task_id": ...}``."""
-    library = default_library()
-    return TaskListReply(
-        tasks=[
-            TaskSummary(
-                id=task.id,
-                version=task.version,
-                family=task.family.value,
-                difficulty=task.difficulty.value,
-                title=task.title,
-                action="review" if task.uses_review_actions else "code",
-                limits=task.limits,
-            )
-            for task in (library.get(task_id) for task_id in library.ids())
-        ]
-    )
+    return TaskListReply(tasks=default_library().summaries())
 
 
 @router.get("/grader", response_model=GraderReply, summary="Grade a task episode")

@@ -9,13 +9,14 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 
-from ..env_tools import EnvTool
+from ..errors import CapacityReachedError
 from ..models import parse_action
+from ..wire import ErrorCode, ResetRequest, error_payload, observation_payload, state_payload
 from .deps import Config, Sessions
 from .error_replies import error_frame_data
 from .mcp_routes import ToolTarget, handle_jsonrpc
-from .sessions import CapacityReachedError, Session, SessionKind, SessionManager
-from .wire import ErrorCode, ResetRequest, error_payload, observation_payload, state_payload
+from .mcp_tools import EnvTool
+from .sessions import Session, SessionKind, SessionManager
 
 router = APIRouter(tags=["websocket"])
 

@@ -1,0 +1,2 @@
+"""kernelenv in other frameworks' shapes: Gymnasium, TRL, EnvTorch-style factories and
+transforms."""

@@ -1,0 +1,124 @@
+"""The task library: find task notebooks (packaged or in a source checkout), list and load them."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from ..errors import UnknownTaskError
+from .format import Task, TaskLimits, load_task
+
+# The wheel carries the repository's tasks/ folder here (pyproject: force-include).
+PACKAGED_TASKS = Path(__file__).resolve().parents[1] / "_tasks"
+SOURCE_TASKS = Path(__file__).resolve().parents[2] / "tasks"
+
+
+def shipped_task_dirs() -> list[Path]:
+    """Every folder the shipped task notebooks (with their solutions) may be read from."""
+    return [PACKAGED_TASKS, SOURCE_TASKS]
+
+
+def answer_key_dirs(library: TaskLibrary | None = None) -> list[Path]:
+    """Folders agent kernels must not read: the shipped tasks, and ``library``'s own folder.
+
+    Solutions and graders live in the task notebooks, so whoever builds a pool for task
+    episodes passes these as its ``hidden_paths``.
+    """
+    extra = [library.directory] if library is not None else []
+    return [*shipped_task_dirs(), *extra]
+
+
+def default_tasks_dir() -> Path:
+    """The library shipped with kernelenv: the installed copy, else the source checkout's."""
+    if PACKAGED_TASKS.is_dir():
+        return PACKAGED_TASKS
+    return SOURCE_TASKS
+
+
+class TaskSummary(BaseModel):
+    """A task as listings show it (``GET /tasks``, MCP ``list_tasks``, ``kernelenv tasks list``):
+    never its solution or grader."""
+
+    id: str = Field(description="Pass it to reset as task_id.")
+    version: int = Field(description="Bumped whenever grading changes.")
+    family: str = Field(description="pr_review, functions, data_analysis or multi_step.")
+    difficulty: str = Field(description="easy, medium or hard.")
+    title: str = Field(description="A short human title.")
+    action: str = Field(description="'review' (submit ReviewAction fields) or 'code'.")
+    limits: TaskLimits = Field(description="Episode budgets.")
+
+    @classmethod
+    def of(cls, task: Task) -> TaskSummary:
+        """The summary of ``task``."""
+        return cls(
+            id=task.id,
+            version=task.version,
+            family=task.family.value,
+            difficulty=task.difficulty.value,
+            title=task.title,
+            action="review" if task.uses_review_actions else "code",
+            limits=task.limits,
+        )
+
+
+class TaskLibrary:
+    """The task notebooks of one folder, read on first use.
+
+    Example:
+        >>> library = TaskLibrary()
+        >>> library.get("task_easy_1").family
+        <Family.PR_REVIEW: 'pr_review'>
+
+    Args:
+        directory: Folder of ``<task id>.ipynb`` files (default: the shipped library).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else default_tasks_dir()
+        self._tasks: dict[str, Task] | None = None
+
+    def paths(self) -> list[Path]:
+        """The task notebooks of the folder, sorted by name."""
+        return sorted(p for p in self.directory.glob("*.ipynb") if not p.name.startswith("."))
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        """Every task by id (read and validated once).
+
+        Raises:
+            TaskFormatError: a notebook in the folder is not a valid task.
+        """
+        if self._tasks is None:
+            self._tasks = {task.id: task for task in map(load_task, self.paths())}
+        return self._tasks
+
+    def ids(self) -> list[str]:
+        """Task ids, sorted."""
+        return sorted(self.tasks)
+
+    def get(self, task_id: str) -> Task:
+        """The task with this id.
+
+        Raises:
+            UnknownTaskError: no such task (the message suggests close names).
+        """
+        try:
+            return self.tasks[task_id]
+        except KeyError:
+            raise UnknownTaskError(task_id, self.tasks) from None
+
+    def summaries(self) -> list[TaskSummary]:
+        """Every task's listing, sorted by id."""
+        return [TaskSummary.of(self.tasks[task_id]) for task_id in self.ids()]
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+
+@lru_cache(maxsize=1)
+def default_library() -> TaskLibrary:
+    """The shared :class:`TaskLibrary` of the shipped tasks."""
+    return TaskLibrary()

@@ -1,0 +1,354 @@
+"""The bridge that lets agent code call host-side tools: a Unix socket per kernel, stubs inside.
+
+Why a Unix socket in the kernel's ``run/`` directory rather than Jupyter's stdin channel: the
+``run/`` directory already holds the kernel's IPC sockets, so every containment level keeps it
+reachable (a network namespace does not isolate path-bound Unix sockets), while the stdin
+channel would need ``allow_stdin=True`` on every step (then an agent's own ``input()`` would
+block instead of failing at once) and a third socket to read in the step's hot loop. The
+socket also serves calls from the agent's threads, between steps, and in parallel.
+
+Wire format, one request per connection: the stub sends one JSON line
+``{"tool": name, "args": [...], "kwargs": {...}}`` and reads one JSON line back:
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error_type": "...", "error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from ..errors import ToolError, ToolSetupError
+from .registry import Tool, ToolCall, ToolContext, ToolRegistry
+
+if TYPE_CHECKING:
+    from ..runtime.kernel import Kernel
+    from .mcp import MCPConnection
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "tools.sock"
+FILES_DIR_NAME = "tool-files"
+# Largest request or reply line (a file's content travels in one).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A recorded result longer than this (as JSON) is kept as a preview only.
+RECORDED_RESULT_CHARS = 4096
+# Unix socket paths are limited to 108 bytes by the kernel's sockaddr_un.
+MAX_SOCKET_PATH = 107
+
+
+class ToolBridge:
+    """An env's tools at run time: its MCP connections and the socket of its current kernel.
+
+    Args:
+        registry: The tools to offer.
+    """
+
+    def __init__(self, registry: ToolRegistry) -> None:
+        self.registry = registry
+        self.tools: dict[str, Tool] = {tool.name: tool for tool in registry}
+        self._connections: list[MCPConnection] = []
+        self._opened = False
+        self._server: asyncio.Server | None = None
+        self._context: ToolContext | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._calls: list[ToolCall] = []
+
+    async def open(self) -> None:
+        """Connect the registry's MCP servers and add their tools (once)."""
+        if self._opened or not self.registry.mcp_servers:
+            return
+        from .mcp import MCPConnection
+
+        try:
+            for server in self.registry.mcp_servers:
+                connection = await MCPConnection.open(server)
+                self._connections.append(connection)
+                for tool in connection.tools:
+                    if tool.name in self.tools:
+                        raise ValueError(
+                            f"MCP server {server.name!r} offers a tool named {tool.name!r}, "
+                            "which is already registered; give the server a prefix=..."
+                        )
+                    self.tools[tool.name] = tool
+        except BaseException:
+            # All or nothing: the next reset tries again from scratch.
+            await self.aclose()
+            self.tools = {tool.name: tool for tool in self.registry}
+            raise
+        self._opened = True
+
+    async def attach(self, kernel: Kernel, episode_id: str, timeout_s: float = 30.0) -> None:
+        """Serve ``kernel``'s tool socket and define the tool stubs in its namespace."""
+        self.detach()
+        if getattr(kernel, "directory", None) is None:
+            raise ToolSetupError(
+                "host-side tools need kernels on this machine (a Unix socket in the kernel's "
+                "directory); use the local backend with tools="
+            )
+        socket_path = kernel.directory / "run" / SOCKET_NAME
+        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+            raise ToolSetupError(
+                f"the tool socket path {socket_path} is too long for a Unix socket; "
+                "use a shorter pool root_dir"
+            )
+        files_dir = kernel.directory / FILES_DIR_NAME
+        files_dir.mkdir(exist_ok=True)
+        self._context = ToolContext(episode_id=episode_id, files_dir=files_dir)
+        self._calls.clear()  # stragglers of the previous kernel's calls
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(socket_path), limit=MAX_MESSAGE_BYTES
+        )
+        os.chmod(socket_path, 0o600)
+        outcome = await kernel.execute(
+            install_code(str(socket_path), self.tools.values()), timeout_s=timeout_s, silent=True
+        )
+        if outcome.observation.error is not None:
+            raise ToolSetupError(
+                f"defining the tools in kernel {kernel.kernel_id} failed: "
+                f"{outcome.observation.error.text}"
+            )
+
+    def detach(self) -> None:
+        """Stop serving the current kernel (its socket goes with its directory)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in self._handlers:
+            task.cancel()
+        self._handlers.clear()
+        self._context = None
+
+    def take_calls(self) -> list[dict[str, Any]]:
+        """The calls made since the last take, as JSON dicts (for ``metadata["tool_calls"]``)."""
+        calls, self._calls = self._calls, []
+        return [call.model_dump(mode="json") for call in calls]
+
+    async def aclose(self) -> None:
+        """Stop serving and disconnect the MCP servers. Safe to call twice."""
+        self.detach()
+        connections, self._connections = self._connections, []
+        for connection in connections:
+            await connection.aclose()
+
+    # -- serving ----------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            line = await reader.readline()
+            if not line:
+                return
+            answer = asyncio.ensure_future(self._answer(line))
+            # The stub closes its socket when the agent's code is interrupted (a timeout):
+            # then the tool is cancelled rather than left running for nobody.
+            hangup = asyncio.ensure_future(reader.read(1))
+            try:
+                await asyncio.wait({answer, hangup}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                hangup.cancel()
+                answer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                writer.write(await answer + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
+            log.warning("tool request failed: %s", exc)
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _answer(self, line: bytes) -> bytes:
+        started = time.perf_counter()
+        name, arguments = "?", {}
+        try:
+            request = json.loads(line)
+            name = str(request["tool"])
+            tool = self.tools.get(name)
+            if tool is None:
+                raise NameError(f"no tool named {name!r}; the tools are {sorted(self.tools)}")
+            bound = tool.signature.bind(*request.get("args", ()), **request.get("kwargs", {}))
+            arguments = dict(bound.arguments)
+            assert self._context is not None
+            result = to_json(name, await tool.invoke(bound, self._context))
+        except asyncio.CancelledError:
+            interrupted = (
+                "Interrupted",
+                "the calling code was interrupted (or the episode ended) before the tool returned",
+            )
+            self._record(name, arguments, started, error=interrupted)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of a tool goes back to the agent
+            self._record(name, arguments, started, error=(type(exc).__name__, str(exc)))
+            return json.dumps({"ok": False, "error_type": type(exc).__name__, "error": str(exc)}).encode()
+        reply = json.dumps({"ok": True, "result": result})
+        self._record(name, arguments, started, result=result, reply_chars=len(reply))
+        return reply.encode()
+
+    def _record(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        started: float,
+        *,
+        result: Any = None,
+        reply_chars: int = 0,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        truncated = reply_chars > RECORDED_RESULT_CHARS
+        self._calls.append(
+            ToolCall(
+                tool=name,
+                arguments=_preview(_jsonable(arguments)),
+                ok=error is None,
+                result=json.dumps(result)[:RECORDED_RESULT_CHARS] if truncated else result,
+                result_truncated=truncated,
+                error_type=error[0] if error else None,
+                error=error[1] if error else None,
+                duration_s=time.perf_counter() - started,
+            )
+        )
+
+
+def to_json(tool_name: str, value: Any) -> Any:
+    """``value`` as JSON data (pydantic models, dataclasses, paths and tuples included)."""
+    try:
+        return to_jsonable_python(value)
+    except PydanticSerializationError as exc:
+        raise ToolError(
+            f"tool {tool_name}() returned a {type(value).__name__}, which is not JSON data"
+        ) from exc
+
+
+def _jsonable(value: Any) -> Any:
+    return to_jsonable_python(value, fallback=repr)
+
+
+def _preview(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments as recorded: long strings (a file's content) cut to a preview."""
+    return {
+        name: f"{value[:RECORDED_RESULT_CHARS]}... [{len(value)} characters]"
+        if isinstance(value, str) and len(value) > RECORDED_RESULT_CHARS
+        else value
+        for name, value in arguments.items()
+    }
+
+
+# -- the kernel side ----------------------------------------------------------------------
+
+
+def tool_spec(tool: Tool) -> dict[str, Any]:
+    """What the kernel needs to build a tool's stub: name, docstring and parameters."""
+    parameters = []
+    for param in tool.signature.parameters.values():
+        spec: dict[str, Any] = {"name": param.name, "kind": param.kind.name}
+        if param.default is not inspect.Parameter.empty:
+            try:
+                spec["default"] = json.loads(json.dumps(param.default))
+            except (TypeError, ValueError):
+                spec["default_repr"] = repr(param.default)
+        parameters.append(spec)
+    return {"name": tool.name, "description": tool.description, "parameters": parameters}
+
+
+def install_code(socket_path: str, tools: Any) -> str:
+    """The cell that defines a stub for each tool (and ``ToolError``) in the kernel.
+
+    The stubs are compiled under their own file name, so a traceback through them says
+    ``<kernelenv tools>`` rather than pointing at a cell the agent never wrote.
+    """
+    specs = json.dumps([tool_spec(tool) for tool in tools])
+    source = (
+        inspect.getsource(_install_tool_stubs)
+        + f"_install_tool_stubs({socket_path!r}, json.loads({specs!r}), namespace)\n"
+    )
+    return (
+        f"exec(compile({source!r}, '<kernelenv tools>', 'exec'), "
+        "{'namespace': globals(), 'json': __import__('json')})\n"
+    )
+
+
+def _install_tool_stubs(socket_path, specs, namespace):
+    """Define tool stubs in ``namespace``. Runs inside the kernel: self-contained on purpose."""
+    import builtins
+    import inspect
+    import json
+    import socket
+
+    class ToolError(RuntimeError):
+        """A tool failed on the host."""
+
+    ToolError.__module__ = "kernelenv.tools.registry"
+
+    class DefaultRepr:
+        def __init__(self, text):
+            self.text = text
+
+        def __repr__(self):
+            return self.text
+
+    def call(name, args, kwargs):
+        __tracebackhide__ = True
+        try:
+            request = json.dumps({"tool": name, "args": list(args), "kwargs": kwargs})
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"arguments of {name}() must be JSON data (str, int, float, bool, None, "
+                f"list, dict): {exc}"
+            ) from None
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(socket_path)
+            sock.sendall(request.encode() + b"\n")
+            with sock.makefile("rb") as stream:
+                line = stream.readline()
+        if not line:
+            raise ToolError(f"{name}() got no answer from the host")
+        reply = json.loads(line)
+        if reply["ok"]:
+            return reply["result"]
+        error_type = getattr(builtins, reply["error_type"], None)
+        if isinstance(error_type, type) and issubclass(error_type, Exception):
+            try:
+                error = error_type(reply["error"])
+            except Exception:  # noqa: BLE001 - an exception class with other arguments
+                error = None
+            if error is not None:
+                raise error
+        raise ToolError(f"{reply['error_type']}: {reply['error']}")
+
+    def make_stub(spec):
+        name = spec["name"]
+
+        def stub(*args, **kwargs):
+            __tracebackhide__ = True  # IPython leaves the stub's frames out of tracebacks
+            return call(name, args, kwargs)
+
+        stub.__name__ = stub.__qualname__ = name
+        stub.__module__ = "kernelenv.tools.registry"
+        stub.__doc__ = spec["description"] or None
+        parameters = []
+        for param in spec["parameters"]:
+            default = inspect.Parameter.empty
+            if "default" in param:
+                default = param["default"]
+            elif "default_repr" in param:
+                default = DefaultRepr(param["default_repr"])
+            kind = getattr(inspect.Parameter, param["kind"])
+            parameters.append(inspect.Parameter(param["name"], kind, default=default))
+        stub.__signature__ = inspect.Signature(parameters)
+        return stub
+
+    for spec in specs:
+        namespace[spec["name"]] = make_stub(spec)
+    namespace["ToolError"] = ToolError
+

@@ -1,0 +1,39 @@
+"""decode_message: the hot path's decoding of kernel messages, checked against jupyter_client's."""
+
+from __future__ import annotations
+
+import pytest
+from jupyter_client.session import Session
+
+from kernelenv.runtime.kernel import decode_message
+
+
+def frames_of(session: Session, content: dict) -> list[bytes]:
+    parent = session.msg_header("execute_request")
+    return list(session.serialize(session.msg("execute_result", content=content, parent=parent)))
+
+
+def test_decodes_like_session_deserialize():
+    sender = Session(key=b"secret")
+    frames = frames_of(sender, {"data": {"text/plain": "2"}, "execution_count": 1})
+    ours = decode_message(Session(key=b"secret"), list(frames))
+    theirs = Session(key=b"secret").deserialize(Session().feed_identities(list(frames))[1])
+    for key in ("msg_id", "msg_type", "content", "metadata"):
+        assert ours[key] == theirs[key]
+    assert ours["parent_header"]["msg_id"] == theirs["parent_header"]["msg_id"]
+    assert ours["header"]["session"] == theirs["header"]["session"]
+
+
+def test_rejects_a_forged_or_replayed_message():
+    sender = Session(key=b"secret")
+    frames = frames_of(sender, {"data": {}})
+    receiver = Session(key=b"secret")
+    decode_message(receiver, list(frames))
+    with pytest.raises(ValueError, match="duplicate signature"):
+        decode_message(receiver, list(frames))
+    forged = frames_of(sender, {"data": {}})
+    forged[-1] = b'{"data": {"text/plain": "forged"}}'
+    with pytest.raises(ValueError, match="invalid signature"):
+        decode_message(Session(key=b"secret"), forged)
+    with pytest.raises(ValueError, match="invalid signature"):
+        decode_message(Session(key=b"other key"), frames_of(sender, {"data": {}}))
