@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ import anyio
 
 from .episodes.episode import Episode
 from .episodes.export import episode_notebook_of, write_notebook
-from .errors import EnvClosedError, InvalidActionError, ResetNeeded
+from .errors import EnvClosedError, ForkError, InvalidActionError, ResetNeeded
 from .models import (
     DEFAULT,
     CodeAction,
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 
 # How many request ids (and their observations) an episode remembers for safe retries.
 REQUEST_ID_MEMORY = 256
+
+# The most children one fork() call makes (each is a kernel: memory and CPU are the bound).
+MAX_FORKS = 16
 
 
 class KernelEnv:
@@ -115,6 +119,9 @@ class KernelEnv:
         self._recorded: OrderedDict[str, CodeObservation] = OrderedDict()
         self._lock: asyncio.Lock | None = None
         self._closed = False
+        # Called with the children of every fork() before they are returned (a server files
+        # them as sessions of their own); raising closes them and fails the fork.
+        self.fork_hook: Callable[[list[KernelEnv]], None] | None = None
 
     # -- public API -----------------------------------------------------------------------
 
@@ -294,6 +301,68 @@ class KernelEnv:
             grade = await grade_run(self.pool, episode.task, list(episode.steps), prelude)
             episode.state.last_score = grade.score
             return grade
+
+    async def fork(self, n: int = 1) -> list[KernelEnv]:
+        """Branch the live episode: ``n`` new envs holding this episode's state right now.
+
+        Each child is an episode of its own (a new id, its own kernel, its own copy of the
+        working directory) whose kernel is a fork of this one: variables, imports, defined
+        functions and files are there, and this episode goes on unchanged. A child's exported
+        notebook holds this episode's cells (marked inherited) before its own; its journal
+        names this episode as its parent. Children share this env's pool and settings and are
+        closed on their own (``close()`` or ``async with``).
+
+        Raises:
+            ResetNeeded: there is no episode yet.
+            ForkError: the episode cannot be forked faithfully now: user threads or child
+                processes are running, or its kernel died (the message says which).
+            ValueError: ``n`` is not between 1 and :data:`MAX_FORKS`.
+        """
+        self._check_open()
+        if not 1 <= n <= MAX_FORKS:
+            raise ValueError(f"n must be between 1 and {MAX_FORKS}, got {n}")
+        async with self._step_lock():
+            episode = self._episode
+            if episode is None:
+                raise ResetNeeded("call reset() before fork()")
+            if self._kernel is None or not await self._kernel.is_alive():
+                raise ForkError(
+                    "this episode's kernel is gone (it died or was replaced after a timeout), "
+                    "so there is no live state to fork; step or reset first"
+                )
+            kernels = await self.pool.fork(self._kernel, n, timeout_s=self.step_timeout_s)
+            children = []
+            for kernel in kernels:
+                child = KernelEnv(
+                    pool=self.pool,
+                    step_timeout_s=self.step_timeout_s,
+                    interrupt_grace_s=self.interrupt_grace_s,
+                    max_output_bytes=self.max_output_bytes,
+                    acquire_timeout_s=self.acquire_timeout_s,
+                    transform=self.transform,
+                    tools=self.tools,
+                    journal=self.journal,
+                    task_library=self.task_library,
+                )
+                child._kernel = kernel
+                child._episode = episode.forked(uuid.uuid4().hex)
+                await child._attach_tools(child._episode.episode_id)
+                if child.journal is not None:
+                    await child.journal.begin(
+                        child._episode, kernel_name=self.pool.kernel_name, python=self.pool.python
+                    )
+                    for record in child._episode.steps:
+                        await child.journal.record_step(child._episode, record)
+                children.append(child)
+            if self.fork_hook is not None:
+                try:
+                    self.fork_hook(children)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        for child in children:
+                            await child.close()
+                    raise
+            return children
 
     def sync(self) -> SyncKernelEnv:
         """A blocking facade with the same methods, usable inside a running event loop."""

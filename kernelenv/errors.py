@@ -8,6 +8,8 @@ Exceptions are for faults of the infrastructure and for misuse of the API::
     ├── SandboxUnavailableError (RuntimeError)  an explicitly asked-for sandbox level is unusable
     ├── KernelCommunicationError (RuntimeError)  the kernel stopped answering outside of a step
     ├── ResetNeeded (RuntimeError)           step() or state before reset(), or after close()
+    ├── ForkError (RuntimeError)             an episode cannot be forked (threads, child processes,
+    │                                        a dead kernel); the message says why
     ├── EnvClosedError (RuntimeError)        the env, pool or client was closed
     ├── PoolExhaustedError (TimeoutError)    no kernel became available in time
     ├── InvalidActionError (ValueError)      the action is malformed
@@ -52,6 +54,10 @@ class KernelCommunicationError(KernelEnvError, RuntimeError):
 
 class ResetNeeded(KernelEnvError, RuntimeError):
     """``step()`` (or ``state``) was called before ``reset()``."""
+
+
+class ForkError(KernelEnvError, RuntimeError):
+    """An episode cannot be forked faithfully now (the message says why and what to do)."""
 
 
 class EnvClosedError(KernelEnvError, RuntimeError):

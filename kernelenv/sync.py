@@ -61,9 +61,11 @@ class BlockingTwin:
     thread, kernels, a connection or a server running.
     """
 
-    def __init__(self, target: Any) -> None:
+    def __init__(self, target: Any, portal: PortalThread | None = None) -> None:
         self._target = target
-        self._portal = PortalThread()
+        # A twin made from another (a fork) shares its loop, which only its maker stops.
+        self._owns_portal = portal is None
+        self._portal = portal or PortalThread()
         self._closed = False
 
     def __enter__(self) -> Self:
@@ -87,7 +89,8 @@ class BlockingTwin:
         try:
             self._portal.call(self._target.close)
         finally:
-            self._portal.stop()
+            if self._owns_portal:
+                self._portal.stop()
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         if self._closed:
@@ -105,8 +108,8 @@ class SyncKernelEnv(BlockingTwin):
         'hi\\n'
     """
 
-    def __init__(self, env: KernelEnv) -> None:
-        super().__init__(env)
+    def __init__(self, env: KernelEnv, portal: PortalThread | None = None) -> None:
+        super().__init__(env, portal)
         self.env = env
 
     def reset(
@@ -120,6 +123,12 @@ class SyncKernelEnv(BlockingTwin):
     ) -> CodeObservation:
         """See :meth:`KernelEnv.step`."""
         return self._call(self.env.step, action, timeout_s=timeout_s)
+
+    def fork(self, n: int = 1) -> list[SyncKernelEnv]:
+        """See :meth:`KernelEnv.fork`. The children run on this twin's loop: close them
+        before this one."""
+        children = self._call(self.env.fork, n)
+        return [SyncKernelEnv(child, self._portal) for child in children]
 
     def grade(self) -> Grade:
         """See :meth:`KernelEnv.grade`."""

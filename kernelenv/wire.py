@@ -129,3 +129,20 @@ class ObservationReply(BaseModel):
     episode_id: str | None = Field(
         default=None, description="The episode this observation belongs to (HTTP replies)."
     )
+
+
+class ForkRequest(BaseModel):
+    """Arguments of a live fork (``POST /fork`` body; WebSocket ``fork`` data without the id)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    episode_id: str | None = Field(
+        default=None, description="The episode to fork (HTTP; a WebSocket forks its own)."
+    )
+    n: int = Field(default=1, ge=1, le=16, description="How many children to make.")
+
+
+class ForkReply(BaseModel):
+    """The children of a live fork, each an HTTP episode of its own (step it by its id)."""
+
+    episode_ids: list[str] = Field(description="The children's episode ids, in order.")

@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 
 DEFAULT_OUTPUT = Path("bench/results/latest.md")
-CASE_NAMES = ("step", "compute", "reset", "replay", "memory", "load")
+CASE_NAMES = ("step", "compute", "reset", "replay", "memory", "fork", "load")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

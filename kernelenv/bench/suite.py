@@ -62,6 +62,7 @@ class SuiteConfig:
     resets: int = 30
     replays: int = 10
     memory_kernels: int = 4
+    forks: int = 12
     warmup: int = 20
     smolagents_venv: Path | None = None
 
@@ -73,7 +74,9 @@ WEBSOCKET_JOURNALS = {
     "step.websocket_no_journal": "off",
 }
 
-QUICK = SuiteConfig(steps=30, compute_steps=5, resets=3, replays=2, memory_kernels=2, warmup=5)
+QUICK = SuiteConfig(
+    steps=30, compute_steps=5, resets=3, replays=2, memory_kernels=2, forks=2, warmup=5
+)
 
 # The heading of each case's group of rows.
 GROUPS = {
@@ -82,6 +85,7 @@ GROUPS = {
     "reset": "reset",
     "replay": "20-cell notebook, kernel start included",
     "memory": "memory per idle pooled kernel",
+    "fork": "live fork of an episode holding 200 MB, to a child's first step",
 }
 
 # Every row of the table: key (case.contender) -> (contender, unit). Keys stay stable so that
@@ -100,6 +104,9 @@ ROWS: dict[str, tuple[str, str]] = {
     "replay.kernelenv_warm": ("KernelEnv replay, kernel from a warm pool", "ms"),
     "replay.kernelenv_cold": ("KernelEnv replay, cold kernel start", "ms"),
     "replay.nbclient": ("nbclient NotebookClient.async_execute", "ms"),
+    "fork.one": ("env.fork(1): one child", "ms"),
+    "fork.four": ("env.fork(4): per child", "ms"),
+    "fork.fresh_episode": ("reset with no kernel made ahead, same pool (reference)", "ms"),
     "memory.uss": ("private memory (USS)", "MiB"),
     "memory.pss": ("proportional set size (PSS)", "MiB"),
     "memory.rss": ("resident set size (RSS)", "MiB"),
@@ -499,10 +506,65 @@ async def bench_memory(cfg: SuiteConfig, results: Results) -> None:
                   results.p50("memory.uss"), "MiB", "<= 40 MiB", 40)
 
 
+# -- live fork ------------------------------------------------------------------------------
+
+FORK_STATE_CODE = (
+    "import numpy as np\n"
+    "state = np.ones(25_000_000)  # 200 MB\n"
+    "def score(x): return float(x.sum())\n"
+)
+
+
+async def bench_fork(cfg: SuiteConfig, results: Results) -> None:
+    """Branching a live episode that holds 200 MB, against starting a fresh episode.
+
+    A fork is timed until every child has answered a first step (``1+1``); the fresh episode
+    (what a user without fork would do: reset and rebuild the state) is timed to its first step
+    only, without rebuilding the 200 MB, so it flatters the reference.
+    """
+    print(f"{GROUPS['fork']}, {cfg.forks} alternating runs each")
+    async with KernelPool(size=0) as pool, KernelEnv(pool=pool) as parent:
+        await parent.reset()
+        outcome = await parent.step(FORK_STATE_CODE, timeout_s=120)
+        if outcome.exit_code != 0:
+            add_row(results, new_row("fork.one", skipped=f"state set-up failed: {outcome.stderr}"))
+            return
+        fresh = KernelEnv(pool=pool)
+
+        async def fork_and_step(n: int) -> None:
+            children = await parent.fork(n)
+            try:
+                await asyncio.gather(*(child.step("1+1") for child in children))
+            finally:
+                await asyncio.gather(*(child.close() for child in children))
+
+        async def fresh_episode() -> None:
+            await fresh.reset()
+            await fresh.step("1+1")
+
+        try:
+            samples = await alternate({
+                "fork.one": lambda: fork_and_step(1),
+                "fork.four": lambda: fork_and_step(4),
+                "fork.fresh_episode": fresh_episode,
+            }, cfg.forks)
+        finally:
+            await fresh.close()
+    samples["fork.four"] = [t / 4 for t in samples["fork.four"]]
+    add_timings(results, samples, {
+        "fork.one": "to the child's first step; the parent holds 200 MB of numpy",
+        "fork.four": "4 children at once, divided by 4",
+        "fork.fresh_episode": "a fresh kernel's first step, without rebuilding the state",
+    })
+    results.check("fork.one", "fork of an episode holding 200 MB (p50 a child)",
+                  results.p50("fork.one"), "ms", "<= 50 ms", 50)
+
+
 CASES: dict[str, Callable[[SuiteConfig, Results], Awaitable[None]]] = {
     "step": bench_step,
     "compute": bench_compute,
     "reset": bench_reset,
     "replay": bench_replay,
     "memory": bench_memory,
+    "fork": bench_fork,
 }

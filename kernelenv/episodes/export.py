@@ -122,9 +122,24 @@ def episode_notebook(info: EpisodeInfo, steps: Iterable[TimedStep]) -> NotebookN
                 metadata={METADATA_KEY: {"role": "task", "task_id": info.task_id}},
             )
         )
+    # A live fork's notebook: its parent's steps come first, marked inherited.
+    forked_from = info.extra.get("forked_from") or {}
+    inherited = int(forked_from.get("steps", 0))
     count = 0
     for count, step in enumerate(steps, start=1):
-        cells.append(step_cell(step, index=count))
+        cell = step_cell(step, index=count)
+        if count <= inherited:
+            cell.metadata.setdefault(METADATA_KEY, {})["inherited"] = True
+        cells.append(cell)
+        if count == inherited:
+            cells.append(
+                nbformat.v4.new_markdown_cell(
+                    source=f"*Forked from episode `{forked_from.get('episode_id')}` here: "
+                    "the cells above are its steps, the cells below this episode's own.*",
+                    id="fork",
+                    metadata={METADATA_KEY: {"role": "fork", **forked_from}},
+                )
+            )
     notebook = nbformat.v4.new_notebook(cells=cells, metadata=notebook_metadata(info, count))
     notebook.nbformat_minor = NBFORMAT_MINOR
     return notebook
@@ -316,7 +331,15 @@ def episode_info(episode: Episode, *, kernel_name: str, python: str) -> EpisodeI
         kernel_name=kernel_name,
         python=python,
         versions=kernel_versions(python),
-        extra={"difficulty": state.difficulty} if state.difficulty else {},
+        extra={
+            **({"difficulty": state.difficulty} if state.difficulty else {}),
+            **(
+                {"forked_from": {"episode_id": episode.parent_episode_id,
+                                 "steps": episode.inherited_steps}}
+                if episode.parent_episode_id
+                else {}
+            ),
+        },
     )
 
 

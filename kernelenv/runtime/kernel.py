@@ -23,7 +23,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.session import Session
 
-from ..errors import KernelStartError
+from ..errors import KernelCommunicationError, KernelStartError
 from ..models import CodeObservation, ErrorInfo, StepStatus
 from .outputs import DEFAULT_MAX_OUTPUT_BYTES, OutputCollector, status_from_reply
 
@@ -60,6 +60,11 @@ class Kernel:
         self._late: list[dict[str, Any]] = []
         self._iopub_sync: zmq.Socket | None = None
         self._closed = False
+        # Live forks that run inside this kernel's sandbox, and the kernel that hosts this one:
+        # a host kernel is kept (its shutdown deferred) while such forks run.
+        self._guests: set[Kernel] = set()
+        self._host: Kernel | None = None
+        self._shutdown_deferred = False
 
     @property
     def work_dir(self) -> Path:
@@ -122,6 +127,47 @@ class Kernel:
             raise
         return kernel
 
+    @classmethod
+    async def adopt(
+        cls, manager: AsyncKernelManager, directory: Path, kernel_id: str, timeout_s: float
+    ) -> Kernel:
+        """A kernel that already runs (a live fork, see :mod:`.livefork`), once it is ready."""
+        kernel = cls(manager, directory, kernel_id)
+        try:
+            kernel.client.start_channels()
+            with anyio.fail_after(timeout_s):
+                await kernel._wait_ready()
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await kernel.shutdown()
+            if isinstance(exc, Exception) and not isinstance(exc, KernelStartError):
+                raise KernelStartError(f"forked kernel {kernel_id} did not become ready: {exc}") from exc
+            raise
+        return kernel
+
+    async def evaluate(self, expression: str, *, timeout_s: float) -> dict[str, Any]:
+        """Evaluate ``expression`` in the kernel without a trace in its history or outputs.
+
+        Returns the ``user_expressions`` entry of the reply (``status``, ``data`` or the error).
+
+        Raises:
+            KernelCommunicationError: the kernel died, broke or did not answer in time.
+        """
+        run = _Run(self, OutputCollector(DEFAULT_MAX_OUTPUT_BYTES))
+        self._drain_late_nowait()
+        run.msg_id = self.client.execute(
+            "", silent=True, store_history=False, user_expressions={"r": expression},
+            allow_stdin=False,
+        )
+        with anyio.move_on_after(timeout_s) as budget:
+            await run.wait()
+        if budget.cancelled_caught or run.died or run.broken or run.reply is None:
+            raise KernelCommunicationError(
+                f"kernel {self.kernel_id} did not answer an evaluation "
+                f"({'it died' if run.died else run.broken or 'timed out'})"
+            )
+        return run.reply.get("user_expressions", {}).get("r", {})
+
     async def _wait_ready(self) -> None:
         msg_id = self.client.kernel_info()
         got_reply = got_welcome = False
@@ -168,11 +214,34 @@ class Kernel:
         with contextlib.suppress(Exception):
             await self.manager.signal_kernel(signal.SIGKILL)
 
+    def keep_for(self, guest: Kernel) -> None:
+        """Keep this kernel until ``guest`` (a fork living in its sandbox) is shut down."""
+        self._guests.add(guest)
+        guest._host = self
+
     async def shutdown(self) -> None:
-        """Stop the kernel now and remove its directory. Safe to call twice."""
+        """Stop the kernel now and remove its directory. Safe to call twice.
+
+        A kernel that hosts live forks in its sandbox is stopped when its last fork is.
+        """
         if self._closed:
             return
+        if self._guests:
+            self._shutdown_deferred = True
+            with contextlib.suppress(Exception):
+                self.client.stop_channels()
+            return
         self._closed = True
+        host, self._host = self._host, None
+        try:
+            await self._stop()
+        finally:
+            if host is not None:
+                host._guests.discard(self)
+                if host._shutdown_deferred and not host._guests:
+                    await host.shutdown()
+
+    async def _stop(self) -> None:
         with contextlib.suppress(Exception):
             self.client.stop_channels()
         self._iopub_sync = None

@@ -23,6 +23,7 @@ from ..sandbox.cgroup import pid_alive, reap_stale_cgroups
 from ..sandbox.config import SandboxConfig, as_sandbox_config
 from ..sandbox.kernelspec import KERNEL_NAME, kernel_spec, write_kernel_spec
 from .kernel import Kernel
+from .livefork import become_subreaper, fork_kernel
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,38 @@ class KernelPool:
                     return await self._ready.get()
             self._refill()
 
+    async def fork(self, kernel: Kernel, n: int, *, timeout_s: float = 30.0) -> list[Kernel]:
+        """Fork a live kernel of this pool ``n`` times (see :mod:`kernelenv.runtime.livefork`).
+
+        The children are this pool's kernels (released and cleaned up like any other) and keep
+        its containment: they inherit the parent's resource limits and, with a pids cgroup,
+        each gets its own. Under bubblewrap a child lives in its parent's sandbox (its files
+        under the parent's directory), so the parent's kernel is kept until its last child
+        is released.
+
+        Raises:
+            ForkError: the kernel cannot be forked faithfully now (the message says why).
+            EnvClosedError: the pool is closed.
+        """
+        if self._closed or self.root is None:
+            raise EnvClosedError("this KernelPool is closed")
+        _become_subreaper()
+        nested = self.sandbox.level == "bwrap"
+        base = kernel.directory / "run" / "forks" if nested else self.root
+        limited = self.sandbox.level != "none"
+        children = await fork_kernel(
+            kernel,
+            n,
+            base=base,
+            max_processes=self.sandbox.max_processes if limited else None,
+            timeout_s=timeout_s,
+        )
+        self._live.update(children)
+        if nested:
+            for child in children:
+                kernel.keep_for(child)
+        return children
+
     def release(self, kernel: Kernel) -> None:
         """Give a kernel back: it is shut down and its directory removed, in the background."""
         self._spawn(self._retire(kernel))
@@ -308,3 +341,13 @@ def reap_stale_roots(parent: str | os.PathLike[str] | None = None) -> list[Path]
             removed.append(root)
     return removed
 
+
+_subreaper = False
+
+
+def _become_subreaper() -> None:
+    """Forks are re-parented to this process (not to init, which reaps nothing here)."""
+    global _subreaper
+    if not _subreaper:
+        become_subreaper()
+        _subreaper = True

@@ -9,8 +9,17 @@ from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, Field, TypeAdapter
 
 from .. import __version__
+from ..errors import InvalidActionError
 from ..models import Action, CodeObservation, CodeState, parse_action
-from ..wire import ObservationReply, ResetRequest, StepRequest, observation_payload, state_payload
+from ..wire import (
+    ForkReply,
+    ForkRequest,
+    ObservationReply,
+    ResetRequest,
+    StepRequest,
+    observation_payload,
+    state_payload,
+)
 from .deps import Sessions
 
 router = APIRouter(tags=["environment"])
@@ -78,6 +87,20 @@ async def step(sessions: Sessions, request: StepRequest) -> dict[str, Any]:
     with sessions.using(session):
         observation = await session.env.step(action, timeout_s=request.timeout_s)
     return {**observation_payload(observation), "episode_id": session.episode_id}
+
+
+@router.post("/fork", response_model=ForkReply, summary="Branch a live episode")
+async def fork(sessions: Sessions, request: ForkRequest) -> ForkReply:
+    """Fork the episode ``n`` times: each child holds its state now (variables, imports,
+    files) and is an HTTP episode of its own; the episode itself goes on unchanged."""
+    if request.episode_id is None:
+        raise InvalidActionError("POST /fork needs the episode_id of the episode to fork")
+    session = sessions.get(request.episode_id)
+    sessions.check_http(session)
+    sessions.check_room(request.n)
+    with sessions.using(session):
+        children = await session.env.fork(request.n)
+    return ForkReply(episode_ids=[child.state.episode_id for child in children])
 
 
 @router.get("/state", response_model=CodeState, summary="An episode's state")

@@ -65,12 +65,13 @@ def build_server(env: Any) -> Any:
         return [
             types.Tool(name=t.name, description=t.description, inputSchema=t.input_schema)
             for t in TOOLS
+            if not t.server_only
         ]
 
     @server.call_tool()
     async def call_tool(name: str, arguments: dict[str, Any]) -> Any:
         tool = find_tool(name)
-        if tool is None:
+        if tool is None or tool.server_only:
             raise ValueError(f"unknown tool {name!r}; known tools: {[t.name for t in TOOLS]}")
         if env.episode is None and not tool.starts_episode:
             await env.reset()

@@ -32,6 +32,8 @@ class EnvTool:
             stateless transport may then give it a fresh env.
         needs_episode: False when the tool can answer without any episode (its handler then
             gets ``env=None`` where no episode is named).
+        server_only: True when its result only makes sense on a server (episodes addressed by
+            id); the stdio MCP server, which runs one episode, does not offer it.
     """
 
     name: str
@@ -40,6 +42,7 @@ class EnvTool:
     handler: ToolHandler
     starts_episode: bool = False
     needs_episode: bool = True
+    server_only: bool = False
 
 
 async def _run_code(env: KernelEnv, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +57,11 @@ async def _reset(env: KernelEnv, arguments: dict[str, Any]) -> dict[str, Any]:
     episode_id = options.pop("episode_id", None)
     observation = await env.reset(seed=seed, episode_id=episode_id, **options)
     return {"episode_id": env.state.episode_id, **observation.model_dump(mode="json")}
+
+
+async def _fork(env: KernelEnv, arguments: dict[str, Any]) -> dict[str, Any]:
+    children = await env.fork(int(arguments.get("n", 1)))
+    return {"episode_ids": [child.state.episode_id for child in children]}
 
 
 async def _get_state(env: KernelEnv, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +110,21 @@ TOOLS: list[EnvTool] = [
         description="The episode's state: episode_id, step_count, last_exit_code.",
         input_schema={"type": "object", "properties": {}},
         handler=_get_state,
+    ),
+    EnvTool(
+        name="fork",
+        description="Branch the episode: n new episodes, each holding its variables, imports and "
+        "files right now, steppable by the episode_id returned (pass it to run_code). This "
+        "episode goes on unchanged.",
+        input_schema={
+            "type": "object",
+            "properties": {
+                "n": {"type": "integer", "minimum": 1, "maximum": 16,
+                      "description": "How many children (default 1)."},
+            },
+        },
+        handler=_fork,
+        server_only=True,
     ),
 ]
 

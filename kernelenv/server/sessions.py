@@ -97,8 +97,32 @@ class SessionManager:
         if len(self._sessions) >= self.config.max_sessions:
             raise CapacityReachedError(len(self._sessions), self.config.max_sessions)
         session = Session(env=self.env_factory(self.pool, self.config), kind=kind)
+        session.env.fork_hook = self.adopt_forks
         self._sessions.add(session)
         return session
+
+    def check_room(self, n: int) -> None:
+        """Raise unless ``n`` more sessions fit under ``max_sessions``.
+
+        Raises:
+            CapacityReachedError: they do not.
+        """
+        if len(self._sessions) + n > self.config.max_sessions:
+            raise CapacityReachedError(len(self._sessions), self.config.max_sessions)
+
+    def adopt_forks(self, children: list[KernelEnv]) -> None:
+        """File the children of a live fork as HTTP sessions, each under its episode id.
+
+        Raises:
+            CapacityReachedError: there is no room for all of them (none is filed).
+        """
+        self.check_room(len(children))
+        for child in children:
+            child.fork_hook = self.adopt_forks
+            session = Session(env=child, kind=SessionKind.HTTP)
+            session.episode_id = child.state.episode_id
+            self._sessions.add(session)
+            self._by_episode[session.episode_id] = session
 
     async def close(self, session: Session) -> None:
         """End the session: its kernel is released and its episode id forgotten."""

@@ -11,7 +11,15 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 
 from ..errors import CapacityReachedError
 from ..models import parse_action
-from ..wire import ErrorCode, ResetRequest, error_payload, observation_payload, state_payload
+from ..wire import (
+    ErrorCode,
+    ForkReply,
+    ForkRequest,
+    ResetRequest,
+    error_payload,
+    observation_payload,
+    state_payload,
+)
 from .deps import Config, Sessions
 from .error_replies import error_frame_data
 from .mcp_routes import ToolTarget, handle_jsonrpc
@@ -20,7 +28,7 @@ from .sessions import Session, SessionKind, SessionManager
 
 router = APIRouter(tags=["websocket"])
 
-FRAME_TYPES = ("reset", "step", "state", "close", "mcp")
+FRAME_TYPES = ("reset", "step", "state", "close", "mcp", "fork")
 # Frames read ahead while one is being served (replies still go out one by one, in order).
 READ_AHEAD = 16
 
@@ -165,6 +173,11 @@ class _Connection:
             return "observation", observation_payload(observation)
         if kind == "state":
             return "state", state_payload(env.state)
+        if kind == "fork":  # kernelenv's extension: children become HTTP episodes
+            request = ForkRequest.model_validate(data)
+            self.sessions.check_room(request.n)
+            children = await env.fork(request.n)
+            return "fork", ForkReply(episode_ids=[c.state.episode_id for c in children]).model_dump()
         return "mcp", await handle_jsonrpc(data, self._resolve_tool, http=False)
 
     async def _resolve_tool(self, tool: EnvTool, arguments: dict[str, Any]) -> ToolTarget:

@@ -1,0 +1,450 @@
+"""Live fork of a running kernel: n new kernels holding the parent's state at that moment.
+
+Kernel side, :func:`fork_here` runs on the kernel's main thread (the host sends it as a silent
+execute's ``user_expressions``, so the parent's history, ``_`` and execution count are
+untouched). Per child it double-forks: the intermediate exits at once, so the parent kernel
+never collects zombies, and the new kernel is re-parented to the host (a child subreaper, see
+:func:`become_subreaper`) or, under bubblewrap, to the sandbox's init. The new kernel abandons
+the parent's messaging and attaches fresh sockets and threads to the same shell and user
+namespace (see :mod:`kernelenv.runtime.child`), then tells the host it is bound by connecting to
+a Unix socket, whose peer credentials give the host the pid in its own PID namespace.
+
+A fork refuses (the reason goes back to the host) when it could not be faithful: Python threads
+other than ipykernel's own (a child has only the forking thread), native threads other than
+ZMQ's and an idle BLAS pool (one could hold a lock), or child processes of the kernel.
+
+Host side, :func:`fork_kernel` gives each child a directory, a connection file and a copy of
+the parent's working directory, asks the parent to fork and returns the children as ready
+:class:`~kernelenv.runtime.kernel.Kernel` objects managed by pid.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import ctypes
+import gc
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jupyter_client import AsyncKernelManager
+from jupyter_client.provisioning import LocalProvisioner
+
+from ..errors import ForkError, KernelStartError
+
+if TYPE_CHECKING:
+    from ..sandbox.cgroup import PidsCgroup
+    from .kernel import Kernel
+
+# -- kernel side -----------------------------------------------------------------------------
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+# -- kernel side ---------------------------------------------------------------------------
+
+
+def fork_problem() -> str | None:
+    """Why this kernel cannot be forked faithfully right now, or None."""
+    from ipykernel.kernelapp import IPKernelApp
+
+    app = IPKernelApp.instance()
+    known = {threading.main_thread()}
+    for t in (app.control_thread, app.shell_channel_thread, app.heartbeat, app.poller):
+        if t is not None:
+            known.add(t)
+    if app.iopub_thread is not None:
+        known.add(app.iopub_thread.thread)
+    for stream in (sys.stdout, sys.stderr):
+        t = getattr(stream, "watch_fd_thread", None)
+        if t is not None:
+            known.add(t)
+    hist = getattr(getattr(app, "shell", None), "history_manager", None)
+    if getattr(hist, "save_thread", None) is not None:
+        # IPython's history writer (file-backed history only; kernelenv uses ":memory:").
+        # The child does not get one: its history stays in memory.
+        known.add(hist.save_thread)
+    known.update(_HOST_WATCHERS)
+    mgr = getattr(app.shell_channel_thread, "_manager", None)
+    for sub in getattr(mgr, "_cache", {}).values():  # subshells
+        known.add(sub)
+    extra = [t for t in threading.enumerate() if t not in known and t.is_alive()]
+    if extra:
+        names = ", ".join(sorted(t.name for t in extra))
+        return f"user threads are running ({names}); a fork would copy only this one"
+    py_native = {t.native_id for t in threading.enumerate()}
+    unknown = []
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) in py_native:
+            continue
+        try:
+            comm = open(f"/proc/self/task/{tid}/comm").read().strip()
+        except OSError:
+            continue
+        if comm.startswith("ZMQbg/"):
+            continue  # the parent's ZMQ I/O threads: abandoned with their context
+        unknown.append(comm)
+    allowed_blas = _blas_pool_threads()
+    if len(unknown) > allowed_blas:
+        return (
+            f"native threads of unknown origin are running ({len(unknown)}: "
+            f"{', '.join(sorted(set(unknown)))}); a fork could inherit a held lock"
+        )
+    children = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            children += open(f"/proc/self/task/{tid}/children").read().split()
+        except OSError:
+            pass
+    if children:
+        return f"the kernel has child processes ({', '.join(children)}) that a fork cannot copy"
+    return None
+
+
+_HOST_WATCHERS: list[threading.Thread] = []
+
+
+def _keep_dying_with_host(app) -> bool:
+    """In a fork: keep "exit when the owner (JPY_PARENT_PID) exits" working.
+
+    ipykernel's ParentPoller exits the kernel when its parent pid changes; a double-forked child
+    is re-parented (to the host if the host is a child subreaper, else to init, and at first
+    it is the short-lived intermediate), and with init as parent the poller would kill the
+    fork at once. So the fork watches the owner through a pidfd in a small thread instead.
+    Returns whether it does (then the stock poller must not run).
+    """
+    owner = int(app.parent_handle or 0)
+    if owner in (0, 1):  # no owner to watch (under bwrap: --die-with-parent does it)
+        return False
+    try:
+        pidfd = os.pidfd_open(owner)
+    except OSError:
+        os._exit(1)  # the owner is already gone
+
+    def watch() -> None:
+        import select
+
+        select.select([pidfd], [], [])
+        os._exit(1)
+
+    t = threading.Thread(target=watch, name="kfork-owner-watch", daemon=True)
+    t.start()
+    _HOST_WATCHERS.append(t)
+    return True
+
+
+def _blas_pool_threads() -> int:
+    """Threads an idle OpenBLAS pool may hold (it re-creates them in a child via pthread_atfork)."""
+    if "numpy" not in sys.modules:
+        return 0
+    try:
+        import numpy as np
+
+        cfg = np.show_config(mode="dicts")
+        name = cfg["Build Dependencies"]["blas"]["name"]
+    except Exception:
+        name = ""
+    if "openblas" not in str(name).lower():
+        return 0
+    return max(0, (os.cpu_count() or 1) - 1)
+
+
+def fork_here(
+    connection_files: list[str], cwds: list[str | None] | None = None,
+    ready_sockets: list[str | None] | None = None,
+) -> dict:  # fmt: skip
+    """Fork this kernel once per connection file. Returns {"pids": [...]} or {"refused": why}.
+
+    ``ready_sockets``: Unix sockets the host listens on; each child connects to its own once
+    bound, so the host learns the child's pid in the host's PID namespace (SO_PEERCRED), which
+    differs from ours inside bubblewrap.
+    """
+    from ipykernel.kernelapp import IPKernelApp
+
+    from .child import abandon_parent_messaging, attach_and_run, reuse_parent_kernel
+
+    problem = fork_problem()
+    if problem is not None:
+        return {"refused": problem}
+    app = IPKernelApp.instance()
+    cwds = cwds or [None] * len(connection_files)
+    ready_sockets = ready_sockets or [None] * len(connection_files)
+    pipes = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for cf, cwd, ready in zip(connection_files, cwds, ready_sockets):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # intermediate
+            try:
+                os.close(r)
+                grandchild = os.fork()
+                if grandchild:
+                    if ready:  # the host learns "bound" from the ready socket: answer now
+                        os.write(w, str(grandchild).encode())
+                    os._exit(0)
+                # -- the new kernel --
+                if ready:  # the parent reads the pipe to EOF: don't hold it open until bound
+                    os.close(w)
+                gc.freeze()  # never touch (copy) the parent's objects from the collector
+                os.setsid()
+                if cwd:
+                    os.chdir(cwd)
+                os.environ.pop("JPY_PARENT_PID", None)
+                kernel = reuse_parent_kernel(app.kernel)
+                abandon_parent_messaging(app, keep_comms=True)
+                app.poller = None
+                own_watch = _keep_dying_with_host(app)
+
+                def bound() -> None:
+                    if ready:
+                        import socket
+
+                        # Connecting is the message: the host reads our pid with SO_PEERCRED
+                        # and closes at once (so nothing is sent: that could hit EPIPE).
+                        with socket.socket(socket.AF_UNIX) as s:
+                            s.connect(ready)
+                    else:  # no ready socket: the parent answers once we are bound
+                        os.write(w, str(os.getpid()).encode())
+                        os.close(w)
+
+                attach_and_run(
+                    app, cf, first_time=False, on_bound=bound, parent_poller=not own_watch,
+                    prebuilt_kernel=kernel,
+                )  # fmt: skip
+            except BaseException:
+                import traceback
+
+                traceback.print_exc(file=sys.__stderr__)
+            os._exit(1)
+        os.close(w)
+        os.waitpid(pid, 0)  # the intermediate exits at once
+        pipes.append(r)
+    pids = []
+    for r in pipes:
+        data = b""
+        while chunk := os.read(r, 64):
+            data += chunk
+        os.close(r)
+        pids.append(int(data) if data else None)
+    return {"pids": pids}
+
+
+# -- host side ---------------------------------------------------------------------------------
+
+
+def become_subreaper() -> None:
+    """Make this process the reaper of its orphaned descendants (live forks), once."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+class ForkedProcess:
+    """A Popen-like handle on a kernel that is not our child: a live fork, managed by pid.
+
+    Exit status from ``waitpid`` when this process reaped it (a child subreaper), else from a
+    pidfd (liveness only, immune to pid reuse; an unknown status reads as killed).
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdout = self.stderr = self.stdin = None
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except OSError:
+            self._pidfd = None
+
+    def poll(self) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        with contextlib.suppress(ChildProcessError):
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                return self.returncode
+        if self._pidfd is not None:
+            if select.select([self._pidfd], [], [], 0)[0]:
+                self.returncode = -signal.SIGKILL
+        elif not _pid_alive(self.pid):
+            self.returncode = -signal.SIGKILL
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.01)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+class AdoptedProvisioner(LocalProvisioner):  # type: ignore[misc]
+    """jupyter_client's view of a kernel that already runs (a live fork): managed by pid.
+
+    A fork has no command to relaunch, so a restart is refused; its pids cgroup (when the
+    parent had one) is killed and removed with it.
+    """
+
+    cgroup: PidsCgroup | None = None
+
+    @classmethod
+    def adopt(
+        cls, manager: AsyncKernelManager, pid: int, cgroup: PidsCgroup | None
+    ) -> AdoptedProvisioner:
+        provisioner = cls(kernel_id=manager.kernel_id or "", kernel_spec=manager.kernel_spec,
+                          parent=manager)
+        provisioner.process = ForkedProcess(pid)
+        provisioner.pid = provisioner.pgid = pid  # the fork called setsid()
+        provisioner.connection_info = manager.get_connection_info()
+        provisioner.cgroup = cgroup
+        return provisioner
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        raise KernelStartError("a forked kernel cannot be restarted in place; fork again")
+
+    async def send_signal(self, signum: int) -> None:
+        await super().send_signal(signum)
+        if signum == signal.SIGKILL and self.cgroup is not None:
+            self.cgroup.kill_all(rounds=1)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        process = self.process
+        await super().cleanup(restart=restart)
+        self.kill_now()
+        if isinstance(process, ForkedProcess):
+            process.close()
+
+    def kill_now(self) -> None:
+        """Kill the fork and everything in its cgroup, then remove the cgroup (no event loop)."""
+        process = self.process
+        if process is not None:
+            process.kill()
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+            self.cgroup.remove(timeout_s=1.0)
+            self.cgroup = None
+
+
+async def fork_kernel(
+    parent: Kernel,
+    n: int,
+    *,
+    base: Path,
+    max_processes: int | None = None,
+    timeout_s: float = 30.0,
+) -> list[Kernel]:
+    """Fork ``parent`` ``n`` times; returns the children, started and ready.
+
+    Each child gets ``base/<id>/run`` (connection file, IPC sockets) and ``base/<id>/work``, a
+    copy of the parent's working directory, where it starts. With ``max_processes`` each child
+    gets a pids cgroup of its own (it starts in its parent's).
+
+    Raises:
+        ForkError: the kernel refused (threads, child processes) or a child did not start.
+    """
+    from ..sandbox.cgroup import PidsCgroup, cgroup_parent
+    from .kernel import Kernel
+
+    prepared = []
+    children: list[Kernel] = []
+    try:
+        for _ in range(n):
+            kernel_id = f"fork-{uuid.uuid4().hex[:10]}"
+            directory = base / kernel_id
+            (directory / "run").mkdir(parents=True)
+            shutil.copytree(parent.work_dir, directory / "work", symlinks=True)
+            manager = AsyncKernelManager(
+                kernel_name=parent.manager.kernel_name,
+                kernel_spec_manager=parent.manager.kernel_spec_manager,
+                transport="ipc",
+                ip=str(directory / "run" / "kernel"),
+                connection_file=str(directory / "run" / "connection.json"),
+            )
+            manager.write_connection_file()  # a new key and new IPC paths
+            ready = socket.socket(socket.AF_UNIX)
+            ready.bind(str(directory / "run" / "ready.sock"))
+            ready.listen(1)
+            ready.setblocking(False)
+            prepared.append((kernel_id, directory, manager, ready))
+        expression = (
+            "__import__('kernelenv.runtime.livefork', fromlist=['fork_here']).fork_here("
+            f"{[m.connection_file for _, _, m, _ in prepared]!r}, "
+            f"{[str(d / 'work') for _, d, _, _ in prepared]!r}, "
+            f"{[str(d / 'run' / 'ready.sock') for _, d, _, _ in prepared]!r})"
+        )
+        reply = await parent.evaluate(expression, timeout_s=timeout_s)
+        if reply.get("status") != "ok":
+            raise ForkError(f"the kernel could not fork: {reply.get('ename')}: {reply.get('evalue')}")
+        result = ast.literal_eval(reply["data"]["text/plain"])
+        if "refused" in result:
+            raise ForkError(f"this episode cannot be forked faithfully: {result['refused']}")
+        loop = asyncio.get_running_loop()
+        for (kernel_id, directory, manager, ready), pid in zip(prepared, result["pids"]):
+            if pid is None:
+                raise ForkError("a forked kernel failed to start")
+            connection, _ = await asyncio.wait_for(loop.sock_accept(ready), timeout_s)
+            credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            host_pid = struct.unpack("3i", credentials)[0]  # the pid in *our* namespace
+            connection.close()
+            cgroup = None
+            if max_processes is not None and cgroup_parent() is not None:
+                cgroup = PidsCgroup(kernel_id, max_processes)
+                cgroup.procs_file.write_text(str(host_pid))  # moves every thread of it
+            manager.provisioner = AdoptedProvisioner.adopt(manager, host_pid, cgroup)
+            children.append(await Kernel.adopt(manager, directory, kernel_id, timeout_s))
+        return children
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(child.shutdown() for child in children))
+        for _, directory, manager, _ in prepared:
+            kill_now = getattr(manager.provisioner, "kill_now", None)
+            if kill_now is not None:
+                kill_now()
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    finally:
+        for _, directory, _, ready in prepared:
+            ready.close()
+            with contextlib.suppress(OSError):
+                (directory / "run" / "ready.sock").unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
