@@ -217,3 +217,70 @@ async def test_the_journal_records_the_lineage(tmp_path, no_leaks):
     notebook = entry.notebook()
     assert notebook.metadata["kernelenv"]["forked_from"] == {"episode_id": parent_id, "steps": 1}
     assert [c.source for c in notebook.cells if c.cell_type == "code"] == ["a = 1", "a + 1"]
+
+
+FORKING_SCRIPT = """
+import asyncio, json, sys
+from kernelenv import KernelEnv, KernelPool
+
+async def main():
+    async with KernelPool(size=0, sandbox=sys.argv[1]) as pool, KernelEnv(pool=pool) as env:
+        await env.reset()
+        await env.step("x = 1")
+        children = await env.fork(2)
+        cgroups = [str(c.kernel.manager.provisioner.cgroup.path)
+                   for c in children if c.kernel.manager.provisioner.cgroup is not None]
+        print(json.dumps({"pids": [env.kernel.pid, *(c.kernel.pid for c in children)],
+                          "cgroups": cgroups, "root": str(pool.root)}), flush=True)
+        await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("level", LEVELS)
+async def test_a_killed_host_takes_its_forks_down(level, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import anyio
+    import psutil
+
+    from kernelenv.runtime.pool import reap_stale_roots
+    from kernelenv.sandbox.cgroup import reap_stale_cgroups
+
+    script = tmp_path / "fork_and_wait.py"
+    script.write_text(FORKING_SCRIPT)
+    host = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, str(script), level], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = await anyio.to_thread.run_sync(host.stdout.readline)
+        report = json.loads(line)
+        assert len(report["pids"]) == 3 and all(report["pids"])
+        host.send_signal(signal.SIGKILL)
+        host.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                  for p in report["pids"]) and time.monotonic() < deadline:
+            await anyio.sleep(0.1)
+        left = [p for p in report["pids"]
+                if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        for pid in left:
+            psutil.Process(pid).kill()
+        assert not left, f"kernels outlived their host: {left}"
+        # What the dead host could not remove, the next pool's start-up reaps.
+        reap_stale_roots()
+        reap_stale_cgroups()
+        from pathlib import Path
+
+        assert not Path(report["root"]).exists()
+        assert not any(Path(c).exists() for c in report["cgroups"])
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+        host.stdout.close()
