@@ -14,6 +14,7 @@ import anyio
 
 from .episodes.episode import Episode
 from .episodes.export import episode_notebook_of, write_notebook
+from .episodes.notebook_state import DISPLAY_UPDATES_KEY
 from .errors import EnvClosedError, ForkError, InvalidActionError, ResetNeeded
 from .models import (
     DEFAULT,
@@ -25,7 +26,7 @@ from .models import (
     Transform,
 )
 from .runtime.kernel import Kernel
-from .runtime.outputs import DEFAULT_MAX_OUTPUT_BYTES
+from .runtime.outputs import DEFAULT_MAX_OUTPUT_BYTES, NOTEBOOK_STATE_TRUNCATED_KEY
 from .runtime.pool import KernelPool
 from .sync import SyncKernelEnv
 from .tasks.library import answer_key_dirs, default_library
@@ -236,6 +237,15 @@ class KernelEnv:
             )
             observation = outcome.observation
             observation.kernel_restarted = restarted
+            # Outputs of earlier steps this step updated (by display id): reported here, the
+            # earlier observations stay as they were returned (export folds the updates).
+            updates, dropped = episode.displays.step_done(
+                episode.state.step_count + 1, outcome.displays, max_bytes=self.max_output_bytes
+            )
+            if updates:
+                observation.metadata[DISPLAY_UPDATES_KEY] = updates
+            if dropped:
+                observation.metadata[NOTEBOOK_STATE_TRUNCATED_KEY] = True
             if outcome.late_output:
                 observation.metadata["late_output"] = outcome.late_output
             if self._tool_bridge is not None:

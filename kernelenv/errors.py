@@ -22,6 +22,7 @@ Exceptions are for faults of the infrastructure and for misuse of the API::
     ├── CapacityReachedError (RuntimeError)  a server already runs its maximum of sessions
     ├── EpisodeInUseError (ValueError)       another live session runs an episode of that id
     ├── ToolError (RuntimeError)             raised by a host-side tool, re-raised in agent code
+    ├── ReplayError (ValueError)             a notebook cannot be replayed as asked (its directory)
     ├── JsonRpcError                         an MCP JSON-RPC error to answer with (server side)
     └── ServerError (RuntimeError)           a kernelenv server answered with an error frame
 
@@ -131,6 +132,10 @@ class EpisodeInUseError(KernelEnvError, ValueError):
 
 class ToolError(KernelEnvError, RuntimeError):
     """A tool failed in a way that has no matching builtin exception (raised in agent code)."""
+
+
+class ReplayError(KernelEnvError, ValueError):
+    """A notebook cannot be replayed as asked (e.g. its directory is missing, hidden or too big)."""
 
 
 class JsonRpcError(KernelEnvError):

@@ -33,6 +33,7 @@ DOCUMENTED = [
     "kernelenv.integrations.transforms",
     "kernelenv.runtime.ray",
     "kernelenv.episodes.replay",
+    "kernelenv.episodes.compare",
     "kernelenv.episodes.journal",
     "kernelenv.episodes.export",
     "kernelenv.tasks.library",

@@ -11,13 +11,53 @@ EXIT_DIVERGED = 1
 EXIT_UNUSABLE = 2
 
 
+# The comparison's switches (kernelenv.episodes.compare.CompareOptions), one flag each.
+STRICT_FLAGS = {
+    "strict_images": "compare image bytes, not just image types",
+    "strict_svg": "compare SVG as text, not as XML",
+    "strict_tracebacks": "keep traceback cell headers (they differ between IPython versions)",
+    "strict_streams": "compare stream outputs one by one (no merging, no stderr/stdout reorder)",
+    "strict_widget_ids": "keep widget model ids (random in every run)",
+    "strict_text": "keep addresses, kernel directories, In[N], timings and UUIDs in text",
+    "compare_metadata": "compare output metadata too",
+    "compare_execution_count": "compare execution counts too",
+}
+
+
 def add_arguments_replay(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("notebook", help="the .ipynb to replay (exported by kernelenv or any)")
+    for name, help_text in STRICT_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), action="store_true", help=help_text)
+    parser.add_argument("--strict", action="store_true", help="all of the --strict-*/--compare-*")
     parser.add_argument(
-        "--strict-images", action="store_true", help="compare image bytes, not just image types"
+        "--step-timeout",
+        type=float,
+        default=30.0,
+        help="budget of a cell without its own, in seconds; an overrun is interrupted",
     )
     parser.add_argument(
-        "--step-timeout", type=float, default=30.0, help="default budget of a step, in seconds"
+        "--cwd",
+        default="work",
+        metavar="notebook|work|PATH",
+        help="working directory: the notebook's directory, the kernel's own empty one "
+        "(default), or PATH",
+    )
+    parser.add_argument(
+        "--copy-cwd",
+        action="store_true",
+        help="work in a copy of that directory (writable; the original stays untouched)",
+    )
+    parser.add_argument(
+        "--skip-tag",
+        default="skip-execution",
+        help="cells with this tag are not run (default: skip-execution; '' runs every cell)",
+    )
+    parser.add_argument(
+        "--allow-errors",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="an error is an output like any other (default); with --no-allow-errors an "
+        "error in a cell without the raises-exception tag is a divergence, as in nbclient",
     )
     parser.add_argument(
         "--grade", action="store_true", help="re-grade the replay against the notebook's task"
@@ -31,6 +71,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
     from ..env import KernelEnv
     from ..errors import KernelEnvError
+    from .compare import CompareOptions
     from .replay import Trajectory, replay_notebook
 
     try:
@@ -46,13 +87,19 @@ def run_replay(args: argparse.Namespace) -> int:
         )
         return EXIT_UNUSABLE
 
+    options = CompareOptions(**{name: args.strict or getattr(args, name) for name in STRICT_FLAGS})
+
     async def main():
         # pool_size=0: one kernel started on demand, no spare started in the background.
         async with KernelEnv(step_timeout_s=args.step_timeout, pool_size=0) as env:
             return await replay_notebook(
                 trajectory,
                 env,
-                strict_images=args.strict_images,
+                options=options,
+                cwd=args.cwd,
+                copy_cwd=args.copy_cwd,
+                skip_tag=args.skip_tag or None,
+                allow_errors=args.allow_errors,
                 grade=args.grade,
                 progress=False if args.quiet else None,
             )

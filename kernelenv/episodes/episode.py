@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..models import CodeState, StepRecord
+from .notebook_state import DisplayIndex
 
 if TYPE_CHECKING:
     from ..tasks.run import TaskRun
@@ -26,6 +27,7 @@ class Episode:
     # that parent's (inherited, run before the fork).
     parent_episode_id: str | None = None
     inherited_steps: int = 0
+    displays: DisplayIndex = field(default_factory=DisplayIndex)  # display ids over the steps
 
     def forked(self, episode_id: str) -> Episode:
         """A copy of this episode as a fork's starting point: new id, the steps so far inherited."""
@@ -38,4 +40,5 @@ class Episode:
             task=copy.deepcopy(self.task),
             parent_episode_id=self.episode_id,
             inherited_steps=len(self.steps),
+            displays=copy.deepcopy(self.displays),
         )

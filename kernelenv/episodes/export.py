@@ -22,6 +22,8 @@ import nbformat
 from nbformat import NotebookNode
 
 from ..models import CodeAction, CodeObservation, ReviewAction
+from ..runtime.outputs import WIDGET_STATE_KEY
+from .notebook_state import notebook_view
 
 if TYPE_CHECKING:
     from .episode import Episode
@@ -102,9 +104,13 @@ def iso_timestamp(epoch_s: float) -> str:
 def episode_notebook(info: EpisodeInfo, steps: Iterable[TimedStep]) -> NotebookNode:
     """Build the notebook of an episode: an optional task cell, then one code cell per step.
 
-    Each code cell's outputs are exactly the observation's outputs (nbformat v4 output dicts);
-    its ``metadata.execution`` has nbclient's timing keys and ``metadata.kernelenv`` the step's
-    status, exit code, reward and the rest of the observation that a notebook has no field for.
+    Each code cell's outputs are the observation's outputs (nbformat v4 output dicts) as the
+    notebook shows them at the end of the episode: updates by display id made by later steps
+    are applied (see :mod:`kernelenv.episodes.notebook_state`), and the widget models the
+    steps made are saved in ``metadata.widgets`` so that JupyterLab renders the widgets.
+    A cell's ``metadata.execution`` has nbclient's timing keys and ``metadata.kernelenv`` the
+    step's status, exit code, reward and the rest of the observation that a notebook has no
+    field for.
 
     Args:
         info: The episode's id, seed, task, grade and kernel.
@@ -125,9 +131,10 @@ def episode_notebook(info: EpisodeInfo, steps: Iterable[TimedStep]) -> NotebookN
     # A live fork's notebook: its parent's steps come first, marked inherited.
     forked_from = info.extra.get("forked_from") or {}
     inherited = int(forked_from.get("steps", 0))
-    count = 0
-    for count, step in enumerate(steps, start=1):
-        cell = step_cell(step, index=count)
+    steps = list(steps)
+    final_outputs, widgets = notebook_view([step.observation for step in steps])
+    for count, (step, outputs) in enumerate(zip(steps, final_outputs, strict=True), start=1):
+        cell = step_cell(step, index=count, outputs=outputs)
         if count <= inherited:
             cell.metadata.setdefault(METADATA_KEY, {})["inherited"] = True
         cells.append(cell)
@@ -140,16 +147,22 @@ def episode_notebook(info: EpisodeInfo, steps: Iterable[TimedStep]) -> NotebookN
                     metadata={METADATA_KEY: {"role": "fork", **forked_from}},
                 )
             )
-    notebook = nbformat.v4.new_notebook(cells=cells, metadata=notebook_metadata(info, count))
+    metadata = notebook_metadata(info, len(steps))
+    if widgets is not None:
+        metadata["widgets"] = widgets
+    notebook = nbformat.v4.new_notebook(cells=cells, metadata=metadata)
     notebook.nbformat_minor = NBFORMAT_MINOR
     return notebook
 
 
-def step_cell(step: TimedStep, *, index: int) -> NotebookNode:
+def step_cell(
+    step: TimedStep, *, index: int, outputs: list[dict[str, Any]] | None = None
+) -> NotebookNode:
     """The cell of one step (its id is ``step-<index>``, counted from 1).
 
-    A code step is a code cell; a review submitted on a pr_review task is a markdown cell
-    showing the review and the grader's feedback (a notebook has no cell kind for it).
+    A code step is a code cell, with ``outputs`` (default: the observation's); a review
+    submitted on a pr_review task is a markdown cell showing the review and the grader's
+    feedback (a notebook has no cell kind for it).
     """
     if isinstance(step.action, ReviewAction):
         return review_cell(step, index=index)
@@ -172,15 +185,21 @@ def step_cell(step: TimedStep, *, index: int) -> NotebookNode:
     ):
         # Timeouts and dead kernels: the kernel never sent an error output, keep the cause.
         step_metadata["error"] = observation.error.model_dump(mode="json")
-    # The code is the cell's source already; the rest of the metadata is kept as is.
-    extra = {k: v for k, v in observation.metadata.items() if k != "last_code"}
+    # The code is the cell's source already, and the widget state is in the notebook's
+    # metadata; the rest of the metadata is kept as is.
+    extra = {
+        k: v for k, v in observation.metadata.items() if k not in ("last_code", WIDGET_STATE_KEY)
+    }
     if extra:
         step_metadata["metadata"] = _json_safe(extra)
     return nbformat.v4.new_code_cell(
         source=step.action.code,
         id=f"step-{index}",
         execution_count=observation.execution_count,
-        outputs=[nbformat.from_dict(output) for output in observation.outputs],
+        outputs=[
+            nbformat.from_dict(output)
+            for output in (observation.outputs if outputs is None else outputs)
+        ],
         metadata={
             "execution": {
                 "iopub.status.busy": started,

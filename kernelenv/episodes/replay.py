@@ -1,104 +1,75 @@
 """Replay: re-run a notebook's trajectory through a KernelEnv and report which cells diverge.
 
-Outputs are compared after normalising what legitimately varies between runs: ANSI codes,
-memory addresses, execution counts (``In[7]``), timings (``%time``, ``%timeit``), UUIDs, the
-kernel's temporary directories, and the bytes of binary images (compared by type only unless
-``strict_images``).
+Any notebook replays as nbclient would execute it: whitespace-only cells and cells tagged
+``skip-execution`` are not run, ``raises-exception`` marks cells whose error is expected, the
+working directory can be the notebook's own (``cwd="notebook"``), each cell has a budget after
+which it is interrupted, and updates by display id rewrite the outputs of earlier cells.
+Outputs are compared with :mod:`kernelenv.episodes.compare`, which tolerates what varies
+between runs (addresses, timings, IPython versions' traceback headers, SVG attribute order,
+widget ids, image bytes) unless told to be strict.
 
 Example:
     >>> trajectory = Trajectory.from_notebook("episode.ipynb")
     >>> async with KernelEnv() as env:
-    ...     async for replayed in replay_trajectory(trajectory, env):
+    ...     async for replayed in replay_trajectory(trajectory, env, cwd="notebook"):
     ...         if replayed.divergence:
     ...             print(replayed.divergence.describe())
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import json
 import os
-import re
-from collections.abc import AsyncIterator, Iterable
+import shutil
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import nbformat
 from nbformat import NotebookNode
 
 from ..env import KernelEnv
-from ..models import CodeAction, CodeObservation
-from ..runtime.outputs import strip_ansi
+from ..errors import ReplayError
+from ..models import CodeAction, CodeObservation, StepStatus
+from .compare import (
+    NORMALISERS,
+    CompareOptions,
+    normalise_outputs,
+    normalise_text,
+    output_lines,
+)
 from .export import METADATA_KEY
+from .notebook_state import DISPLAY_UPDATES_KEY, apply_display_update
 
-# (pattern, replacement) applied in order to every text compared.
-NORMALISERS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"[^\s'\"]*?/kernelenv-[^/\s'\"]+/k\d+-[0-9a-f]{8}"), "<kernel-dir>"),
-    (re.compile(r"\b0x[0-9a-fA-F]{4,}\b"), "0x<address>"),
-    (re.compile(r"\b(In|Out)\s?\[\d*\]"), r"\1[N]"),
-    (re.compile(r"(?m)^(CPU times|Wall time):.*$"), r"\1: <time>"),
-    (re.compile(r"(?m)^.* per loop \(mean .*\)$"), "<timeit>"),
-    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"), "<uuid>"),
+__all__ = [
+    "NORMALISERS",
+    "CompareOptions",
+    "Divergence",
+    "ReplayReport",
+    "ReplayedStep",
+    "StepPlan",
+    "Trajectory",
+    "TrajectoryStep",
+    "compare_step",
+    "normalise_outputs",
+    "normalise_text",
+    "replay_notebook",
+    "replay_trajectory",
+    "step_plan",
 ]
 
-# MIME types whose data is text, compared after normalising; other image data is binary.
-_TEXT_IMAGE_TYPES = {"image/svg+xml"}
+# Cell tags Jupyter tooling honours (nbclient's skip_cells_with_tag default, and the tag that
+# lets one cell raise without stopping the notebook).
+SKIP_TAG = "skip-execution"
+RAISES_TAG = "raises-exception"
 
-
-def normalise_text(text: str) -> str:
-    """``text`` with what legitimately varies between runs replaced by placeholders."""
-    text = strip_ansi(text)
-    for pattern, replacement in NORMALISERS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def normalise_outputs(
-    outputs: Iterable[dict[str, Any]], *, strict_images: bool = False
-) -> list[str]:
-    """Notebook outputs as comparable lines (execution counts and output metadata dropped).
-
-    Args:
-        outputs: nbformat v4 output dicts.
-        strict_images: Compare binary image data byte for byte (default: by MIME type only,
-            since image encoders legitimately differ between machines).
-    """
-    lines: list[str] = []
-    for output in outputs:
-        kind = output.get("output_type")
-        if kind == "stream":
-            text = _joined(output.get("text", ""))
-            lines.append(f"[{output.get('name', 'stdout')}]")
-            lines.extend(normalise_text(text).splitlines())
-        elif kind in ("execute_result", "display_data"):
-            lines.append(f"[{kind}]")
-            for mime, value in sorted((output.get("data") or {}).items()):
-                lines.extend(_mime_lines(mime, value, strict_images))
-        elif kind == "error":
-            lines.append(
-                f"[error] {output.get('ename')}: {normalise_text(output.get('evalue', ''))}"
-            )
-            traceback = "\n".join(output.get("traceback") or [])
-            lines.extend(normalise_text(traceback).splitlines())
-        else:
-            lines.append(f"[{kind}]")
-    return lines
-
-
-def _mime_lines(mime: str, value: Any, strict_images: bool) -> list[str]:
-    if mime.startswith("image/") and mime not in _TEXT_IMAGE_TYPES and not strict_images:
-        return [f"{mime}: <image>"]
-    if not isinstance(value, str):
-        if isinstance(value, list):  # multi-line strings as stored in a notebook file
-            value = "".join(value)
-        else:
-            value = json.dumps(value, sort_keys=True, indent=1)
-    return [f"{mime}:", *normalise_text(value).splitlines()]
-
-
-def _joined(text: str | list[str]) -> str:
-    return "".join(text) if isinstance(text, list) else text
+# What --copy-cwd copies at most: the notebook's directory goes into the kernel's own
+# (writable, removed with the kernel) directory.
+MAX_COPY_BYTES = 200 * 1024 * 1024
+MAX_COPY_FILES = 10_000
 
 
 @dataclass
@@ -112,6 +83,8 @@ class TrajectoryStep:
         cell_id: The notebook cell's id, if it has one.
         status: The recorded step status (kernelenv notebooks only).
         timeout_s: The step's own budget, if the action had one.
+        tags: The cell's tags (``skip-execution``, ``raises-exception``, ...).
+        execution_count: The cell's recorded execution count.
     """
 
     index: int
@@ -120,6 +93,8 @@ class TrajectoryStep:
     cell_id: str | None = None
     status: str | None = None
     timeout_s: float | None = None
+    tags: tuple[str, ...] = ()
+    execution_count: int | None = None
 
 
 @dataclass
@@ -166,6 +141,7 @@ class Trajectory:
             if cell.cell_type != "code":
                 continue
             step_meta = cell.metadata.get(METADATA_KEY, {})
+            tags = cell.metadata.get("tags") or []
             steps.append(
                 TrajectoryStep(
                     index=len(steps) + 1,
@@ -174,6 +150,8 @@ class Trajectory:
                     cell_id=cell.get("id"),
                     status=step_meta.get("status"),
                     timeout_s=step_meta.get("timeout_s"),
+                    tags=tuple(tag for tag in tags if isinstance(tag, str)),
+                    execution_count=cell.get("execution_count"),
                 )
             )
         options = dict(meta.get("options") or {})
@@ -199,8 +177,8 @@ class Divergence:
         step: The step's number, counted from 1.
         cell_id: The notebook cell's id, if any.
         reason: What differs, in a few words.
-        expected: The recorded outputs, normalised.
-        actual: The replayed outputs, normalised.
+        expected: The recorded outputs, normalised (lines of JSON).
+        actual: The replayed outputs, normalised (lines of JSON).
     """
 
     step: int
@@ -225,17 +203,54 @@ class Divergence:
 
 @dataclass
 class ReplayedStep:
-    """A step re-run: the recording, the new observation, and the divergence if any.
+    """A step re-run (or skipped): the recording, the new observation, the divergence if any.
 
     Attributes:
         step: The recorded step.
-        observation: What the replay produced.
-        divergence: How they differ, or None when they match.
+        observation: What the replay produced (None when the step was not run).
+        divergence: How the step differs from its recording, or None when it matches. Revised
+            when a later step updates this step's outputs by display id.
+        skipped: Why the step was not run (``"skip-execution tag"``, ``"empty cell"``).
+        outputs: The step's outputs as the replayed notebook shows them now: the
+            observation's, with the display updates of later steps applied.
     """
 
     step: TrajectoryStep
-    observation: CodeObservation
+    observation: CodeObservation | None
     divergence: Divergence | None
+    skipped: str | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What replay does with one cell (nbclient's checks, in nbclient's order).
+
+    Attributes:
+        run: Send the cell's code to the kernel.
+        skipped: Why not, when not.
+        errors_allowed: An error in this cell is only an output (compared like the others).
+    """
+
+    run: bool
+    skipped: str | None = None
+    errors_allowed: bool = True
+
+
+def step_plan(
+    step: TrajectoryStep, *, skip_tag: str | None = SKIP_TAG, allow_errors: bool = True
+) -> StepPlan:
+    """Decide whether a cell runs and whether its errors are allowed.
+
+    Whitespace-only cells are not run (nbclient does not run them either, which keeps
+    execution counts aligned); cells tagged ``skip_tag`` are not run; ``raises-exception``
+    allows an error in a cell even when ``allow_errors`` is off.
+    """
+    if not step.code.strip():
+        return StepPlan(run=False, skipped="empty cell")
+    if skip_tag and skip_tag in step.tags:
+        return StepPlan(run=False, skipped=f"{skip_tag} tag")
+    return StepPlan(run=True, errors_allowed=allow_errors or RAISES_TAG in step.tags)
 
 
 @dataclass
@@ -281,27 +296,59 @@ class ReplayReport:
                 f"passed={self.grade.passed}: {self.grade.feedback}"
             )
         total = len(self.steps)
+        skipped = sum(1 for step in self.steps if step.skipped)
+        counted = f"replayed {total} steps" + (f" ({skipped} not run)" if skipped else "")
         if self.ok:
-            lines.append(f"replayed {total} steps: no divergence")
+            lines.append(f"{counted}: no divergence")
         else:
-            lines.append(f"replayed {total} steps: {len(self.divergences)} diverged")
+            lines.append(f"{counted}: {len(self.divergences)} diverged")
         return "\n".join(lines)
 
 
 def compare_step(
-    step: TrajectoryStep, observation: CodeObservation, *, strict_images: bool = False
+    step: TrajectoryStep,
+    observation: CodeObservation,
+    *,
+    options: CompareOptions | None = None,
+    strict_images: bool = False,
+    outputs: list[dict[str, Any]] | None = None,
+    errors_allowed: bool = True,
 ) -> Divergence | None:
-    """The divergence between a recorded step and its replay, or None when they match."""
-    expected = normalise_outputs(step.outputs, strict_images=strict_images)
-    actual = normalise_outputs(observation.outputs, strict_images=strict_images)
+    """The divergence between a recorded step and its replay, or None when they match.
+
+    Args:
+        step: The recorded step.
+        observation: Its replay.
+        options: The comparison's tolerances (default: all of them).
+        strict_images: Shorthand for ``options.strict_images``.
+        outputs: The replayed outputs to compare (default: the observation's); replay passes
+            them with later steps' display updates applied.
+        errors_allowed: Without it, an error in the replay is a divergence of its own.
+    """
+    options = _with_strict_images(options, strict_images)
+    expected = normalise_outputs(step.outputs, options)
+    actual = normalise_outputs(observation.outputs if outputs is None else outputs, options)
     reason = None
     if step.status is not None and step.status != observation.status.value:
         reason = f"status {step.status} was {observation.status.value} on replay"
+    elif not errors_allowed and observation.status is not StepStatus.OK:
+        ename = observation.error.ename if observation.error else observation.status.value
+        reason = f"raised {ename} in a cell without the {RAISES_TAG} tag"
     elif expected != actual:
         reason = "outputs differ"
+    elif options.compare_execution_count and step.execution_count != observation.execution_count:
+        reason = f"execution count {observation.execution_count} was {step.execution_count}"
     if reason is None:
         return None
-    return Divergence(step.index, step.cell_id, reason, expected, actual)
+    return Divergence(step.index, step.cell_id, reason, output_lines(expected), output_lines(actual))
+
+
+def _with_strict_images(options: CompareOptions | None, strict_images: bool) -> CompareOptions:
+    options = options or CompareOptions()
+    return dataclasses.replace(options, strict_images=True) if strict_images else options
+
+
+StepTimeout = float | Callable[[TrajectoryStep], float | None] | None
 
 
 async def replay_trajectory(
@@ -309,31 +356,172 @@ async def replay_trajectory(
     env: KernelEnv,
     *,
     reset: bool = True,
+    options: CompareOptions | None = None,
     strict_images: bool = False,
+    cwd: str | os.PathLike[str] | None = None,
+    copy_cwd: bool = False,
+    skip_tag: str | None = SKIP_TAG,
+    allow_errors: bool = True,
+    timeout_s: StepTimeout = None,
 ) -> AsyncIterator[ReplayedStep]:
     """Re-run a trajectory step by step through ``env``, yielding each step as it completes.
 
-    Steps run exactly as an agent's steps do (same kernel kind, sandbox, budgets).
+    Steps run exactly as an agent's steps do (same kernel kind, sandbox, budgets; a step over
+    its budget is interrupted). When a step updates earlier steps' outputs by display id, the
+    :class:`ReplayedStep` objects already yielded get their ``outputs`` and ``divergence``
+    revised, so a report ends up judging the notebook as a whole, as it was recorded.
 
     Args:
         trajectory: The steps to run.
         env: The env to run them in (its pool gives a fresh kernel).
         reset: Start a new episode with the trajectory's seed and options first.
-        strict_images: See :func:`normalise_outputs`.
+        options: The comparison's tolerances (see :class:`CompareOptions`).
+        strict_images: Shorthand for ``options.strict_images``.
+        cwd: The kernel's working directory: ``"work"`` or None (the kernel's own empty
+            directory), ``"notebook"`` (the notebook file's directory, as nbclient and
+            papermill run), or a directory. Under the bwrap sandbox it is read-only, and
+            invisible under ``/tmp`` (kernels get a private one). A kernel replaced after a
+            step it could not interrupt starts in its own directory again (its variables
+            are lost too).
+        copy_cwd: Copy that directory into the kernel's own directory and work in the copy
+            (writable, removed with the kernel), for notebooks that write beside themselves.
+        skip_tag: Cells with this tag are not run (None: every cell runs).
+        allow_errors: Errors are outputs like any other; without it, an error in a cell that
+            has no ``raises-exception`` tag is a divergence (nbclient's ``allow_errors``).
+        timeout_s: The budget of a step without its own recorded budget: seconds, or a
+            function of the step (nbclient's ``timeout_func``); None: the env's default.
+
+    Raises:
+        ReplayError: the working directory cannot be used.
     """
+    options = _with_strict_images(options, strict_images)
+    directory = working_directory(trajectory, cwd)
     if reset:
         await env.reset(seed=trajectory.seed, **trajectory.options)
+    if directory is not None:
+        await enter_directory(env, directory, copy=copy_cwd)
+    # env step number -> the replayed step it ran, for display updates of earlier steps.
+    by_env_step: dict[int, tuple[ReplayedStep, StepPlan]] = {}
     for step in trajectory.steps:
-        observation = await env.step(CodeAction(code=step.code, timeout_s=step.timeout_s))
-        divergence = compare_step(step, observation, strict_images=strict_images)
-        yield ReplayedStep(step, observation, divergence)
+        plan = step_plan(step, skip_tag=skip_tag, allow_errors=allow_errors)
+        if not plan.run:
+            yield ReplayedStep(step, None, None, skipped=plan.skipped)
+            continue
+        budget = step.timeout_s or (timeout_s(step) if callable(timeout_s) else timeout_s)
+        observation = await env.step(CodeAction(code=step.code, timeout_s=budget))
+        replayed = ReplayedStep(step, observation, None, outputs=list(observation.outputs))
+        by_env_step[env.state.step_count] = (replayed, plan)
+        for update in observation.metadata.get(DISPLAY_UPDATES_KEY) or ():
+            earlier, earlier_plan = by_env_step.get(update.get("step"), (None, None))
+            if earlier is None or earlier is replayed or earlier_plan is None:
+                continue  # a step from before this replay, or a damaged update
+            if apply_display_update(earlier.outputs, update):
+                earlier.divergence = _compare(earlier, earlier_plan, options)
+        replayed.divergence = _compare(replayed, plan, options)
+        yield replayed
+
+
+def _compare(
+    replayed: ReplayedStep, plan: StepPlan, options: CompareOptions
+) -> Divergence | None:
+    assert replayed.observation is not None
+    return compare_step(
+        replayed.step,
+        replayed.observation,
+        options=options,
+        outputs=replayed.outputs,
+        errors_allowed=plan.errors_allowed,
+    )
+
+
+def working_directory(
+    trajectory: Trajectory, cwd: str | os.PathLike[str] | None
+) -> Path | None:
+    """The directory a replay runs in, from the ``cwd`` setting (None: the kernel's own).
+
+    Raises:
+        ReplayError: ``"notebook"`` for a trajectory not read from a file, or not a directory.
+    """
+    if cwd is None or cwd == "work":
+        return None
+    if cwd == "notebook":
+        if trajectory.source is None:
+            raise ReplayError(
+                "cwd='notebook' needs a notebook read from a file; pass a directory instead"
+            )
+        directory = trajectory.source.resolve().parent
+    else:
+        directory = Path(cwd).resolve()
+    if not directory.is_dir():
+        raise ReplayError(f"cannot replay in {directory}: not a directory")
+    return directory
+
+
+async def enter_directory(env: KernelEnv, directory: Path, *, copy: bool = False) -> None:
+    """Make ``directory`` (or a copy of it) the working directory of ``env``'s kernel.
+
+    Raises:
+        ReplayError: the directory is too big to copy, or the kernel cannot enter it (the
+            sandbox hides it).
+    """
+    kernel = env.kernel
+    if kernel is None:
+        raise ReplayError("the env has no kernel; reset it first")
+    if copy:
+        work_dir = getattr(kernel, "work_dir", None)
+        if work_dir is None:
+            raise ReplayError("copy_cwd needs a local kernel (its directory is on this machine)")
+        target = Path(work_dir) / (directory.name or "notebook")
+        directory = await anyio.to_thread.run_sync(copy_directory, directory, target)
+    outcome = await kernel.execute(chdir_code(str(directory)), timeout_s=30, silent=True)
+    if outcome.observation.status is not StepStatus.OK:
+        error = outcome.observation.error
+        raise ReplayError(
+            f"the kernel cannot work in {directory}: {error.ename if error else ''} "
+            f"{error.evalue if error else outcome.observation.status.value}; the sandbox hides "
+            "the pool's and the task library's directories (copy_cwd copies it instead)"
+        )
+
+
+def copy_directory(source: Path, target: Path) -> Path:
+    """Copy ``source`` to ``target`` (symbolic links kept as links), within the size caps.
+
+    Raises:
+        ReplayError: more than ``MAX_COPY_FILES`` files or ``MAX_COPY_BYTES`` bytes.
+    """
+    files = size = 0
+    for root, dirs, names in os.walk(source):
+        files += len(names) + len(dirs)
+        size += sum((Path(root) / name).lstat().st_size for name in names)
+        if files > MAX_COPY_FILES or size > MAX_COPY_BYTES:
+            raise ReplayError(
+                f"{source} is too big to copy for a replay (more than {MAX_COPY_FILES} files "
+                f"or {MAX_COPY_BYTES // 2**20} MiB); replay in it read-only instead"
+            )
+    try:
+        shutil.copytree(source, target, symlinks=True)
+    except OSError as exc:  # shutil.Error included: unreadable files, a full disk
+        shutil.rmtree(target, ignore_errors=True)
+        raise ReplayError(f"cannot copy {source} for a replay: {exc}") from exc
+    return target
+
+
+def chdir_code(path: str) -> str:
+    """Silent code that makes ``path`` the kernel's working directory."""
+    return f"import os as _kernelenv_os\n_kernelenv_os.chdir({path!r})\ndel _kernelenv_os\n"
 
 
 async def replay_notebook(
     notebook: str | os.PathLike[str] | NotebookNode | Trajectory,
     env: KernelEnv | None = None,
     *,
+    options: CompareOptions | None = None,
     strict_images: bool = False,
+    cwd: str | os.PathLike[str] | None = None,
+    copy_cwd: bool = False,
+    skip_tag: str | None = SKIP_TAG,
+    allow_errors: bool = True,
+    timeout_s: StepTimeout = None,
     grade: bool = False,
     progress: bool | None = False,
 ) -> ReplayReport:
@@ -341,21 +529,25 @@ async def replay_notebook(
 
     Args:
         notebook: A notebook path, a loaded notebook, or a :class:`Trajectory`.
-        env: The env to replay in (default: a new one that starts exactly one kernel).
-        strict_images: See :func:`normalise_outputs`.
+        env: The env to replay in (default: a new one whose own :class:`KernelPool` starts
+            exactly one kernel, on demand).
+        options, strict_images, cwd, copy_cwd, skip_tag, allow_errors, timeout_s: See
+            :func:`replay_trajectory`.
         grade: Re-grade the replayed episode against its task (see ``KernelEnv.grade``).
         progress: Show a progress bar (``None``: only on a terminal).
 
     Raises:
         ResetNeeded: ``grade`` was asked for a notebook without a task.
+        ReplayError: the working directory cannot be used.
     """
     from tqdm import tqdm  # the text bar: works in a terminal and in a notebook alike
 
     trajectory = (
         notebook if isinstance(notebook, Trajectory) else Trajectory.from_notebook(notebook)
     )
+    working_directory(trajectory, cwd)  # a bad setting fails before a kernel starts
     own_env = env is None
-    # pool_size=0: one kernel started on demand, no spare started in the background.
+    # pool_size=0: the env's own KernelPool starts one kernel on demand, no spare.
     env = env if env is not None else KernelEnv(pool_size=0)
     report = ReplayReport(trajectory)
     try:
@@ -368,7 +560,18 @@ async def replay_notebook(
             disable=None if progress is None else not progress,
         )
         with bar:
-            async for replayed in replay_trajectory(trajectory, env, strict_images=strict_images):
+            steps = replay_trajectory(
+                trajectory,
+                env,
+                options=options,
+                strict_images=strict_images,
+                cwd=cwd,
+                copy_cwd=copy_cwd,
+                skip_tag=skip_tag,
+                allow_errors=allow_errors,
+                timeout_s=timeout_s,
+            )
+            async for replayed in steps:
                 report.steps.append(replayed)
                 bar.update()
         if grade:

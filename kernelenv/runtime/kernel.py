@@ -25,7 +25,7 @@ from jupyter_client.session import Session
 
 from ..errors import KernelCommunicationError, KernelStartError
 from ..models import CodeObservation, ErrorInfo, StepStatus
-from .outputs import DEFAULT_MAX_OUTPUT_BYTES, OutputCollector, status_from_reply
+from .outputs import DEFAULT_MAX_OUTPUT_BYTES, OutputCollector, StepDisplays, status_from_reply
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,16 @@ LIVENESS_POLL_S = 0.1
 
 @dataclass
 class StepOutcome:
-    """The result of :meth:`Kernel.execute`: an observation, and whether the kernel is lost."""
+    """The result of :meth:`Kernel.execute`: an observation, and whether the kernel is lost.
+
+    ``displays`` says which display ids the step showed and sent, for an episode-wide display
+    index (updates of earlier steps' outputs).
+    """
 
     observation: CodeObservation
     kernel_lost: bool = False
     late_output: list[dict[str, Any]] = field(default_factory=list)
+    displays: StepDisplays = field(default_factory=StepDisplays)
 
 
 class Kernel:
@@ -299,11 +304,13 @@ class Kernel:
         duration = time.perf_counter() - started
 
         late = self._take_late()
+        displays = collector.displays
         if run.died:
-            return StepOutcome(self._died_observation(collector, duration), True, late)
+            return StepOutcome(self._died_observation(collector, duration), True, late, displays)
         if run.broken is not None:
             await self.kill()
-            return StepOutcome(self._broken_observation(collector, duration, run.broken), True, late)
+            observation = self._broken_observation(collector, duration, run.broken)
+            return StepOutcome(observation, True, late, displays)
         if timed_out:
             if not interrupted_in_time:
                 await self.kill()
@@ -320,11 +327,11 @@ class Kernel:
                 StepStatus.TIMEOUT, reply=run.reply, error=error, duration_s=duration
             )
             observation.metadata["kernel_replaced"] = not interrupted_in_time
-            return StepOutcome(observation, not interrupted_in_time, late)
+            return StepOutcome(observation, not interrupted_in_time, late, displays)
         observation = collector.to_observation(
             status_from_reply(run.reply or {}), reply=run.reply, duration_s=duration
         )
-        return StepOutcome(observation, False, late)
+        return StepOutcome(observation, False, late, displays)
 
     def _died_observation(self, collector: OutputCollector, duration: float) -> CodeObservation:
         code = self.exit_code()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..models import CodeObservation, ErrorInfo, StepStatus
@@ -10,6 +13,11 @@ from ..models import CodeObservation, ErrorInfo, StepStatus
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 
 DEFAULT_MAX_OUTPUT_BYTES = 1_000_000
+
+# Observation metadata keys: the widget models a step created or changed, and the flag set
+# when some of that, or an update of an earlier step's display, was dropped by the byte cap.
+WIDGET_STATE_KEY = "widget_state"
+NOTEBOOK_STATE_TRUNCATED_KEY = "notebook_state_truncated"
 
 
 def strip_ansi(text: str) -> str:
@@ -22,13 +30,44 @@ def truncation_marker(limit: int) -> str:
     return f"\n[kernelenv: output truncated, more than {limit} bytes]\n"
 
 
+@dataclass
+class StepDisplays:
+    """What one step did with display ids: the input of an episode-wide display index.
+
+    Attributes:
+        locations: Display id -> indices of this step's outputs shown under it, as the step
+            ended (a ``clear_output`` forgets the outputs it cleared, as nbclient does).
+        last: Display id -> the last bundle (``{"data", "metadata"}``) the step sent for it,
+            by ``display_data``, ``execute_result`` or ``update_display_data``; it is what
+            outputs of that id in earlier steps show from now on.
+        dropped: Display ids whose last bundle was over the byte cap (not in ``last``).
+    """
+
+    locations: dict[str, list[int]] = field(default_factory=dict)
+    last: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dropped: set[str] = field(default_factory=set)
+
+
+def display_id_of(content: dict[str, Any]) -> str | None:
+    """The ``transient.display_id`` of a message's content, if it has a usable one."""
+    transient = content.get("transient")  # may be present and None
+    display_id = transient.get("display_id") if isinstance(transient, dict) else None
+    return display_id if isinstance(display_id, str) and display_id else None
+
+
 class OutputCollector:
     """Builds the outputs of one cell from its IOPub messages, as Jupyter would store them.
 
     Applies notebook semantics: consecutive stream text of the same name is merged,
-    ``clear_output`` (with ``wait``) clears, ``update_display_data`` rewrites every output
-    with the same ``display_id``. Output beyond ``max_output_bytes`` is dropped with a marker;
-    the ``execute_result`` and ``error`` are always kept (each cut to the cap on its own).
+    ``clear_output`` (with ``wait``) clears, an ``update_display_data`` (or a new display
+    with an id already shown) rewrites every output with the same ``display_id``. Output
+    beyond ``max_output_bytes`` is dropped with a marker; the ``execute_result`` and ``error``
+    are always kept (each cut to the cap on its own).
+
+    What reaches beyond the cell is kept apart, under its own cap of ``max_output_bytes``:
+    the display ids it sent (:attr:`displays`, for updates of earlier steps) and the state of
+    the widget models its comm messages carried (nbclient's ``store_widget_state``), which
+    :meth:`to_observation` reports as ``metadata["widget_state"]``.
     """
 
     def __init__(self, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> None:
@@ -39,12 +78,24 @@ class OutputCollector:
         self.execution_count: int | None = None
         self._bytes = 0
         self._clear_on_next_output = False
-        self._display_index: dict[str, list[int]] = {}
+        self.displays = StepDisplays()
+        self.widget_state: dict[str, dict[str, Any]] = {}
+        self.widget_state_truncated = False
+        # Characters held for displays and widget models, per key and in all.
+        self._side_sizes: dict[tuple[str, str], int] = {}
+        self._side_bytes = 0
 
     def feed(self, msg: dict[str, Any]) -> None:
         """Apply one IOPub message (already filtered by parent ``msg_id``)."""
         msg_type = msg["msg_type"]
         content = msg["content"]
+        display_id = size = None
+        if msg_type in ("display_data", "execute_result", "update_display_data"):
+            display_id = display_id_of(content)
+            if display_id:
+                size = _bundle_size(content)
+                self._note_display(display_id, content, size)
+                self._update_display(display_id, content)
         if msg_type == "execute_input":
             self.execution_count = content.get("execution_count")
         elif msg_type == "clear_output":
@@ -52,21 +103,21 @@ class OutputCollector:
                 self._clear_on_next_output = True
             else:
                 self._clear()
-        elif msg_type == "update_display_data":
-            self._update_display(content)
+        elif msg_type in ("comm_open", "comm_msg"):
+            self._note_widget_state(content, msg.get("buffers") or [])
         elif msg_type in ("stream", "display_data", "execute_result", "error"):
             if self._clear_on_next_output:
                 self._clear()
             if msg_type == "stream":
                 self._add_stream(content["name"], content.get("text", ""))
             else:
-                self._add_rich(msg_type, msg)
+                self._add_rich(msg_type, msg, display_id, size)
 
     # -- the pieces -------------------------------------------------------------------
 
     def _clear(self) -> None:
         self.outputs.clear()
-        self._display_index.clear()
+        self.displays.locations.clear()
         self._bytes = 0
         self._full = False
         self._clear_on_next_output = False
@@ -88,8 +139,15 @@ class OutputCollector:
         else:
             self.outputs.append({"output_type": "stream", "name": name, "text": text})
 
-    def _add_rich(self, msg_type: str, msg: dict[str, Any]) -> None:
-        size = _bundle_size(msg["content"])
+    def _add_rich(
+        self,
+        msg_type: str,
+        msg: dict[str, Any],
+        display_id: str | None = None,
+        size: int | None = None,
+    ) -> None:
+        if size is None:
+            size = _bundle_size(msg["content"])
         essential = msg_type in ("execute_result", "error")
         if self._full and not essential:
             return
@@ -105,9 +163,8 @@ class OutputCollector:
         self._bytes += size
         if msg_type == "execute_result":
             self.execution_count = msg["content"].get("execution_count", self.execution_count)
-        display_id = (msg["content"].get("transient") or {}).get("display_id")
         if display_id:
-            self._display_index.setdefault(display_id, []).append(len(self.outputs))
+            self.displays.locations.setdefault(display_id, []).append(len(self.outputs))
         self.outputs.append(output)
 
     def _mark_truncated(self) -> None:
@@ -121,11 +178,63 @@ class OutputCollector:
                 }
             )
 
-    def _update_display(self, content: dict[str, Any]) -> None:
-        display_id = (content.get("transient") or {}).get("display_id")
-        for index in self._display_index.get(display_id, []):
-            self.outputs[index]["data"] = dict(content.get("data", {}))
-            self.outputs[index]["metadata"] = dict(content.get("metadata", {}))
+    def _update_display(self, display_id: str, content: dict[str, Any]) -> None:
+        for index in self.displays.locations.get(display_id, []):
+            self.outputs[index]["data"] = dict(content.get("data") or {})
+            self.outputs[index]["metadata"] = dict(content.get("metadata") or {})
+
+    # -- what reaches beyond the cell (own cap) -------------------------------------------
+
+    def _side_room(self, key: tuple[str, str], size: int) -> bool:
+        """Account ``size`` for ``key`` (in place of its previous size) if it fits the cap."""
+        used = self._side_bytes - self._side_sizes.get(key, 0)
+        if used + size > self.max_output_bytes:
+            return False
+        self._side_sizes[key] = size
+        self._side_bytes = used + size
+        return True
+
+    def _note_display(self, display_id: str, content: dict[str, Any], size: int) -> None:
+        key = ("display", display_id)
+        if self._side_room(key, size):
+            # The message's own dicts: nothing changes them (outputs get copies).
+            self.displays.last[display_id] = {
+                "data": content.get("data") or {},
+                "metadata": content.get("metadata") or {},
+            }
+            self.displays.dropped.discard(display_id)
+        else:  # an older bundle would be wrong now: forget it, and say so
+            self._side_bytes -= self._side_sizes.pop(key, 0)
+            self.displays.last.pop(display_id, None)
+            self.displays.dropped.add(display_id)
+
+    def _note_widget_state(self, content: dict[str, Any], buffers: list[Any]) -> None:
+        """nbclient's ``handle_comm_msg``: merge ``data.state`` per comm (custom messages,
+        which have no state, are ignored); buffers go to the paths ``buffer_paths`` names."""
+        comm_id, data = content.get("comm_id"), content.get("data")
+        if not isinstance(comm_id, str) or not isinstance(data, dict):
+            return
+        state = data.get("state")
+        if not isinstance(state, dict):
+            return
+        model = self.widget_state.get(comm_id) or {"state": {}, "buffers": {}}
+        merged = {**model["state"], **state}
+        new_buffers = dict(model["buffers"])
+        paths = data.get("buffer_paths")
+        for path, buffer in zip(paths if isinstance(paths, list) else [], buffers):
+            if isinstance(path, list):
+                new_buffers[json.dumps(path, default=str)] = {
+                    "data": base64.b64encode(bytes(buffer)).decode("ascii"),
+                    "encoding": "base64",
+                    "path": path,
+                }
+        size = len(json.dumps(merged, default=str)) + sum(
+            len(b["data"]) for b in new_buffers.values()
+        )
+        if self._side_room(("widget", comm_id), size):
+            self.widget_state[comm_id] = {"state": merged, "buffers": new_buffers}
+        else:
+            self.widget_state_truncated = True
 
     # -- results ----------------------------------------------------------------------
 
@@ -163,6 +272,16 @@ class OutputCollector:
         execution_count = self.execution_count
         if reply is not None and reply.get("execution_count") is not None:
             execution_count = reply["execution_count"]
+        metadata: dict[str, Any] = {}
+        if self.widget_state:
+            metadata[WIDGET_STATE_KEY] = {
+                comm_id: {"state": model["state"], "buffers": list(model["buffers"].values())}
+                if model["buffers"]
+                else {"state": model["state"]}
+                for comm_id, model in self.widget_state.items()
+            }
+        if self.widget_state_truncated:
+            metadata[NOTEBOOK_STATE_TRUNCATED_KEY] = True
         return CodeObservation(
             stdout="".join(stdout),
             stderr="".join(stderr),
@@ -175,6 +294,7 @@ class OutputCollector:
             duration_s=duration_s,
             kernel_restarted=kernel_restarted,
             output_truncated=self.truncated,
+            metadata=metadata,
         )
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import anyio
 import nbformat
 import pytest
 
 from kernelenv import KernelEnv, Trajectory, replay_notebook, replay_trajectory
-from kernelenv.episodes.replay import normalise_outputs, normalise_text
+from kernelenv.episodes.replay import StepPlan, TrajectoryStep, step_plan
+from kernelenv.errors import ReplayError
 
 pytestmark = pytest.mark.anyio
 
@@ -114,23 +116,6 @@ def test_cli_exit_codes(recorded):
     assert "cannot replay" in unknown.stderr and "no_such_task" in unknown.stderr
 
 
-def test_normalisation_of_what_legitimately_varies():
-    assert normalise_text("\x1b[31m<object at 0x7fb1a094d3d0>\x1b[0m") == "<object at 0x<address>>"
-    assert normalise_text("Cell In[12], line 1") == "Cell In[N], line 1"
-    assert normalise_text("'/tmp/kernelenv-jqay3pou/k2-ab9208ad/work'") == "'<kernel-dir>/work'"
-    assert normalise_text("CPU times: user 3 µs\nWall time: 6.2 µs") == (
-        "CPU times: <time>\nWall time: <time>"
-    )
-    same_kind = [{"output_type": "display_data", "data": {"image/png": "AAAA"}, "metadata": {}}]
-    other_bytes = [{"output_type": "display_data", "data": {"image/png": "BBBB"}, "metadata": {}}]
-    assert normalise_outputs(same_kind) == normalise_outputs(other_bytes)
-    assert normalise_outputs(same_kind, strict_images=True) != normalise_outputs(
-        other_bytes, strict_images=True
-    )
-    # What must not be normalised away: values.
-    assert normalise_text("sum 2517") != normalise_text("sum 2518")
-
-
 PALINDROME = (
     "def is_palindrome(text: str) -> bool:\n"
     "    kept = [ch.lower() for ch in text if ch.isalnum()]\n"
@@ -167,3 +152,167 @@ async def test_task_episode_regrades_on_replay(shared_pool, tmp_path):
     assert result.returncode == 1, result.stderr.decode()
     assert "step 2 (cell step-2): outputs differ" in out  # True became False
     assert "re-grade: score" in out and "(recorded: 1.000)" in out
+
+
+BESIDE = Path(__file__).resolve().parent / "data" / "beside"
+
+
+def tagged_notebook():
+    """Cells as nbclient's tag tests have them: one skipped, one expected to raise."""
+    cells = [
+        nbformat.v4.new_code_cell("x = 1", id="set"),
+        nbformat.v4.new_code_cell(
+            "print('must not run')", id="skipped", metadata={"tags": ["skip-execution"]}
+        ),
+        nbformat.v4.new_code_cell(
+            "1 / 0",
+            id="raises",
+            metadata={"tags": ["raises-exception"]},
+            outputs=[
+                nbformat.v4.new_output(
+                    "error",
+                    ename="ZeroDivisionError",
+                    evalue="division by zero",
+                    traceback=[
+                        "-" * 75,
+                        "ZeroDivisionError                         Traceback (most recent call last)",
+                        "Cell In[2], line 1\n----> 1 1 / 0\n",
+                        "ZeroDivisionError: division by zero",
+                    ],
+                )
+            ],
+        ),
+        nbformat.v4.new_code_cell("   \n", id="blank"),
+        nbformat.v4.new_code_cell(
+            "print(x)", id="after", outputs=[nbformat.v4.new_output("stream", text="1\n")]
+        ),
+    ]
+    return nbformat.v4.new_notebook(cells=cells)
+
+
+async def test_cell_tags_are_honoured_as_nbclient_honours_them(shared_pool):
+    notebook = tagged_notebook()
+    async with KernelEnv(pool=shared_pool) as env:
+        report = await replay_notebook(notebook, env, allow_errors=False)
+        assert report.ok, report.summary()
+        assert [s.skipped for s in report.steps] == [
+            None, "skip-execution tag", None, "empty cell", None
+        ]
+        assert report.steps[2].observation.error.ename == "ZeroDivisionError"
+        assert "(2 not run)" in report.summary()
+
+        untagged = nbformat.from_dict(notebook)
+        untagged.cells[2].metadata["tags"] = []
+        report = await replay_notebook(untagged, env, allow_errors=False)
+        [divergence] = report.divergences
+        assert divergence.step == 3
+        assert divergence.reason == (
+            "raised ZeroDivisionError in a cell without the raises-exception tag"
+        )
+        # Errors are outputs like any other by default: the recorded error matches.
+        assert (await replay_notebook(untagged, env)).ok
+
+        report = await replay_notebook(notebook, env, skip_tag=None)
+        [divergence] = report.divergences
+        assert divergence.step == 2 and "+must not run" in divergence.diff()
+
+
+async def test_relative_file_beside_the_notebook(shared_pool):
+    async with KernelEnv(pool=shared_pool) as env:
+        beside = await replay_notebook(BESIDE / "notebook.ipynb", env, cwd="notebook")
+        assert beside.ok, beside.summary()
+        elsewhere = await replay_notebook(BESIDE / "notebook.ipynb", env)  # cwd="work"
+        assert [d.step for d in elsewhere.divergences] == [1, 2]
+        assert "FileNotFoundError" in elsewhere.divergences[0].diff()
+        explicit = await replay_notebook(BESIDE / "notebook.ipynb", env, cwd=BESIDE)
+        assert explicit.ok
+    with pytest.raises(ReplayError, match="read from a file"):
+        await replay_notebook(nbformat.read(BESIDE / "notebook.ipynb", 4), cwd="notebook")
+    with pytest.raises(ReplayError, match="not a directory"):
+        await replay_notebook(BESIDE / "notebook.ipynb", cwd=BESIDE / "beside.txt")
+
+
+async def test_copy_cwd_gives_a_writable_copy_and_leaves_the_original_alone(
+    shared_pool, tmp_path
+):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "input.txt").write_text("seven\n")
+    cells = [
+        nbformat.v4.new_code_cell(
+            "text = open('input.txt').read()\n"
+            "with open('output.txt', 'w') as f:\n"
+            "    f.write(text.upper())\n"
+            "print(open('output.txt').read(), end='')",
+            outputs=[nbformat.v4.new_output("stream", text="SEVEN\n")],
+        )
+    ]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), folder / "writes.ipynb")
+    async with KernelEnv(pool=shared_pool) as env:
+        report = await replay_notebook(folder / "writes.ipynb", env, cwd="notebook", copy_cwd=True)
+        assert report.ok, report.summary()
+        assert not (folder / "output.txt").exists()
+        if shared_pool.sandbox.level == "bwrap":
+            # The bwrap sandbox gives kernels a private /tmp: a notebook there is only
+            # reachable through a copy, and the error says so.
+            with pytest.raises(ReplayError, match="copy_cwd"):
+                await replay_notebook(folder / "writes.ipynb", env, cwd="notebook")
+
+
+def test_cli_replays_in_the_notebook_directory_with_tolerances_and_strict_flags():
+    command = [sys.executable, "-m", "kernelenv", "replay", "--quiet"]
+    svg = str(Path(__file__).resolve().parent / "data" / "nbclient" / "SVG.ipynb")
+    result = subprocess.run(
+        [*command, "--cwd", "notebook", str(BESIDE / "notebook.ipynb")],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tolerant = subprocess.run(
+        [*command, svg], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert tolerant.returncode == 0, tolerant.stdout + tolerant.stderr
+    strict = subprocess.run(
+        [*command, "--strict-svg", svg], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert strict.returncode == 1 and "outputs differ" in strict.stdout
+    missing = subprocess.run(
+        [*command, "--cwd", "/no/such/dir", svg],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert missing.returncode == 2 and "not a directory" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("code", "tags", "allow_errors", "plan"),
+    [
+        ("print(1)", (), False, StepPlan(run=True, errors_allowed=False)),
+        ("print(1)", (), True, StepPlan(run=True, errors_allowed=True)),
+        ("1 / 0", ("raises-exception",), False, StepPlan(run=True, errors_allowed=True)),
+        (" \n\t", (), True, StepPlan(run=False, skipped="empty cell")),
+        ("print(1)", ("skip-execution",), True, StepPlan(run=False, skipped="skip-execution tag")),
+    ],
+)
+def test_step_plan_follows_nbclient(code, tags, allow_errors, plan):
+    step = TrajectoryStep(index=1, code=code, tags=tags)
+    assert step_plan(step, allow_errors=allow_errors) == plan
+    assert step_plan(step, skip_tag=None).run == bool(code.strip())
+
+
+async def test_per_cell_budget_interrupts_the_cell(shared_pool):
+    cells = [
+        nbformat.v4.new_code_cell("import time\ntime.sleep(60)", id="slow"),
+        nbformat.v4.new_code_cell("print('alive')", id="next"),
+    ]
+    budgets = {}
+
+    def budget(step):
+        budgets[step.cell_id] = 1.0 if step.cell_id == "slow" else None
+        return budgets[step.cell_id]
+
+    async with KernelEnv(pool=shared_pool) as env:
+        report = await replay_notebook(nbformat.v4.new_notebook(cells=cells), env, timeout_s=budget)
+    slow, after = report.steps
+    assert budgets == {"slow": 1.0, "next": None}
+    assert slow.observation.status.value == "timeout"
+    assert slow.observation.outputs[-1]["ename"] == "KeyboardInterrupt"  # interrupted, not killed
+    assert after.observation.stdout == "alive\n" and not after.observation.kernel_restarted

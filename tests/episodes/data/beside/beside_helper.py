@@ -1,0 +1,3 @@
+"""Imported by notebook.ipynb from its own directory (replay with cwd="notebook")."""
+
+VALUE = 42
