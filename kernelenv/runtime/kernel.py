@@ -13,6 +13,7 @@ import shutil
 import signal
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,24 +113,14 @@ class Kernel:
             connection_file=str(directory / "run" / "connection.json"),
         )
         kernel = cls(manager, directory, kernel_id)
-        try:
+
+        async def launch() -> None:
             env = {**os.environ, **(extra_env or {})}
             env.pop("JPY_SESSION_NAME", None)
             await manager.start_kernel(cwd=str(directory / "work"), env=env)
             kernel.client = manager.client()
-            kernel.client.start_channels()
-            with anyio.fail_after(start_timeout_s):
-                await kernel._wait_ready()
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await kernel.shutdown()
-            if isinstance(exc, TimeoutError):
-                raise KernelStartError(
-                    f"kernel {kernel_id} did not become ready within {start_timeout_s} s"
-                ) from exc
-            if isinstance(exc, Exception) and not isinstance(exc, KernelStartError):
-                raise KernelStartError(f"kernel {kernel_id} failed to start: {exc}") from exc
-            raise
+
+        await kernel._become_ready(launch, start_timeout_s)
         return kernel
 
     @classmethod
@@ -138,17 +129,29 @@ class Kernel:
     ) -> Kernel:
         """A kernel that already runs (a live fork, see :mod:`.livefork`), once it is ready."""
         kernel = cls(manager, directory, kernel_id)
+        await kernel._become_ready(None, timeout_s)
+        return kernel
+
+    async def _become_ready(
+        self, launch: Callable[[], Awaitable[None]] | None, timeout_s: float
+    ) -> None:
+        """Launch (if asked), connect and wait until ready; on any failure, clean up."""
         try:
-            kernel.client.start_channels()
+            if launch is not None:
+                await launch()
+            self.client.start_channels()
             with anyio.fail_after(timeout_s):
-                await kernel._wait_ready()
+                await self._wait_ready()
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                await kernel.shutdown()
+                await self.shutdown()
+            if isinstance(exc, TimeoutError):
+                raise KernelStartError(
+                    f"kernel {self.kernel_id} did not become ready within {timeout_s} s"
+                ) from exc
             if isinstance(exc, Exception) and not isinstance(exc, KernelStartError):
-                raise KernelStartError(f"forked kernel {kernel_id} did not become ready: {exc}") from exc
+                raise KernelStartError(f"kernel {self.kernel_id} failed to start: {exc}") from exc
             raise
-        return kernel
 
     async def evaluate(self, expression: str, *, timeout_s: float) -> dict[str, Any]:
         """Evaluate ``expression`` in the kernel without a trace in its history or outputs.

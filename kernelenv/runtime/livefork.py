@@ -43,6 +43,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
 from ..errors import ForkError, KernelStartError
+from ..sandbox.cgroup import pid_alive
 
 if TYPE_CHECKING:
     from ..sandbox.cgroup import PidsCgroup
@@ -279,7 +280,7 @@ class ForkedProcess:
         if self._pidfd is not None:
             if select.select([self._pidfd], [], [], 0)[0]:
                 self.returncode = -signal.SIGKILL
-        elif not _pid_alive(self.pid):
+        elif not pid_alive(self.pid):
             self.returncode = -signal.SIGKILL
         return self.returncode
 
@@ -438,13 +439,3 @@ async def fork_kernel(
             ready.close()
             with contextlib.suppress(OSError):
                 (directory / "run" / "ready.sock").unlink()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
