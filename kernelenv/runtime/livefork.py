@@ -381,7 +381,8 @@ async def fork_kernel(
     children: list[Kernel] = []
     try:
         for _ in range(n):
-            kernel_id = f"fork-{uuid.uuid4().hex[:10]}"
+            # Short names: IPC socket paths must fit in 107 bytes, also under a long TMPDIR.
+            kernel_id = f"f{uuid.uuid4().hex[:8]}"
             directory = base / kernel_id
             (directory / "run").mkdir(parents=True)
             shutil.copytree(parent.work_dir, directory / "work", symlinks=True)
@@ -394,7 +395,7 @@ async def fork_kernel(
             )
             manager.write_connection_file()  # a new key and new IPC paths
             ready = socket.socket(socket.AF_UNIX)
-            ready.bind(str(directory / "run" / "ready.sock"))
+            ready.bind(str(directory / "run" / "ready"))
             ready.listen(1)
             ready.setblocking(False)
             prepared.append((kernel_id, directory, manager, ready))
@@ -402,7 +403,7 @@ async def fork_kernel(
             "__import__('kernelenv.runtime.livefork', fromlist=['fork_here']).fork_here("
             f"{[m.connection_file for _, _, m, _ in prepared]!r}, "
             f"{[str(d / 'work') for _, d, _, _ in prepared]!r}, "
-            f"{[str(d / 'run' / 'ready.sock') for _, d, _, _ in prepared]!r})"
+            f"{[str(d / 'run' / 'ready') for _, d, _, _ in prepared]!r})"
         )
         reply = await parent.evaluate(expression, timeout_s=timeout_s)
         if reply.get("status") != "ok":
@@ -438,4 +439,4 @@ async def fork_kernel(
         for _, directory, _, ready in prepared:
             ready.close()
             with contextlib.suppress(OSError):
-                (directory / "run" / "ready.sock").unlink()
+                (directory / "run" / "ready").unlink()

@@ -225,7 +225,7 @@ class KernelPool:
             raise EnvClosedError("this KernelPool is closed")
         _become_subreaper()
         nested = self.sandbox.level == "bwrap"
-        base = kernel.directory / "run" / "forks" if nested else self.root
+        base = kernel.directory / "run" / "f" if nested else self.root
         limited = self.sandbox.level != "none"
         children = await fork_kernel(
             kernel,
