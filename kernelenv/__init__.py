@@ -47,6 +47,7 @@ _EXPORTS = {
     "MCPConnectionError": "errors",
     "ToolSetupError": "errors",
     "Journal": "episodes.journal",
+    "JournalError": "errors",
     "Trajectory": "episodes.replay",
     "replay_trajectory": "episodes.replay",
     "replay_notebook": "episodes.replay",

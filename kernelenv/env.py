@@ -31,6 +31,7 @@ from .runtime.pool import KernelPool
 from .sync import SyncKernelEnv
 from .tasks.library import answer_key_dirs, default_library
 from .tasks.run import add_task_fields, grade_run, start_task, submit_review
+from .tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from .tasks.grading import Grade
     from .tasks.library import TaskLibrary
     from .tools.bridge import ToolBridge
-    from .tools.registry import ToolRegistry
 
 # How many request ids (and their observations) an episode remembers for safe retries.
 REQUEST_ID_MEMORY = 256
@@ -104,7 +104,9 @@ class KernelEnv:
         self.pool = (
             pool
             if pool is not None
-            else _own_pool(backend, pool_size, sandbox, answer_key_dirs(task_library))
+            else _own_pool(
+                backend, pool_size, sandbox, answer_key_dirs(task_library), acquire_timeout_s
+            )
         )
         self.step_timeout_s = step_timeout_s
         self.interrupt_grace_s = interrupt_grace_s
@@ -128,7 +130,11 @@ class KernelEnv:
 
     async def __aenter__(self) -> KernelEnv:
         if self._own_pool:
-            await self.pool.start()
+            try:
+                await self.pool.start()
+            except BaseException:
+                await self.close()  # __aexit__ will not run: leave nothing started behind
+                raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -180,12 +186,12 @@ class KernelEnv:
                 await self._kernel.execute(
                     _seed_code(seed), timeout_s=self.step_timeout_s, silent=True
                 )
-            await self._attach_tools(episode.episode_id)
             observation = CodeObservation(
                 metadata={"episode_id": episode.episode_id, "kernel_id": self._kernel.kernel_id}
             )
             if task is not None:
                 await self._start_task(episode, task, observation)
+            await self._attach_tools(episode.episode_id)
             if self.journal is not None:
                 await self.journal.begin(
                     episode, kernel_name=self.pool.kernel_name, python=self.pool.python
@@ -219,14 +225,22 @@ class KernelEnv:
         if action.request_id is not None and action.request_id in self._recorded:
             return self._recorded[action.request_id].model_copy(deep=True)
         budget = timeout_s if timeout_s is not DEFAULT else None
-        budget = budget or action.timeout_s or self._default_step_timeout()
+        budget = budget or action.timeout_s
         async with self._step_lock():
             episode = self._episode
+            if episode.task is not None:
+                budget = episode.task.task.limits.step_budget(budget)
+            budget = budget or self.step_timeout_s
+            # Recorded as run: grading and replay give the step the same budget, wherever
+            # the budget came from (the action, a server request, the task's default).
+            action = action.model_copy(update={"timeout_s": budget})
             restarted = False
             if self._kernel is None:  # the previous step lost the kernel
                 self._kernel = await self.pool.acquire(self.acquire_timeout_s)
                 restarted = True
                 await self._attach_tools(episode.episode_id)
+            if episode.task is not None and episode.task.service is not None:
+                episode.task.service.begin_step()
             loop = asyncio.get_running_loop()
             started_at = loop.time()
             outcome = await self._kernel.execute(
@@ -249,7 +263,9 @@ class KernelEnv:
             if outcome.late_output:
                 observation.metadata["late_output"] = outcome.late_output
             if self._tool_bridge is not None:
-                observation.metadata["tool_calls"] = self._tool_bridge.take_calls()
+                calls = self._tool_bridge.take_calls()
+                if calls or self.tools is not None:
+                    observation.metadata["tool_calls"] = calls
             if outcome.kernel_lost:
                 self._release_kernel()
             observation.metadata.setdefault("episode_id", episode.episode_id)
@@ -390,9 +406,22 @@ class KernelEnv:
         return self._lock
 
     async def _attach_tools(self, episode_id: str) -> None:
-        if self._tool_bridge is not None and self._kernel is not None:
-            await self._tool_bridge.open()
-            await self._tool_bridge.attach(self._kernel, episode_id, timeout_s=self.step_timeout_s)
+        """Offer the env's tools, and the episode's task service, to the current kernel."""
+        run = self._episode.task if self._episode is not None else None
+        service = run.service if run is not None else None
+        if self._kernel is None or (self._tool_bridge is None and service is None):
+            return
+        if self._tool_bridge is None:  # a task service needs a bridge even without tools=
+            self._tool_bridge = _tool_bridge(ToolRegistry())
+        assert self._tool_bridge is not None
+        await self._tool_bridge.open()
+        await self._tool_bridge.attach(
+            self._kernel,
+            episode_id,
+            timeout_s=self.step_timeout_s,
+            extra_tools=service.tools if service else (),
+            exceptions=service.exceptions if service else None,
+        )
 
     def _lookup_task(self, task_id: str | None) -> Task | None:
         if task_id is None:
@@ -400,12 +429,6 @@ class KernelEnv:
         if self.task_library is None:
             self.task_library = default_library()
         return self.task_library.get(task_id)
-
-    def _default_step_timeout(self) -> float:
-        episode = self._episode
-        if episode is not None and episode.task is not None:
-            return episode.task.task.limits.step_timeout_s
-        return self.step_timeout_s
 
     async def _start_task(self, episode: Episode, task: Task, observation: CodeObservation) -> None:
         assert self._kernel is not None
@@ -469,7 +492,11 @@ class KernelEnv:
 
 
 def _own_pool(
-    backend: str, size: int, sandbox: SandboxConfig | str | None, hidden_paths: list[Path]
+    backend: str,
+    size: int,
+    sandbox: SandboxConfig | str | None,
+    hidden_paths: list[Path],
+    acquire_timeout_s: float | None,
 ) -> KernelPool:
     if backend == "local":
         return KernelPool(size=size, sandbox=sandbox, hidden_paths=hidden_paths)
@@ -480,7 +507,10 @@ def _own_pool(
         options: dict[str, Any] = {"hidden_paths": [str(p) for p in hidden_paths]}
         if sandbox is not None:
             options["sandbox"] = sandbox
-        return RayKernelPool(actors=1, size=size, pool_options=options)  # type: ignore[return-value]
+        # Placing the actor is part of acquiring a kernel: bounded by the same timeout.
+        return RayKernelPool(  # type: ignore[return-value]
+            actors=1, size=size, pool_options=options, start_timeout_s=acquire_timeout_s
+        )
     raise ValueError(f"unknown backend {backend!r}; use 'local' or 'ray'")
 
 

@@ -22,6 +22,7 @@ Exceptions are for faults of the infrastructure and for misuse of the API::
     ├── CapacityReachedError (RuntimeError)  a server already runs its maximum of sessions
     ├── EpisodeInUseError (ValueError)       another live session runs an episode of that id
     ├── ToolError (RuntimeError)             raised by a host-side tool, re-raised in agent code
+    ├── JournalError (OSError)               a journal with fsync=True could not make a step durable
     ├── ReplayError (ValueError)             a notebook cannot be replayed as asked (its directory)
     ├── JsonRpcError                         an MCP JSON-RPC error to answer with (server side)
     └── ServerError (RuntimeError)           a kernelenv server answered with an error frame
@@ -132,6 +133,13 @@ class EpisodeInUseError(KernelEnvError, ValueError):
 
 class ToolError(KernelEnvError, RuntimeError):
     """A tool failed in a way that has no matching builtin exception (raised in agent code)."""
+
+
+class JournalError(KernelEnvError, OSError):
+    """A journal asked to be durable (``fsync=True``) could not reach the disk.
+
+    Without ``fsync=True`` such failures are logged and noted in the step's metadata instead.
+    """
 
 
 class ReplayError(KernelEnvError, ValueError):

@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 import anyio
 from nbformat import NotebookNode
 
+from ..errors import JournalError
 from ..models import CodeObservation, parse_action
 from .export import EpisodeInfo, TimedStep, episode_info, episode_notebook, wall_clock_offset
 
@@ -84,6 +85,12 @@ class Journal:
             (about 6 ms a step on a virtual disk). Without it a record is still written and
             flushed before the step returns, which is enough to survive the process being
             killed (SIGKILL): the data is then in the operating system's hands.
+
+    Raises:
+        JournalError: with ``fsync=True``, from ``begin`` or ``record_step`` (and so from the
+            env's ``reset`` or ``step``) when a record or its directory cannot be forced to the
+            disk. Without ``fsync`` such failures are logged and the step's
+            ``metadata["journal_error"]`` says so.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = False) -> None:
@@ -103,10 +110,11 @@ class Journal:
         record = {"kind": "episode", "started_at": time.time(), "info": _info_dict(info)}
         try:
             await anyio.to_thread.run_sync(self._open_and_write, info.episode_id, record)
-        except OSError as exc:  # a full disk must not take the episode down with it
-            log.error(
-                "journal %s: cannot start episode %s: %s", self.directory, info.episode_id, exc
-            )
+        except OSError as exc:
+            message = f"journal {self.directory}: cannot start episode {info.episode_id}: {exc}"
+            if self.fsync:  # durability was asked for: say it cannot be had
+                raise JournalError(message) from exc
+            log.error("%s", message)  # a full disk must not take the episode down with it
 
     async def record_step(self, episode: Episode, step: StepRecord) -> None:
         """Append one completed step and make it durable."""
@@ -123,13 +131,13 @@ class Journal:
         try:
             await anyio.to_thread.run_sync(self._write, episode.episode_id, record)
         except OSError as exc:
-            log.error(
-                "journal %s: step %d of %s not recorded: %s",
-                self.directory,
-                index,
-                episode.episode_id,
-                exc,
+            message = (
+                f"journal {self.directory}: step {index} of {episode.episode_id} not recorded "
+                f"durably: {exc}"
             )
+            if self.fsync:  # durability was asked for: say it cannot be had
+                raise JournalError(message) from exc
+            log.error("%s", message)
             step.observation.metadata["journal_error"] = str(exc)
             return
         self._steps[episode.episode_id] = index
@@ -182,7 +190,11 @@ class Journal:
                     directory = self._unsynced_dirs.pop()
                 except KeyError:
                     break
-                _fsync_dir(directory)
+                try:
+                    _fsync_dir(directory)
+                except OSError:
+                    self._unsynced_dirs.add(directory)  # still not durable: the next step retries
+                    raise
 
     def _close(self, episode_id: str) -> None:
         handle = self._files.pop(episode_id, None)
@@ -288,14 +300,10 @@ def _safe_name(episode_id: str) -> str:
 
 
 def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
+    """Force a directory's entries (new file names) to the disk; raises OSError when it cannot."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 

@@ -213,14 +213,25 @@ class Kernel:
         return translate(code) if translate is not None else code
 
     async def interrupt(self) -> None:
-        """Send an interrupt (SIGINT, or an ``interrupt_request`` in message mode)."""
-        with contextlib.suppress(Exception):
+        """Send an interrupt (SIGINT, or an ``interrupt_request`` in message mode).
+
+        Never raises: a kernel that cannot be interrupted (it already died) is escalated to
+        :meth:`kill` by the caller's grace period; the failure is logged.
+        """
+        try:
             await self.manager.interrupt_kernel()
+        except Exception as exc:  # noqa: BLE001 - survivable: the grace period escalates
+            log.warning("interrupting kernel %s failed: %r", self.kernel_id, exc)
 
     async def kill(self) -> None:
-        """Kill the kernel process at once (used when an interrupt did not stop a cell)."""
-        with contextlib.suppress(Exception):
+        """Kill the kernel process at once (used when an interrupt did not stop a cell).
+
+        Never raises: a kernel that is already gone needs no killing; the failure is logged.
+        """
+        try:
             await self.manager.signal_kernel(signal.SIGKILL)
+        except Exception as exc:  # noqa: BLE001 - survivable: the kernel is replaced anyway
+            log.warning("killing kernel %s failed: %r", self.kernel_id, exc)
 
     def keep_for(self, guest: Kernel) -> None:
         """Keep this kernel until ``guest`` (a fork living in its sandbox) is shut down."""

@@ -241,6 +241,9 @@ class RayKernelPool:
         address: Ray cluster to join when Ray is not initialised yet (``"auto"``,
             ``"ray://head:10001"``); None joins the one ``RAY_ADDRESS`` names, else starts a
             local Ray.
+        start_timeout_s: How long :meth:`start` (and ``async with``) waits for the actors to
+            be placed and started (None: no limit). :meth:`acquire` is bounded by its own
+            timeout.
     """
 
     def __init__(
@@ -251,6 +254,7 @@ class RayKernelPool:
         actor_options: dict[str, Any] | None = None,
         pool_options: dict[str, Any] | None = None,
         address: str | None = None,
+        start_timeout_s: float | None = 120.0,
     ) -> None:
         if actors < 1:
             raise ValueError(f"a RayKernelPool needs at least one actor, got {actors}")
@@ -259,6 +263,7 @@ class RayKernelPool:
         self.actor_options = {**DEFAULT_ACTOR_OPTIONS, **(actor_options or {})}
         self.pool_options = {**(pool_options or {}), "size": size}
         self.address = address
+        self.start_timeout_s = start_timeout_s
         self.hosts: list[RayHost] = []
         self.lost_hosts = 0
         self._round_robin = itertools.count()
@@ -280,7 +285,23 @@ class RayKernelPool:
         await self.aclose()
 
     async def start(self) -> None:
-        """Start the actors (and Ray, if needed). Called by the first :meth:`acquire`."""
+        """Start the actors (and Ray, if needed) and wait until they run.
+
+        Called by the first :meth:`acquire`. Waits at most ``start_timeout_s``; the actors
+        that could not be placed by then stay queued in Ray (a later :meth:`acquire` may
+        find them running) until :meth:`aclose`.
+
+        Raises:
+            PoolExhaustedError: the cluster could not place the actors in time; the message
+                names the resources that are missing.
+        """
+        try:
+            with anyio.fail_after(self.start_timeout_s):
+                await self._wait_started()
+        except TimeoutError as exc:
+            raise PoolExhaustedError(self._exhausted_message(self.start_timeout_s)) from exc
+
+    async def _wait_started(self) -> None:
         if self._closed:
             raise EnvClosedError("this RayKernelPool is closed; create a new one")
         if self._started is None:
@@ -288,6 +309,7 @@ class RayKernelPool:
                 # Blocks for a few seconds, once: better than a half-started pool.
                 ray.init(address=self.address)
             self._started = asyncio.get_running_loop().create_task(self._start_hosts())
+        # Shielded: a caller that stops waiting leaves the actors queued for the next one.
         await asyncio.shield(self._started)
 
     async def _start_hosts(self) -> None:
@@ -311,9 +333,11 @@ class RayKernelPool:
         Raises:
             PoolExhaustedError: no kernel became ready within ``timeout_s``.
         """
-        await self.start()
         try:
+            # The placement of actors counts against the budget too: a cluster without room
+            # for them would otherwise keep the caller waiting forever.
             with anyio.fail_after(timeout_s):
+                await self._wait_started()
                 while True:
                     host = await self._pick_host()
                     try:
@@ -326,10 +350,36 @@ class RayKernelPool:
         except TimeoutError as exc:
             if isinstance(exc, PoolExhaustedError):
                 raise
-            raise PoolExhaustedError(
+            raise PoolExhaustedError(self._exhausted_message(timeout_s)) from exc
+
+    def _exhausted_message(self, timeout_s: float | None) -> str:
+        """Why no kernel came in time: actors Ray could not place (and what they lack), or none ready."""
+        waiting = [host for host in self.hosts if not host.info and not host.dead]
+        if not waiting:
+            return (
                 f"no kernel became ready on any Ray actor within {timeout_s} s; "
                 "add actors, raise their pool size or the timeout"
-            ) from exc
+            )
+        need = actor_resources(self.actor_options)
+        try:
+            free = ray.available_resources()
+            total = ray.cluster_resources()
+        except Exception as exc:  # noqa: BLE001 - the message is still worth giving
+            free, total = {}, {}
+            log.warning("cannot read the Ray cluster's resources: %r", exc)
+        missing = {
+            name: amount for name, amount in need.items() if free.get(name, 0.0) < amount
+        }
+        described = ", ".join(
+            f"{name}={amount:g} (free {free.get(name, 0.0):g} of {total.get(name, 0.0):g})"
+            for name, amount in (missing or need).items()
+        )
+        what = "missing: " + described if missing else "placement still under way; needs " + described
+        return (
+            f"{len(waiting)} of {self.actor_count} Ray actors could not be placed within "
+            f"{timeout_s} s ({what}); free those resources (close other pools or envs), add "
+            "nodes, or ask for less with actor_options (e.g. num_cpus=0.5)"
+        )
 
     async def _pick_host(self) -> RayHost:
         while True:
@@ -379,8 +429,14 @@ class RayKernelPool:
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
+            # Actors Ray never placed would keep their start (and this close) waiting forever.
             if self._started is not None:
+                self._started.cancel()
                 await asyncio.gather(self._started, return_exceptions=True)
+            with anyio.move_on_after(30):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            for task in list(self._tasks):
+                task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             hosts, self.hosts = list(self.hosts), []
             with anyio.move_on_after(30):
@@ -395,6 +451,17 @@ class RayKernelPool:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def actor_resources(actor_options: dict[str, Any]) -> dict[str, float]:
+    """The resources one actor asks Ray for, named as ``ray.available_resources()`` names them."""
+    need = {"CPU": float(actor_options.get("num_cpus", 1))}
+    if actor_options.get("num_gpus"):
+        need["GPU"] = float(actor_options["num_gpus"])
+    if actor_options.get("memory"):
+        need["memory"] = float(actor_options["memory"])
+    need.update({name: float(v) for name, v in (actor_options.get("resources") or {}).items()})
+    return {name: amount for name, amount in need.items() if amount > 0}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,18 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import TaskFormatError
 
 # Cell roles, given as cell tags.
 PROMPT = "prompt"  # markdown shown to the agent
 SETUP = "setup"  # run in the episode's kernel at reset (and before grading)
+SERVICE = "service"  # run on the host per episode; its __all__ reaches the kernel as tools
 SOLUTION = "solution"  # reference solution; each cell is one step
 WRONG = "wrong"  # a plausible wrong attempt (raw cells: Jupyter does not run them)
 COLLECT = "collect"  # hidden: run after the attempt, leaves the attempt's ``answer``
 GRADER = "grader"  # hidden: turns ``answer`` into ``grade`` in a pristine kernel
-ROLES = (PROMPT, SETUP, SOLUTION, WRONG, COLLECT, GRADER)
+ROLES = (PROMPT, SETUP, SERVICE, SOLUTION, WRONG, COLLECT, GRADER)
 
 
 class Family(str, Enum):
@@ -51,7 +52,15 @@ class TaskLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    step_timeout_s: float = Field(default=10.0, gt=0, description="Wall-clock budget of a step.")
+    step_timeout_s: float = Field(
+        default=10.0, gt=0, description="Wall-clock budget of a step that asks for none."
+    )
+    max_step_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Largest budget a step may ask for (CodeAction.timeout_s, a request's "
+        "timeout_s); larger ones are cut to it, in the episode and when grading replays it.",
+    )
     max_steps: int = Field(default=30, gt=0, description="Steps after which the episode is done.")
     max_submissions: int = Field(
         default=3, gt=0, description="Review submissions accepted (pr_review family)."
@@ -59,6 +68,19 @@ class TaskLimits(BaseModel):
     grade_timeout_s: float = Field(
         default=30.0, gt=0, description="Budget of the hidden collect and grader cells."
     )
+
+    @model_validator(mode="after")
+    def _default_within_maximum(self) -> TaskLimits:
+        if self.step_timeout_s > self.max_step_timeout_s:
+            raise ValueError(
+                f"step_timeout_s ({self.step_timeout_s:g}) exceeds max_step_timeout_s "
+                f"({self.max_step_timeout_s:g})"
+            )
+        return self
+
+    def step_budget(self, asked_s: float | None) -> float:
+        """The budget a step gets: what it asked for (else the default), at most the maximum."""
+        return min(asked_s or self.step_timeout_s, self.max_step_timeout_s)
 
 
 class TaskMetadata(BaseModel):
@@ -88,6 +110,11 @@ class Task(TaskMetadata):
     path: Path | None = Field(default=None, description="The notebook it was read from.")
     prompt: str = Field(description="The markdown prompt shown to the agent.")
     setup: str = Field(default="", description="Code run in the episode's kernel at reset.")
+    service: str = Field(
+        default="",
+        description="Code run on the host per episode (never in the agent's kernel); the "
+        "functions and exception classes in its __all__ reach agent code as tools.",
+    )
     solution: list[str] = Field(description="Reference solution, one string per step.")
     wrong: list[str] = Field(
         default_factory=list, description="A plausible wrong attempt, one string per step."
@@ -163,6 +190,7 @@ def task_from_notebook(notebook: dict[str, Any], path: Path | None = None) -> Ta
             path=path,
             prompt="\n\n".join(cells[PROMPT]),
             setup="\n\n".join(cells[SETUP]),
+            service="\n\n".join(cells[SERVICE]),
             solution=cells[SOLUTION],
             wrong=cells[WRONG],
             collect="\n\n".join(cells[COLLECT]),
@@ -170,6 +198,8 @@ def task_from_notebook(notebook: dict[str, Any], path: Path | None = None) -> Ta
         )
     except ValidationError as exc:
         raise TaskFormatError(f"invalid 'kernelenv.task' metadata: {exc}") from exc
+    if task.service and task.uses_review_actions:
+        raise TaskFormatError("pr_review tasks take reviews, not code: they have no service")
     if task.uses_review_actions:
         for source in [*task.solution, *task.wrong]:
             review_answer(source)  # raises when not a literal ``answer = {...}``

@@ -2,12 +2,14 @@
 
 Grading a code attempt takes two fresh kernels from a pool:
 
-1. the *attempt kernel* runs the task's setup, replays the agent's steps, then the hidden
+1. the *attempt kernel* runs the task's setup (with a fresh host-side instance of the task's
+   service, if it has one, offered as tools), replays the agent's steps, then the hidden
    ``collect`` cells, which leave the attempt's ``answer``; only that answer, as JSON, leaves
    the kernel. No expected value ever enters this kernel, so code the agent planted there
    (patched builtins, redefined helpers, stack inspection) has nothing to steal or forge.
-2. the *grader kernel*, which never ran agent code, runs the setup, receives the answer as JSON
-   and runs the hidden ``grader`` cells, which leave a ``grade`` dict read back by the host.
+2. the *grader kernel*, which never ran agent code, runs the setup (and a pristine copy of the
+   service, for its data), receives the answer as JSON and runs the hidden ``grader`` cells,
+   which leave a ``grade`` dict read back by the host.
 
 A dead attempt kernel, a missing answer or an answer that is not JSON scores 0. Files the agent
 writes (a fake ``grade.json``) and text it prints are never read.
@@ -21,12 +23,17 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import anyio.to_thread
 from pydantic import BaseModel, Field, ValidationError
 
+from ..errors import ToolSetupError
 from ..models import StepStatus
 from ..runtime.kernel import Kernel
 from ..runtime.pool import KernelPool
+from ..tools.bridge import ToolBridge
+from ..tools.registry import ToolRegistry
 from .format import Task
+from .service import TaskService
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +112,9 @@ async def _grade_in(kernel: Kernel, task: Task, answer: Any) -> Grade:
     budget = task.limits.grade_timeout_s
     problem = await _run_hidden(kernel, task.setup, budget, "setup")
     if problem is None:
+        # A pristine copy of the service, for its data: this kernel never runs agent code.
+        problem = await _run_hidden(kernel, task.service, budget, "service")
+    if problem is None:
         load = f"import json as _json\nanswer = _json.loads({payload!r})\ndel _json"
         problem = await _run_hidden(kernel, load + "\n" + task.grader, budget, "grader")
     if problem is not None:
@@ -137,6 +147,8 @@ async def collect_answer(
     kernel = await pool.acquire()
     try:
         return await _replay_and_collect(kernel, task, steps, prelude)
+    except ToolSetupError:
+        raise  # the grading machinery's fault, not the attempt's
     except Exception as exc:  # noqa: BLE001 - agent code can break the kernel's messages
         log.info("task %s: attempt kernel broke the protocol: %r", task.id, exc)
         return None, f"the kernel broke its protocol ({type(exc).__name__}); nothing to grade"
@@ -153,7 +165,34 @@ async def _replay_and_collect(
         problem = await _run_hidden(kernel, code, budget, name)
         if problem is not None:
             return None, problem
+    if not task.service.strip():
+        return await _replay_steps_and_collect(kernel, task, steps, None)
+    # The replay gets a fresh service of its own, on the host, as the episode had.
+    service = await anyio.to_thread.run_sync(TaskService, task)
+    bridge = ToolBridge(ToolRegistry())
+    try:
+        await bridge.attach(
+            kernel,
+            f"grading-{task.id}",
+            timeout_s=budget,
+            extra_tools=service.tools,
+            exceptions=service.exceptions,
+        )
+        return await _replay_steps_and_collect(kernel, task, steps, service)
+    finally:
+        await bridge.aclose()
+
+
+async def _replay_steps_and_collect(
+    kernel: Kernel,
+    task: Task,
+    steps: Sequence[tuple[str, float]],
+    service: TaskService | None,
+) -> tuple[Any, str | None]:
+    budget = task.limits.grade_timeout_s
     for number, (code, timeout_s) in enumerate(steps, start=1):
+        if service is not None:
+            service.begin_step()
         outcome = await kernel.execute(code, timeout_s=timeout_s)
         if outcome.kernel_lost:
             return None, f"the kernel died while replaying step {number}; nothing to grade"

@@ -3,6 +3,11 @@
 Partial credit, as in seed 002: file localisation, issue and bug type, severity calibration,
 line precision, evidence quality in the review text, and confidence calibration. The reward is
 mapped strictly inside (0, 1): a blank review gets ``FLOOR``, a perfect one ``CEILING``.
+
+Evidence counts only for a finding at the defect's location (the right file, a line in the
+defect's hunk), and only from a review that argues for one defect: a text naming several
+kinds of defect the key does not expect (a list of bug phrases pasted into every review)
+earns no evidence credit.
 """
 
 from __future__ import annotations
@@ -28,6 +33,30 @@ WEIGHTS = {
 # The components a finding's confidence is calibrated against.
 _CORE = ("file", "issue_type", "bug_type", "severity", "line", "evidence")
 
+# Only this much of a review's text is read for evidence: a longer text is no better evidence.
+MAX_EVIDENCE_CHARS = 2000
+# Lines around the defect's line that count as its location when a key gives no hunk.
+DEFAULT_HUNK_MARGIN = 5
+# Phrases that name a kind of defect. A review may mention one kind its key does not expect
+# (a secondary concern); naming more is guessing, not evidence.
+DEFECT_KINDS = {
+    "off-by-one": ("off-by-one", "off by one", "fencepost"),
+    "injection": ("sql injection", "injection", "unsanitized", "unsanitised", "xss",
+                  "cross-site scripting"),
+    "concurrency": ("race condition", "data race", "deadlock", "thread-safe", "thread safety",
+                    "not atomic"),
+    "null": ("null pointer", "null dereference", "none check", "nonetype"),
+    "overflow": ("overflow", "underflow"),
+    "leak": ("memory leak", "resource leak", "file handle leak"),
+    "performance": ("n+1", "quadratic", "o(n^2)", "thundering herd"),
+    "access control": ("authentication bypass", "privilege escalation", "idor",
+                       "missing authorization"),
+    "secrets": ("hardcoded secret", "hard-coded secret", "plaintext password", "weak hash"),
+    "path traversal": ("path traversal", "directory traversal"),
+    "deserialization": ("insecure deserialization", "pickle.load", "yaml.load"),
+}
+MAX_FOREIGN_KINDS = 1
+
 
 class ReviewKey(BaseModel):
     """The hidden answer key of a pr_review task."""
@@ -44,6 +73,29 @@ class ReviewKey(BaseModel):
         "matched by any of its phrases (case-insensitive)."
     )
     line_tolerance: int = Field(default=1, ge=0, description="Lines off still counted exact.")
+    hunk: tuple[int, int] | None = Field(
+        default=None,
+        description="First and last line (in the file after the change) of the code holding "
+        "the defect: evidence counts only for a finding there. Default: the defect's line "
+        f"plus or minus line_tolerance + {DEFAULT_HUNK_MARGIN}.",
+    )
+
+    def located(self, line_number: int | None) -> bool:
+        """Whether a finding at ``line_number`` (on the right file) is at the defect."""
+        if line_number is None:
+            return False
+        margin = self.line_tolerance + DEFAULT_HUNK_MARGIN
+        first, last = self.hunk or (self.line_number - margin, self.line_number + margin)
+        return first <= line_number <= last
+
+    def expected_kinds(self) -> set[str]:
+        """The kinds of :data:`DEFECT_KINDS` the key's own evidence phrases speak of."""
+        phrases = [p.lower() for point in self.evidence for p in point]
+        return {
+            kind
+            for kind, names in DEFECT_KINDS.items()
+            if any(a in b or b in a for a in names for b in phrases)
+        }
 
 
 def _norm(text: str | None) -> str:
@@ -66,6 +118,22 @@ def _line_credit(given: int | None, key: ReviewKey) -> float:
     return max(0.0, 1.0 - (distance - key.line_tolerance) / 10.0)
 
 
+def foreign_kinds(text: str, key: ReviewKey) -> set[str]:
+    """Kinds of defect the review text names that the key does not expect."""
+    named = {kind for kind, names in DEFECT_KINDS.items() if any(n in text for n in names)}
+    return named - key.expected_kinds()
+
+
+def _evidence_credit(text: str, key: ReviewKey, located: bool) -> float:
+    if not located or len(foreign_kinds(text, key)) > MAX_FOREIGN_KINDS:
+        return 0.0
+    if not key.evidence:
+        return 1.0
+    text = text[:MAX_EVIDENCE_CHARS]
+    found = sum(any(p.lower() in text for p in point) for point in key.evidence)
+    return found / len(key.evidence)
+
+
 def _severity_credit(given: str, expected: str) -> float:
     if _norm(given) not in SEVERITIES:
         return 0.0
@@ -81,6 +149,8 @@ def score_review(submission: dict[str, Any], key: ReviewKey) -> dict[str, Any]:
         ``feedback`` (what was right and wrong, without revealing the key).
     """
     on_file = _file_matches(submission.get("file_path", ""), key.file_path)
+    line_number = submission.get("line_number")
+    located = on_file and isinstance(line_number, int) and key.located(line_number)
     text = _norm(submission.get("review"))
     issue = _norm(submission.get("issue_type"))
     components = {
@@ -91,12 +161,7 @@ def score_review(submission: dict[str, Any], key: ReviewKey) -> dict[str, Any]:
         "bug_type": 1.0 if _norm(submission.get("bug_type")) == key.bug_type else 0.0,
         "severity": _severity_credit(submission.get("severity", ""), key.severity),
         "line": _line_credit(submission.get("line_number"), key) if on_file else 0.0,
-        "evidence": (
-            sum(any(p.lower() in text for p in point) for point in key.evidence)
-            / len(key.evidence)
-            if key.evidence
-            else 1.0
-        ),
+        "evidence": _evidence_credit(text, key, located),
     }
     correctness = sum(WEIGHTS[c] * components[c] for c in _CORE) / sum(WEIGHTS[c] for c in _CORE)
     confidence = float(submission.get("confidence", 0.5))
@@ -117,7 +182,8 @@ _ADVICE = {
     "bug_type": "the bug type is off",
     "severity": "the severity is miscalibrated",
     "line": "the line number is imprecise",
-    "evidence": "the review text misses evidence for the defect",
+    "evidence": "the review text misses evidence for the defect (evidence counts for a "
+    "finding at the defect's location, in a review that argues for one defect)",
     "confidence": "the confidence does not match how right the finding is",
 }
 

@@ -6,10 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import anyio.to_thread
+
 from ..errors import TaskFormatError
 from ..models import CodeAction, CodeObservation, ReviewAction, StepRecord, StepStatus
 from .format import Task
 from .grading import Grade, grade_answer, grade_code_attempt
+from .service import TaskService
 
 if TYPE_CHECKING:
     from ..runtime.kernel import Kernel
@@ -21,19 +24,25 @@ _NOT_REPLAYED = (StepStatus.TIMEOUT, StepStatus.KERNEL_DIED, StepStatus.ABORTED)
 
 @dataclass
 class TaskRun:
-    """The task of the current episode and the grades given so far."""
+    """The task of the current episode, its host-side service, and the grades given so far."""
 
     task: Task
     submissions: list[tuple[ReviewAction, Grade]] = field(default_factory=list)
     last_grade: Grade | None = None
+    service: TaskService | None = None
 
 
 async def start_task(kernel: Kernel, task: Task) -> TaskRun:
     """Run the task's setup in the episode's kernel (silently: the agent's first cell is In[1]).
 
+    A task's service starts on the host, fresh for the episode; the caller offers its
+    tools to the kernel (see :mod:`kernelenv.tasks.service`).
+
     Raises:
-        TaskFormatError: the setup failed (a broken task, not the agent's fault).
+        TaskFormatError: the setup or the service failed (a broken task, not the agent's fault).
     """
+    # Compiling and running the service's cells takes milliseconds: off the event loop.
+    service = await anyio.to_thread.run_sync(TaskService, task) if task.service.strip() else None
     if task.setup.strip():
         outcome = await kernel.execute(
             task.setup, timeout_s=task.limits.grade_timeout_s, silent=True
@@ -42,7 +51,7 @@ async def start_task(kernel: Kernel, task: Task) -> TaskRun:
         if observation.status is not StepStatus.OK:
             detail = observation.error.text if observation.error else observation.status.value
             raise TaskFormatError(f"the setup of task {task.id!r} failed: {detail}")
-    return TaskRun(task)
+    return TaskRun(task, service=service)
 
 
 def add_task_fields(observation: CodeObservation, task: Task) -> CodeObservation:
@@ -99,8 +108,11 @@ async def grade_run(
     if task.uses_review_actions:
         grade = run.last_grade or await grade_answer(pool, task, {})
     else:
+        # Each step is replayed with the budget it ran with (recorded in its action), bounded
+        # again by the task: a step that was slow but correct stays correct, and a recorded
+        # budget cannot buy more grading time than the task allows.
         cells = [
-            (record.action.code, record.action.timeout_s or task.limits.step_timeout_s)
+            (record.action.code, task.limits.step_budget(record.action.timeout_s))
             for record in steps
             if isinstance(record.action, CodeAction)
             and record.observation.status not in _NOT_REPLAYED

@@ -15,12 +15,14 @@ Wire format, one request per connection: the stub sends one JSON line
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import inspect
 import json
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -60,6 +62,7 @@ class ToolBridge:
         self._context: ToolContext | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._calls: list[ToolCall] = []
+        self._attached_tools: dict[str, Tool] = {}
 
     async def open(self) -> None:
         """Connect the registry's MCP servers and add their tools (once)."""
@@ -85,9 +88,33 @@ class ToolBridge:
             raise
         self._opened = True
 
-    async def attach(self, kernel: Kernel, episode_id: str, timeout_s: float = 30.0) -> None:
-        """Serve ``kernel``'s tool socket and define the tool stubs in its namespace."""
+    async def attach(
+        self,
+        kernel: Kernel,
+        episode_id: str,
+        timeout_s: float = 30.0,
+        *,
+        extra_tools: Sequence[Tool] = (),
+        exceptions: Mapping[str, type[BaseException]] | None = None,
+    ) -> None:
+        """Serve ``kernel``'s tool socket and define the tool stubs in its namespace.
+
+        Args:
+            kernel: A kernel on this machine.
+            episode_id: Given to tools in their :class:`ToolContext`.
+            timeout_s: Budget of the cell that defines the stubs.
+            extra_tools: Tools of this kernel only, besides the registry's (a task's service).
+            exceptions: Exception classes defined in the kernel too: a tool raising one of
+                them (by name) raises the kernel's class of that name in agent code.
+
+        Raises:
+            ToolSetupError: the kernel is not local, the socket path is too long, a name is
+                offered twice, or the stubs could not be defined.
+        """
         self.detach()
+        clashes = sorted({tool.name for tool in extra_tools} & set(self.tools))
+        if clashes:
+            raise ToolSetupError(f"tools offered twice (registry and episode): {clashes}")
         if getattr(kernel, "directory", None) is None:
             raise ToolSetupError(
                 "host-side tools need kernels on this machine (a Unix socket in the kernel's "
@@ -107,8 +134,15 @@ class ToolBridge:
             self._serve, path=str(socket_path), limit=MAX_MESSAGE_BYTES
         )
         os.chmod(socket_path, 0o600)
+        self._attached_tools = {tool.name: tool for tool in extra_tools}
         outcome = await kernel.execute(
-            install_code(str(socket_path), self.tools.values()), timeout_s=timeout_s, silent=True
+            install_code(
+                str(socket_path),
+                [*self.tools.values(), *extra_tools],
+                exceptions=exceptions,
+            ),
+            timeout_s=timeout_s,
+            silent=True,
         )
         if outcome.observation.error is not None:
             raise ToolSetupError(
@@ -125,6 +159,7 @@ class ToolBridge:
             task.cancel()
         self._handlers.clear()
         self._context = None
+        self._attached_tools = {}
 
     def take_calls(self) -> list[dict[str, Any]]:
         """The calls made since the last take, as JSON dicts (for ``metadata["tool_calls"]``)."""
@@ -174,9 +209,10 @@ class ToolBridge:
         try:
             request = json.loads(line)
             name = str(request["tool"])
-            tool = self.tools.get(name)
+            tool = self.tools.get(name) or self._attached_tools.get(name)
             if tool is None:
-                raise NameError(f"no tool named {name!r}; the tools are {sorted(self.tools)}")
+                known = sorted([*self.tools, *self._attached_tools])
+                raise NameError(f"no tool named {name!r}; the tools are {known}")
             bound = tool.signature.bind(*request.get("args", ()), **request.get("kwargs", {}))
             arguments = dict(bound.arguments)
             assert self._context is not None
@@ -261,16 +297,31 @@ def tool_spec(tool: Tool) -> dict[str, Any]:
     return {"name": tool.name, "description": tool.description, "parameters": parameters}
 
 
-def install_code(socket_path: str, tools: Any) -> str:
+def exception_spec(name: str, cls: type[BaseException]) -> dict[str, Any]:
+    """What the kernel needs to define a look-alike of ``cls``: its name, builtin base and doc."""
+    base = next(
+        (k.__name__ for k in cls.__mro__[1:] if getattr(builtins, k.__name__, None) is k),
+        "Exception",
+    )
+    if not issubclass(getattr(builtins, base), Exception):
+        base = "Exception"  # never a BaseException that agent code's `except Exception` misses
+    return {"name": name, "base": base, "doc": inspect.getdoc(cls) or ""}
+
+
+def install_code(
+    socket_path: str, tools: Any, exceptions: Mapping[str, type[BaseException]] | None = None
+) -> str:
     """The cell that defines a stub for each tool (and ``ToolError``) in the kernel.
 
     The stubs are compiled under their own file name, so a traceback through them says
     ``<kernelenv tools>`` rather than pointing at a cell the agent never wrote.
     """
     specs = json.dumps([tool_spec(tool) for tool in tools])
+    errors = json.dumps([exception_spec(n, c) for n, c in (exceptions or {}).items()])
     source = (
         inspect.getsource(_install_tool_stubs)
-        + f"_install_tool_stubs({socket_path!r}, json.loads({specs!r}), namespace)\n"
+        + f"_install_tool_stubs({socket_path!r}, json.loads({specs!r}), namespace, "
+        f"json.loads({errors!r}))\n"
     )
     return (
         f"exec(compile({source!r}, '<kernelenv tools>', 'exec'), "
@@ -278,7 +329,7 @@ def install_code(socket_path: str, tools: Any) -> str:
     )
 
 
-def _install_tool_stubs(socket_path, specs, namespace):
+def _install_tool_stubs(socket_path, specs, namespace, error_specs=()):
     """Define tool stubs in ``namespace``. Runs inside the kernel: self-contained on purpose."""
     import builtins
     import inspect
@@ -289,6 +340,15 @@ def _install_tool_stubs(socket_path, specs, namespace):
         """A tool failed on the host."""
 
     ToolError.__module__ = "kernelenv.tools.registry"
+    # Exceptions of the host's tools (a task's StepLimitError), raised under their own names.
+    own_errors = {
+        spec["name"]: type(
+            spec["name"],
+            (getattr(builtins, spec["base"]),),
+            {"__doc__": spec["doc"] or None, "__module__": "kernelenv.tools.registry"},
+        )
+        for spec in error_specs
+    }
 
     class DefaultRepr:
         def __init__(self, text):
@@ -316,6 +376,8 @@ def _install_tool_stubs(socket_path, specs, namespace):
         reply = json.loads(line)
         if reply["ok"]:
             return reply["result"]
+        if reply["error_type"] in own_errors:
+            raise own_errors[reply["error_type"]](reply["error"])
         error_type = getattr(builtins, reply["error_type"], None)
         if isinstance(error_type, type) and issubclass(error_type, Exception):
             try:
@@ -350,5 +412,6 @@ def _install_tool_stubs(socket_path, specs, namespace):
 
     for spec in specs:
         namespace[spec["name"]] = make_stub(spec)
+    namespace.update(own_errors)
     namespace["ToolError"] = ToolError
 

@@ -186,3 +186,30 @@ async def test_server_killed_mid_episode_is_recovered(journaled_server, tmp_path
     assert notebook.cells[2].metadata["kernelenv"]["status"] == "error"
     assert notebook.metadata["kernelenv"]["seed"] == 5
     assert notebook.metadata["kernelenv"]["journal"]["ended"] is False
+
+
+async def test_fsync_journal_raises_when_its_directory_is_gone(shared_pool, tmp_path):
+    """With fsync=True a step whose directory cannot be forced to the disk is an error."""
+    import shutil
+
+    from kernelenv import JournalError
+
+    durable = Journal(tmp_path / "durable", fsync=True)
+    relaxed = Journal(tmp_path / "relaxed")
+    for journal in (durable, relaxed):
+        env = KernelEnv(pool=shared_pool, journal=journal)
+        try:
+            await env.reset()
+            # The open file still takes writes, but the directory naming it is gone: after a
+            # crash nothing would find the journal.
+            shutil.rmtree(journal.directory)
+            if journal is durable:
+                with pytest.raises(JournalError, match="not recorded durably"):
+                    await env.step("x = 1")
+                with pytest.raises(JournalError):  # still not durable: still an error
+                    await env.step("x = 2")
+            else:  # without fsync the episode goes on
+                assert (await env.step("x = 1")).status.value == "ok"
+        finally:
+            await env.close()
+    assert issubclass(JournalError, OSError)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from jupyter_client.session import Session
 
@@ -37,3 +39,22 @@ def test_rejects_a_forged_or_replayed_message():
         decode_message(Session(key=b"secret"), forged)
     with pytest.raises(ValueError, match="invalid signature"):
         decode_message(Session(key=b"other key"), frames_of(sender, {"data": {}}))
+
+
+@pytest.mark.anyio
+async def test_interrupt_and_kill_of_a_gone_kernel_are_logged_not_raised(caplog, no_leaks):
+    from kernelenv import KernelPool
+
+    async with KernelPool(size=0) as pool:
+        kernel = await pool.acquire(timeout_s=60)
+        try:
+            # The kernel is shut down under the caller (as a close during a step does).
+            await kernel.manager.shutdown_kernel(now=True)
+            with caplog.at_level(logging.WARNING, logger="kernelenv.runtime.kernel"):
+                await kernel.interrupt()
+                await kernel.kill()
+        finally:
+            pool.release(kernel)
+    messages = [r.getMessage() for r in caplog.records if r.name == "kernelenv.runtime.kernel"]
+    assert any(f"interrupting kernel {kernel.kernel_id} failed" in m for m in messages), messages
+    assert any(f"killing kernel {kernel.kernel_id} failed" in m for m in messages), messages

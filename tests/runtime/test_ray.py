@@ -11,7 +11,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from kernelenv import CodeAction, KernelEnv, KernelStartError, StepStatus
+from kernelenv import CodeAction, KernelEnv, KernelStartError, PoolExhaustedError, StepStatus
 from kernelenv.models import EXIT_KERNEL_DIED
 from kernelenv.runtime.ray import RayKernelPool
 from kernelenv.tasks.library import default_library
@@ -174,3 +174,36 @@ async def test_actor_that_cannot_start_is_reported_not_retried(ray_cluster):
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown backend 'slurm'"):
         KernelEnv(backend="slurm")
+
+
+async def test_envs_the_cluster_cannot_place_fail_in_time_naming_the_cpus(ray_cluster):
+    """Three one-CPU envs on a two-CPU Ray: the one that finds no room fails, it does not hang."""
+    envs = []
+    try:
+        with anyio.fail_after(120):  # a hang fails here rather than at the suite's timeout
+            with pytest.raises(PoolExhaustedError) as raised:
+                for _ in range(3):
+                    env = KernelEnv(backend="ray", acquire_timeout_s=5)
+                    await env.__aenter__()
+                    envs.append(env)
+                    await env.reset()
+        message = str(raised.value)
+        assert "could not be placed within 5 s" in message
+        assert "missing: CPU=1" in message
+        assert len(envs) < 3
+    finally:
+        for env in envs:
+            await env.close()
+
+
+async def test_acquire_bounds_the_placement_of_actors(ray_cluster):
+    # A resource no node has: Ray queues the actor for ever.
+    options = {**ACTOR_OPTIONS, "resources": {"kernelenv_test_absent": 1}}
+    pool = RayKernelPool(actors=1, actor_options=options)
+    try:
+        with anyio.fail_after(120):
+            with pytest.raises(PoolExhaustedError, match=r"missing: kernelenv_test_absent=1"):
+                await pool.acquire(timeout_s=3)
+    finally:
+        await pool.aclose()
+    assert pool.hosts == []

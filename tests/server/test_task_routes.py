@@ -37,8 +37,8 @@ def test_tasks_route_lists_the_library(http):
     assert by_id["functions_medium_intervals"] == {
         "id": "functions_medium_intervals", "version": 1, "family": "functions",
         "difficulty": "medium", "title": "Merge overlapping intervals", "action": "code",
-        "limits": {"step_timeout_s": 10.0, "max_steps": 30, "max_submissions": 3,
-                   "grade_timeout_s": 30.0},
+        "limits": {"step_timeout_s": 10.0, "max_step_timeout_s": 60.0, "max_steps": 30,
+                   "max_submissions": 3, "grade_timeout_s": 30.0},
     }
 
 
@@ -66,6 +66,21 @@ def test_code_family_episode_graded_through_grader(http, task_id):
     full = http.get("/grader", params={"task_id": task_id, "episode_id": episode_id}).json()
     assert full["score"] == 1.0 and full["passed"]
     assert http.get("/state", params={"episode_id": episode_id}).json()["last_score"] == 1.0
+    http.post("/close", json={"episode_id": episode_id})
+
+
+def test_slow_correct_step_with_a_request_budget_is_graded_with_that_budget(http):
+    """A step past the task's default budget, but within the budget its request gave, counts."""
+    task = default_library().get("functions_easy_palindrome")
+    assert task.limits.step_timeout_s < 12 < task.limits.max_step_timeout_s
+    episode_id = http.post("/reset", json={"task_id": task.id}).json()["episode_id"]
+    slow = "import time\ntime.sleep(12)\n" + "\n".join(task.solution)
+    step = http.post(
+        "/step", json={"episode_id": episode_id, "action": {"code": slow}, "timeout_s": 20}
+    )
+    assert step.json()["observation"]["exit_code"] == 0
+    grade = http.get("/grader", params={"task_id": task.id, "episode_id": episode_id}).json()
+    assert grade["score"] == 1.0 and grade["passed"], grade["feedback"]
     http.post("/close", json={"episode_id": episode_id})
 
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from kernelenv.tasks.review import CEILING, FLOOR, WEIGHTS, ReviewKey, score_review
+from kernelenv import KernelPool
+from kernelenv.tasks.format import review_answer
+from kernelenv.tasks.grading import grade_answers
+from kernelenv.tasks.library import default_library
+from kernelenv.tasks.review import (
+    CEILING,
+    FLOOR,
+    MAX_EVIDENCE_CHARS,
+    WEIGHTS,
+    ReviewKey,
+    score_review,
+)
 
 KEY = ReviewKey(
     file_path="services/user_search.py",
@@ -77,3 +88,63 @@ def test_secondary_issue_type_earns_half():
     full = score_review({**PERFECT, "issue_type": "logic"}, key)["components"]["issue_type"]
     half = score_review({**PERFECT, "issue_type": "performance"}, key)["components"]["issue_type"]
     assert (full, half) == (1.0, 0.5)
+
+
+# Every bug phrase of every shipped PR task's key, and then some: the review an agent would
+# paste into every submission if evidence were a bare substring match.
+STUFFED = (
+    "Off-by-one: page - 1, 1-based, the first page is skipped and never returned, items "
+    "missing. SQL injection through an f-string / format / concatenation; use a bind "
+    "parameter or placeholder, escape input. Race condition between threads, concurrent "
+    "reads see an empty or partial table (KeyError); take the lock, swap atomically, "
+    "double-check. Also a null pointer, an integer overflow, a memory leak, a path traversal "
+    "and an N+1 query."
+)
+
+
+def test_evidence_counts_only_at_the_defects_location():
+    located = score_review(PERFECT, KEY)["components"]["evidence"]
+    assert located == 1.0
+    for elsewhere in ({"file_path": "api/admin.py"}, {"line_number": 40}, {"line_number": None}):
+        components = score_review({**PERFECT, **elsewhere}, KEY)["components"]
+        assert components["evidence"] == 0.0, elsewhere
+    hunk = KEY.model_copy(update={"hunk": (8, 17)})
+    assert score_review({**PERFECT, "line_number": 17}, hunk)["components"]["evidence"] == 1.0
+    assert score_review({**PERFECT, "line_number": 18}, hunk)["components"]["evidence"] == 0.0
+
+
+def test_a_keyword_stuffed_review_earns_no_evidence_even_at_the_right_place():
+    stuffed = score_review({**PERFECT, "review": STUFFED}, KEY)
+    assert stuffed["components"]["evidence"] == 0.0
+    assert stuffed["score"] < score()
+    # One secondary concern is still a review, not a list of guesses.
+    honest = PERFECT["review"] + " The loop is also quadratic."
+    assert score_review({**PERFECT, "review": honest}, KEY)["components"]["evidence"] == 1.0
+
+
+def test_evidence_beyond_the_read_length_is_not_read():
+    padded = "x" * MAX_EVIDENCE_CHARS + " " + PERFECT["review"]
+    assert score_review({**PERFECT, "review": padded}, KEY)["components"]["evidence"] == 0.0
+
+
+@pytest.fixture(scope="module")
+async def pool(anyio_backend):
+    async with KernelPool(size=1) as pool:
+        yield pool
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("task_id", ["task_easy_1", "task_medium_1", "task_hard_1"])
+async def test_keyword_stuffing_earns_no_evidence_on_any_shipped_task(pool, task_id):
+    """Graded by the task's own hidden grader, in kernels, as a submission is."""
+    task = default_library().get(task_id)
+    reference = review_answer(task.solution[0])
+    honest, stuffed, stuffed_elsewhere = await grade_answers(pool, task, [
+        reference,
+        {**reference, "review": STUFFED},
+        {**reference, "review": STUFFED, "file_path": "README.md", "line_number": 1},
+    ])
+    assert honest.components["evidence"] == 1.0
+    assert stuffed.components["evidence"] == 0.0 and stuffed.score < honest.score
+    assert stuffed_elsewhere.components["evidence"] == 0.0
+    assert stuffed_elsewhere.score < stuffed.score

@@ -133,7 +133,7 @@ async def test_review_on_a_code_task_is_an_observation_not_a_crash(env):
 async def test_multi_step_task_needs_state_across_steps_and_grades_by_replay(env):
     task = default_library().get("multi_step_easy_pagination")
     await env.reset(task_id=task.id, seed=3)
-    twice = await env.step("api.fetch()\napi.fetch()")
+    twice = await env.step("fetch_orders()\nfetch_orders()")
     assert twice.error is not None and twice.error.ename == "StepLimitError"
     for cell in task.solution:
         obs = await env.step(cell)
@@ -150,6 +150,21 @@ async def test_steps_that_timed_out_are_not_replayed(env):
     assert slow.status is StepStatus.TIMEOUT
     await env.step(task.solution[0])
     assert (await env.grade()).score == 1.0
+
+
+async def test_budgets_are_recorded_as_run_and_bounded_by_the_task(env):
+    task = default_library().get("functions_easy_palindrome")
+    limits = task.limits
+    await env.reset(task_id=task.id)
+    await env.step("x = 1")  # no budget asked: the task's default
+    await env.step("x = 2", timeout_s=limits.step_timeout_s + 5)  # a request's budget
+    await env.step(CodeAction(code="x = 3", timeout_s=10_000))  # more than the task allows
+    budgets = [record.action.timeout_s for record in env.episode.steps]
+    assert budgets == [limits.step_timeout_s, limits.step_timeout_s + 5, limits.max_step_timeout_s]
+    notebook = await env.export_notebook()
+    exported = [cell.metadata["kernelenv"]["timeout_s"] for cell in notebook.cells[1:]]
+    assert exported == budgets  # replays of the notebook run them alike
+    assert limits.step_budget(10_000) == limits.max_step_timeout_s  # grading bounds them too
 
 
 async def test_max_steps_ends_the_episode(pool, tmp_path, no_leaks):
