@@ -1,5 +1,6 @@
 # The two set-up commands of the README: `make demo` and `make test`.
-# Both create the virtual environment (.venv) and install what they need on first use.
+# Both create the virtual environment (.venv) and install what they need on first use
+# (scripts/make-venv.sh also installs Python's venv module where Debian ships it apart).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,7 +21,7 @@ system-deps:
 	@bash scripts/install-system-deps.sh
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@bash scripts/make-venv.sh $(PYTHON) $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e .
 	touch $@

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import warnings
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The log line above already says it; a warning would print the same sentence again.
+    from .sandbox.config import SandboxFallbackWarning
+
+    warnings.filterwarnings("ignore", category=SandboxFallbackWarning)
     run = _entry(importlib.import_module(args._module), "run", args._name)
     return int(run(args) or 0)
 

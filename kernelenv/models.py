@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,8 +32,8 @@ EXIT_TIMEOUT = 124
 EXIT_KERNEL_DIED = 137
 
 
-class StepStatus(str, Enum):
-    """How a step ended."""
+class StepStatus(StrEnum):
+    """How a step ended (``str()`` gives the value, e.g. ``ok``)."""
 
     OK = "ok"
     ERROR = "error"
@@ -174,14 +174,38 @@ class CodeObservation(BaseModel):
 
 
 def observation_summary(observation: CodeObservation) -> str:
-    """A short text of a step's result, for models that read only the text content."""
+    """A step's result as text: what a notebook user would read under the cell.
+
+    For models that read only text (MCP hosts, TRL tool calls, Gymnasium): the status, printed
+    output, the error with its traceback, the value, and displayed outputs (their ``text/plain``,
+    or a note of the images a plot produced).
+    """
     parts = [f"status: {observation.status.value} (exit code {observation.exit_code})"]
     if observation.stdout:
         parts.append(f"stdout:\n{observation.stdout.rstrip()}")
     if observation.stderr:
         parts.append(f"stderr:\n{observation.stderr.rstrip()}")
+    error = observation.error
+    if error is not None and error.text.strip() not in observation.stderr:
+        parts.append(f"error:\n{error.text.rstrip()}")
     if observation.return_value is not None:
         parts.append(f"result: {observation.return_value}")
+    for output in observation.outputs:
+        if output.get("output_type") != "display_data":
+            continue  # streams, the result and errors are shown above
+        data = output.get("data") or {}
+        images = sorted(kind for kind in data if kind.startswith("image/"))
+        text = data.get("text/plain")
+        if isinstance(text, list):
+            text = "".join(text)
+        if images:
+            parts.append(f"display: {', '.join(images)} image" + (f" ({text})" if text else ""))
+        elif text:
+            parts.append(f"display:\n{text.rstrip()}")
+    if observation.output_truncated:
+        parts.append("(output was truncated)")
+    if observation.kernel_restarted:
+        parts.append("(the kernel was restarted: earlier variables are gone)")
     return "\n".join(parts)
 
 
@@ -198,7 +222,7 @@ class CodeState(BaseModel):
 
 
 class ReviewAction(BaseModel):
-    """An action: a structured code review submitted on a pr_review task (seed 002's fields)."""
+    """An action: a structured code review submitted on a pr_review task."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401 - imported before our exit hook is registered
+import logging
 import os
+import sys
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -21,7 +26,13 @@ if TYPE_CHECKING:
     # The env module builds its facade from this one, so it is named, not imported, here.
     KernelEnv = Any
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+
+# Longest a clean-up at exit (or at garbage collection) waits for its async half: past it the
+# loop is stopped and the pool's synchronous clean-up kills what is left.
+CLOSE_TIMEOUT_S = 20.0
 
 
 class PortalThread:
@@ -35,38 +46,172 @@ class PortalThread:
     def __init__(self) -> None:
         self._portal: BlockingPortal | None = None
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._thread_id: int | None = None
+        self._stopped = False
         self._lock = threading.Lock()
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` on the private loop and return its result."""
+        return self._started().call(lambda: fn(*args, **kwargs))
+
+    def call_within(
+        self, timeout_s: float, fn: Callable[..., Awaitable[Any]], *args: Any
+    ) -> None:
+        """Run ``fn(*args)`` on the loop, giving up (and cancelling it) after ``timeout_s``.
+
+        Raises:
+            TimeoutError: it did not finish in time.
+        """
+        future = self._started().start_task_soon(fn, *args)
+        try:
+            future.result(timeout_s)
+        except FutureTimeoutError:
+            future.cancel()
+            raise TimeoutError(f"did not finish within {timeout_s} s") from None
+
+    @property
+    def on_loop_thread(self) -> bool:
+        """Whether the caller is the loop's own thread (which must not block on the loop)."""
+        return self._thread_id == threading.get_ident()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called (a stopped portal runs nothing more)."""
+        return self._stopped
+
+    def stop(self) -> None:
+        """Stop the loop and its thread, cancelling what still runs on it. Safe to call twice."""
         with self._lock:
+            self._stopped = True
+            cm, portal = self._portal_cm, self._portal
+            self._portal_cm, self._portal = None, None
+        if cm is None or portal is None:
+            return
+        # Cancelling what is left lets a stop after a timed-out close finish at once.
+        portal.call(portal.stop, True)
+        cm.__exit__(None, None, None)
+
+    def _started(self) -> BlockingPortal:
+        with self._lock:
+            if self._stopped:
+                # Objects of the stopped loop cannot move to a new one.
+                raise EnvClosedError("this object is closed (its event loop was stopped)")
             if self._portal is None:
                 self._portal_cm = start_blocking_portal(backend="asyncio")
                 self._portal = self._portal_cm.__enter__()
-        return self._portal.call(lambda: fn(*args, **kwargs))
+                self._thread_id = self._portal.call(_thread_id)
+            return self._portal
 
-    def stop(self) -> None:
-        """Stop the loop and its thread. Safe to call twice."""
-        with self._lock:
-            cm, self._portal_cm, self._portal = self._portal_cm, None, None
-        if cm is not None:
-            cm.__exit__(None, None, None)
+
+async def _thread_id() -> int:
+    return threading.get_ident()
+
+
+# -- clean-up of blocking objects nobody closed -------------------------------------------
+#
+# At exit Python runs threading's exit hooks and joins non-daemon threads, then ``atexit``
+# handlers, then finalizes modules, by which time daemon threads (a portal's loop among them)
+# are frozen. A facade closed from ``__del__`` during finalization waited forever for its
+# frozen loop: every plain script that did not close its env hung after printing. So every
+# facade's closer is registered here and run by a ``threading._register_atexit`` hook, which
+# runs before all of that. Those hooks run newest first, and concurrent.futures registers its
+# own (which shuts down asyncio's default executor, used by ``to_thread`` during a close) when
+# imported, so importing it above makes ours run while every loop and executor still work.
+# The same closer is the facade's ``weakref.finalize``, so an object collected early is closed
+# then; a finalizer runs at most once, whichever comes first (``close()``, collection, exit)
+# and from whichever thread.
+
+_open_closers: dict[weakref.finalize, None] = {}  # insertion-ordered
+_open_closers_lock = threading.Lock()
+
+
+def close_when_collected(
+    owner: object,
+    portal: PortalThread,
+    *closes: Callable[[], Awaitable[Any]],
+    stop_portal: bool = True,
+) -> weakref.finalize:
+    """Arrange for ``closes`` to run on ``portal``, then the portal to stop, exactly once.
+
+    That happens on the first of: calling the returned finalizer (an explicit ``close()``),
+    ``owner`` being garbage-collected, or the interpreter exiting. The callables must not
+    refer to ``owner``, or it would never be collected. ``stop_portal=False`` leaves a shared
+    portal to its owner; once that has stopped it, there is nothing left to close.
+    """
+    finalizer = weakref.finalize(owner, _close_on_portal, portal, closes, stop_portal)
+    finalizer.atexit = False  # the hook below runs earlier, while the loop still works
+    with _open_closers_lock:
+        for done in [f for f in _open_closers if not f.alive]:
+            del _open_closers[done]
+        _open_closers[finalizer] = None
+    return finalizer
+
+
+def _close_on_portal(
+    portal: PortalThread, closes: tuple[Callable[[], Awaitable[Any]], ...], stop_portal: bool
+) -> None:
+    if sys.is_finalizing() or portal.stopped:
+        return  # too late for the loop; the pool's own finalizer kills its kernels
+    if portal.on_loop_thread:
+        # Collected by code running on the loop itself, which cannot wait for the loop.
+        threading.Thread(
+            target=_close_on_portal, args=(portal, closes, stop_portal), name="kernelenv-close"
+        ).start()
+        return
+    try:
+        for close in closes:
+            try:
+                portal.call_within(CLOSE_TIMEOUT_S, close)
+            except Exception as exc:  # noqa: BLE001 - at collection or exit nobody can catch it
+                log.warning("closing a blocking kernelenv object failed: %r", exc)
+    finally:
+        if stop_portal:
+            portal.stop()
+
+
+def close_now(finalizer: weakref.finalize) -> None:
+    """Run a closer of :func:`close_when_collected` now, raising what it raises; once only."""
+    detached = finalizer.detach()  # atomic: a concurrent close, collection or exit sees None
+    if detached is None:
+        return
+    _, _, (portal, closes, stop_portal), _ = detached
+    if portal.stopped:
+        return  # a shared loop its owner stopped, closing what ran on it
+    try:
+        for close in closes:
+            portal.call(close)
+    finally:
+        if stop_portal:
+            portal.stop()
+
+
+def _close_all_at_exit() -> None:
+    with _open_closers_lock:
+        pending = list(_open_closers)[::-1]  # newest first, like nested ``with`` blocks
+        _open_closers.clear()
+    for finalizer in pending:
+        finalizer()
+
+
+threading._register_atexit(_close_all_at_exit)  # type: ignore[attr-defined]
 
 
 class BlockingTwin:
     """What every blocking twin shares: a private loop thread, and closing its async half.
 
     The async half (an env or a client) is closed by :meth:`close`, at the end of a ``with``
-    block, or when the twin is garbage-collected unclosed: a forgotten twin must not leave a
-    thread, kernels, a connection or a server running.
+    block, when the twin is garbage-collected unclosed, or at interpreter exit: a forgotten
+    twin must neither keep a script from exiting nor leave a thread, kernels, a connection or
+    a server running.
     """
 
     def __init__(self, target: Any, portal: PortalThread | None = None) -> None:
         self._target = target
         # A twin made from another (a fork) shares its loop, which only its maker stops.
-        self._owns_portal = portal is None
         self._portal = portal or PortalThread()
-        self._closed = False
+        self._closer = close_when_collected(
+            self, self._portal, target.close, stop_portal=portal is None
+        )
 
     def __enter__(self) -> Self:
         return self
@@ -74,26 +219,17 @@ class BlockingTwin:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            try:
-                self.close()
-            except Exception:  # noqa: BLE001 - nothing to report to at garbage collection
-                pass
+    @property
+    def closed(self) -> bool:
+        """Whether the twin is closed (by :meth:`close`, or at interpreter exit)."""
+        return not self._closer.alive
 
     def close(self) -> None:
-        """Close the async half and stop the private loop. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._portal.call(self._target.close)
-        finally:
-            if self._owns_portal:
-                self._portal.stop()
+        """Close the async half and stop the private loop. Safe to call twice, from any thread."""
+        close_now(self._closer)
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        if self._closed:
+        if self.closed:
             raise EnvClosedError("this environment is closed; create a new one")
         return self._portal.call(fn, *args, **kwargs)
 

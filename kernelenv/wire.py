@@ -36,15 +36,27 @@ class ErrorCode(str, Enum):
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
 
 
-def observation_payload(observation: CodeObservation) -> dict[str, Any]:
-    """The ``data`` of an observation frame (and the body of HTTP reset/step replies)."""
+def observation_payload(
+    observation: CodeObservation, *, top_metadata: bool = True
+) -> dict[str, Any]:
+    """The ``data`` of an observation frame (and the body of HTTP reset/step replies).
+
+    Args:
+        observation: The step's observation.
+        top_metadata: Also put ``metadata`` beside ``observation``, where OpenEnv's WebSocket
+            clients read it into ``StepResult.metadata`` (its frames carry it twice, once in
+            ``observation``). HTTP replies, read by hand or by curl, carry it once.
+    """
     fields = observation.model_dump(mode="json")
     wire = {name: fields.pop(name) for name in OPENENV_FIELDS}
     reward, done, metadata = (fields.pop(name) for name in _TOP_LEVEL)
     metadata[RICH_KEY] = fields
     wire["metadata"] = metadata
-    # The same metadata object twice: json.dumps writes it twice, no copy is made here.
-    return {"observation": wire, "reward": reward, "done": done, "metadata": metadata}
+    payload = {"observation": wire, "reward": reward, "done": done}
+    if top_metadata:
+        # The same object: json.dumps writes it twice, no copy is made here.
+        payload["metadata"] = metadata
+    return payload
 
 
 def observation_from_payload(payload: dict[str, Any]) -> CodeObservation:
@@ -123,9 +135,6 @@ class ObservationReply(BaseModel):
     )
     reward: float | None = Field(default=None, description="Reward of this step, if any.")
     done: bool = Field(default=False, description="True when the episode has ended.")
-    metadata: dict[str, Any] = Field(
-        default_factory=dict, description="The observation's metadata (same as inside it)."
-    )
     episode_id: str | None = Field(
         default=None, description="The episode this observation belongs to (HTTP replies)."
     )

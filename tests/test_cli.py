@@ -20,6 +20,22 @@ def test_demo_runs_an_episode():
     assert "x is still 8" in proc.stdout
 
 
+def test_demo_without_bubblewrap_says_so_once(tmp_path):
+    """The fallback is announced once, not as a log line and again as a warning."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    for tool in ("prlimit", "setpriv", "sh"):
+        (tmp_path / tool).symlink_to(shutil.which(tool))
+    path = f"{tmp_path}{os.pathsep}{Path(sys.executable).parent}"
+    proc = subprocess.run([sys.executable, "-m", "kernelenv", "demo", "--timeout", "1"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": path})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("bubblewrap is not usable") == 1, proc.stderr
+
+
 def test_help_lists_commands():
     proc = run_cli("--help")
     assert proc.returncode == 0

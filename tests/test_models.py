@@ -49,3 +49,10 @@ def test_observation_round_trips_through_json():
     again = CodeObservation.model_validate_json(obs.model_dump_json())
     assert again == obs
     assert again.status is StepStatus.ERROR
+
+
+def test_status_prints_as_its_value():
+    from kernelenv import StepStatus
+
+    assert str(StepStatus.OK) == "ok" and f"{StepStatus.TIMEOUT}" == "timeout"
+    assert StepStatus("kernel_died") is StepStatus.KERNEL_DIED

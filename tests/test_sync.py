@@ -37,3 +37,15 @@ def test_create_codeact_env_passes_options(no_leaks):
     with create_codeact_env(step_timeout_s=0.5) as env:
         env.reset()
         assert env.step("import time; time.sleep(5)").status is StepStatus.TIMEOUT
+
+
+def test_forked_twins_close_in_either_order(no_leaks):
+    """A child closed after its parent (whose loop it shared) has nothing left to close."""
+    parent = KernelEnv().sync()
+    parent.reset()
+    first, second = parent.fork(2)
+    first.close()                    # before the parent: closed on the shared loop
+    parent.close()                   # stops the loop and the kernels of its pool
+    second.close()                   # after: nothing left to do, no error
+    with pytest.raises(EnvClosedError):
+        second.step("1")

@@ -372,6 +372,8 @@ def write_notebook(notebook: NotebookNode, path: str | os.PathLike[str]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; a notebook is an ordinary file, made as open() would.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             nbformat.write(notebook, handle)
             handle.flush()
@@ -382,6 +384,18 @@ def write_notebook(notebook: NotebookNode, path: str | os.PathLike[str]) -> Path
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    # Linux shows it in /proc; elsewhere the only way to read it is to set it and set it back
+    # (briefly process-wide, hence second choice).
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _task_prompt(episode: Episode) -> str | None:

@@ -1,4 +1,4 @@
-"""Ready-made environments, as seed 004 names them."""
+"""Ready-made environments, named as EnvTorch names them (`create_codeact_env`, ...)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def create_codeact_env(**env_options: Any) -> SyncKernelEnv:
     """A ready, blocking CodeAct environment (``env.reset()``, ``env.step(action)``).
 
-    Its first episode is already started, so ``env.step(...)`` works at once (seed 004's RL
+    Its first episode is already started, so ``env.step(...)`` works at once (EnvTorch's RL
     example steps without a reset); ``env.reset()`` starts a new one whenever wanted.
 
     Args:

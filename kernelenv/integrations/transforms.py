@@ -1,4 +1,4 @@
-"""Transforms: functions from an observation to an observation that compute rewards (seed 004).
+"""Transforms: functions from observation to observation that compute rewards (as in EnvTorch).
 
 A transform reads what the step actually did (``status``, ``return_value``, ``stdout``,
 ``error``, ``metadata["tool_calls"]``) and the code that ran, which the env puts in

@@ -10,7 +10,7 @@ Example:
     >>> factory = KernelEnvFactory(pool_size=8)
     >>> trainer = GRPOTrainer(model=..., train_dataset=..., environment_factory=factory)
     >>> trainer.train()
-    >>> factory.close()
+    >>> factory.close()   # else done when the program exits
 
 ``environment_factory=KernelToolEnv`` works too: instances then share a default factory that
 is closed when the program exits.
@@ -18,7 +18,7 @@ is closed when the program exits.
 
 from __future__ import annotations
 
-import atexit
+import functools
 import threading
 import weakref
 from collections.abc import Callable
@@ -28,7 +28,7 @@ from ..env import Episode, KernelEnv
 from ..models import StepStatus, observation_summary
 from ..runtime.outputs import DEFAULT_MAX_OUTPUT_BYTES
 from ..runtime.pool import KernelPool
-from ..sync import PortalThread
+from ..sync import PortalThread, close_now, close_when_collected
 from ..tasks.library import answer_key_dirs
 
 RewardFunction = Callable[[Episode, dict[str, Any]], float]
@@ -75,7 +75,10 @@ class KernelEnvFactory:
             raise ValueError(f"unknown backend {backend!r}; use 'local' or 'ray'")
         self.portal = PortalThread()
         self._envs: weakref.WeakSet[KernelEnv] = weakref.WeakSet()
-        self._closed = False
+        # Closed by close(), or when collected, or at exit (a factory kept at module level).
+        self._closer = close_when_collected(
+            self, self.portal, functools.partial(_close_envs_and_pool, self._envs, self.pool)
+        )
         # Start filling the pool now, while the trainer is still loading its model.
         self.portal.call(self.pool.start)
 
@@ -84,9 +87,8 @@ class KernelEnvFactory:
         """The shared factory of ``KernelToolEnv()`` made without one (closed at exit)."""
         global _default
         with _default_lock:
-            if _default is None or _default._closed:
+            if _default is None or _default.closed:
                 _default = cls()
-                atexit.register(_default.close)
             return _default
 
     def __call__(self) -> KernelToolEnv:
@@ -109,17 +111,24 @@ class KernelEnvFactory:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether the factory is closed (by :meth:`close`, or at interpreter exit)."""
+        return not self._closer.alive
+
     def close(self) -> None:
-        """Close every environment made by this factory and stop its kernels. Safe twice."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            for env in list(self._envs):
-                self.portal.call(env.close)
-            self.portal.call(self.pool.aclose)
-        finally:
-            self.portal.stop()
+        """Close every environment made by this factory and stop its kernels.
+
+        Safe to call twice and from any thread; a factory never closed is closed when it is
+        garbage-collected or when the program exits.
+        """
+        close_now(self._closer)
+
+
+async def _close_envs_and_pool(envs: weakref.WeakSet[KernelEnv], pool: Any) -> None:
+    for env in list(envs):
+        await env.close()
+    await pool.aclose()
 
 
 class KernelToolEnv:

@@ -139,8 +139,17 @@ def as_sandbox_config(value: SandboxConfig | str | None) -> SandboxConfig:
 
 
 def _announce_fallback(message: str) -> None:
-    log.warning(message)
-    warnings.warn(message, SandboxFallbackWarning, stacklevel=3)
+    announce_fallback(message, stacklevel=4)
+
+
+def announce_fallback(message: str, *, stacklevel: int = 3) -> None:
+    """Say once, loudly, that containment is weaker than asked: a warning, and a log record
+    where logging is set up (a server). Not both on a bare script's stderr, where an
+    unconfigured logger would print the same sentence a second time.
+    """
+    if log.hasHandlers():
+        log.warning(message)
+    warnings.warn(message, SandboxFallbackWarning, stacklevel=stacklevel)
 
 
 # -- availability (checked once per process) -----------------------------------------------

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from traitlets import Dict, List, Unicode
 from .cgroup import PidsCgroup, cgroup_parent
 from .config import (
     SandboxConfig,
-    SandboxFallbackWarning,
+    announce_fallback,
     bwrap_args,
     interpreter_paths,
     limit_args,
@@ -172,5 +171,4 @@ def _warn_no_cgroup() -> None:
         "only by a watchdog polling each kernel's process tree (RLIMIT_NPROC does not apply "
         "to root), which a fast fork bomb can overshoot"
     )
-    log.warning(message)
-    warnings.warn(message, SandboxFallbackWarning, stacklevel=2)
+    announce_fallback(message)

@@ -68,7 +68,8 @@ async def reset(
     session, observation = await sessions.reset_http(
         seed=request.seed, episode_id=request.episode_id, **request.options
     )
-    return {**observation_payload(observation), "episode_id": session.episode_id}
+    reply = observation_payload(observation, top_metadata=False)
+    return {**reply, "episode_id": session.episode_id}
 
 
 @router.post("/step", response_model=ObservationReply, summary="Run code in an episode")
@@ -86,7 +87,8 @@ async def step(sessions: Sessions, request: StepRequest) -> dict[str, Any]:
     action = parse_action(fields)
     with sessions.using(session):
         observation = await session.env.step(action, timeout_s=request.timeout_s)
-    return {**observation_payload(observation), "episode_id": session.episode_id}
+    reply = observation_payload(observation, top_metadata=False)
+    return {**reply, "episode_id": session.episode_id}
 
 
 @router.post("/fork", response_model=ForkReply, summary="Branch a live episode")

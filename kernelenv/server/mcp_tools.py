@@ -192,11 +192,30 @@ TOOLS += [
 
 
 def result_text(result: dict[str, Any]) -> str:
-    """The text content of a tool's result: a step's summary, or the result as JSON."""
-    if "exit_code" in result and "stdout" in result:
-        fields = {k: v for k, v in result.items() if k in CodeObservation.model_fields}
-        return observation_summary(CodeObservation.model_validate(fields))
-    return json.dumps(result)
+    """The text content of a tool's result, which is all many MCP hosts show the model.
+
+    A step reads as a notebook user would read its cell (see
+    :func:`~kernelenv.models.observation_summary`); a reset also gives the episode id and a
+    task's prompt and context; anything else is its JSON.
+    """
+    if "exit_code" not in result or "stdout" not in result:
+        return json.dumps(result)
+    fields = {k: v for k, v in result.items() if k in CodeObservation.model_fields}
+    observation = CodeObservation.model_validate(fields)
+    parts = []
+    if "episode_id" in result:  # a reset
+        parts.append(f"episode_id: {result['episode_id']}")
+        if observation.task_id:
+            parts.append(f"task: {observation.task_id} ({observation.difficulty})")
+        if observation.task_description:
+            parts.append(f"\n{observation.task_description.rstrip()}\n")
+        parts += [f"{key}:\n{value}" for key, value in observation.task_context.items()]
+    parts.append(observation_summary(observation))
+    if observation.previous_feedback:
+        parts.append(f"feedback: {observation.previous_feedback}")
+    if observation.reward is not None:
+        parts.append(f"reward: {observation.reward}")
+    return "\n".join(parts)
 
 
 def find_tool(name: str) -> EnvTool | None:

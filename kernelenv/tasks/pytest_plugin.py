@@ -146,10 +146,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def kernelenv_env(pytestconfig: pytest.Config) -> Iterator[SyncKernelEnv]:
-    """A blocking :class:`~kernelenv.KernelEnv`, closed after the test.
+    """A blocking :class:`~kernelenv.KernelEnv` with an episode already started, closed after
+    the test.
 
-    It resets into the tasks of the ``kernelenv_tasks_dir`` ini option (default: the shipped
-    library), e.g. ``kernelenv_env.reset(task_id="task_easy_1")``, then ``step`` and ``grade``.
+    ``kernelenv_env.step(...)`` works at once. ``reset`` starts another episode, also into the
+    tasks of the ``kernelenv_tasks_dir`` ini option (default: the shipped library), e.g.
+    ``kernelenv_env.reset(task_id="task_easy_1")``, then ``step`` and ``grade``.
     """
     from ..env import KernelEnv
     from .library import TaskLibrary
@@ -158,4 +160,5 @@ def kernelenv_env(pytestconfig: pytest.Config) -> Iterator[SyncKernelEnv]:
     if directory is not None:
         directory = Path(pytestconfig.rootpath, directory)
     with KernelEnv(task_library=TaskLibrary(directory)).sync() as env:
+        env.reset()
         yield env

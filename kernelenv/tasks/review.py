@@ -1,7 +1,8 @@
 """Scoring of PR-review submissions against a task's hidden answer key (pure, no I/O).
 
-Partial credit, as in seed 002: file localisation, issue and bug type, severity calibration,
-line precision, evidence quality in the review text, and confidence calibration. The reward is
+Partial credit, as in the PR-review benchmark the tasks come from: file localisation, issue
+and bug type, severity calibration, line precision, evidence quality in the review text, and
+confidence calibration. The reward is
 mapped strictly inside (0, 1): a blank review gets ``FLOOR``, a perfect one ``CEILING``.
 
 Evidence counts only for a finding at the defect's location (the right file, a line in the

@@ -1,4 +1,4 @@
-"""File tools for agent code (seed 004's ``file_write`` / ``file_read``) on a per-episode host directory.
+"""File tools for agent code (EnvTorch's ``file_write``, ``file_read``) on an episode's host folder.
 
 Paths are read inside the episode's own directory, as if it were the root: ``/tmp/hello.txt``
 is ``<episode files>/tmp/hello.txt`` on the host, never the host's real ``/tmp``. The directory

@@ -67,6 +67,7 @@ def test_quick_mode_completes_and_cleans_up(quick_run):
     assert out.exists() and out.with_suffix(".json").exists()
     assert not processes_left, [p.pid for p in processes_left]
     assert not dirs_left
+    assert "NOT MET" not in proc.stdout  # a few samples judge no target
 
 
 def test_every_row_is_measured(quick_run):
@@ -125,7 +126,7 @@ def test_markdown_has_every_row_target_and_the_machine(quick_run):
 
 def test_report_marks_unmeasured_rows_and_unmet_targets(tmp_path):
     """The page says plainly when a row is missing or a target is missed (pure: no kernels)."""
-    results = Results("t", "quick", {"packages": {}})
+    results = Results("t", "full", {"packages": {}})
     results.rows.append(Row("step.raw", "trivial step", "raw", "ms", Figures.of([0.005], 1000)))
     results.rows.append(Row("step.websocket", "trivial step", "ws", "ms", skipped="no server"))
     results.checks.append(Check("step.ratio", "ratio", 1.3, "x", "<= 1.15x", False))
@@ -136,3 +137,9 @@ def test_report_marks_unmeasured_rows_and_unmet_targets(tmp_path):
     assert "| ratio | 1.30 x | <= 1.15x | **no** |" in text
     assert "| errors | – | 0 | not measured |" in text
     assert json.loads(json_path.read_text())["rows"][0]["figures"]["p50"] == pytest.approx(5.0)
+
+    # A quick run has too few samples to judge a target by.
+    results.mode = "quick"
+    text = report.write(results, tmp_path / "q.md")[0].read_text()
+    assert "| ratio | 1.30 x | <= 1.15x | not judged in quick mode |" in text
+    assert "**no**" not in text

@@ -150,3 +150,16 @@ def test_pure_export_of_task_timeout_and_reward():
     assert step_cell.metadata["kernelenv"]["error"]["ename"] == "TimeoutError"
     assert notebook.metadata["kernelenv"]["grade"] == {"score": 0.5}
     assert notebook.metadata["kernelenv"]["task_id"] == "t1"
+
+
+def test_written_notebook_has_ordinary_permissions(tmp_path):
+    """Readable as any file the user makes (0644 under umask 022), not mkstemp's 0600."""
+    import os
+
+    from kernelenv.episodes.export import write_notebook
+
+    notebook = episode_notebook(EpisodeInfo(episode_id="perm"), [])
+    path = write_notebook(notebook, tmp_path / "episode.ipynb")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

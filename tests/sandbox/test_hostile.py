@@ -1,8 +1,9 @@
 """Hostile agent code at each containment level: it gets an observation, never a dead env.
 
-Every case checks that the step comes back with the right status within its budget plus 2 s
-(a behaviour bound with a generous margin, not a benchmark), that the next step or episode
-works, and, in the fixture's teardown, that no process, cgroup or file of the episode is left.
+Every case checks that the step comes back with the right status (a step that never came
+back, its budget not enforced, fails after a minute: a guard against hangs, not a claim about
+speed), that the next step or episode works, and, in the fixture's teardown, that no process,
+cgroup or file of the episode is left.
 Cases that only a stronger level stops run only there; some also run at the weaker levels to
 show the same probe does see the hole there (the threat model in the README).
 """
@@ -39,7 +40,8 @@ STEP_TIMEOUT_S = 2.0
 # Slow cases whose path (kernel, output capture) does not depend on the level run only at the
 # default level, to keep the suite short.
 DEFAULT_LEVEL_ONLY = ("bwrap",) if bwrap_available() else ("limits",)
-MARGIN_S = 2.0
+# Far beyond any budget here: only a step whose budget was not enforced gets near it.
+HANG_GUARD_S = 60.0
 SECRET_NAME = "KERNELENV_HOSTILE_API_TOKEN"
 SECRET_VALUE = uuid.uuid4().hex
 SEGFAULT = "import ctypes\nctypes.string_at(0)"
@@ -118,10 +120,11 @@ class HostileEpisode:
 
     async def step(self, code: str, timeout_s: float = STEP_TIMEOUT_S):
         self.note()
-        started = time.monotonic()
-        observation = await self.env.step(code, timeout_s=timeout_s)
-        elapsed = time.monotonic() - started
-        assert elapsed < timeout_s + MARGIN_S, f"the step took {elapsed:.1f} s"
+        try:
+            with anyio.fail_after(timeout_s + HANG_GUARD_S):
+                observation = await self.env.step(code, timeout_s=timeout_s)
+        except TimeoutError:
+            pytest.fail(f"the step did not come back: its {timeout_s} s budget was not enforced")
         self.note()
         return observation
 

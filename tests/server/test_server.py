@@ -172,7 +172,7 @@ async def test_http_episodes_live_across_requests(http):
     body = {"episode_id": "http-1", "action": {"code": "y += 1; y"}, "request_id": "r1"}
     first = (await http.post("/step", json=body)).json()
     retry = (await http.post("/step", json=body)).json()
-    assert first == retry and first["metadata"][RICH_KEY]["return_value"] == "6"
+    assert first == retry and first["observation"]["metadata"][RICH_KEY]["return_value"] == "6"
     # timeout_s bounds the step.
     slow = {"episode_id": "http-1", "action": {"code": "import time; time.sleep(20)"},
             "timeout_s": 0.5}
@@ -213,7 +213,8 @@ async def test_invalid_http_action_is_422_and_the_episode_goes_on(http):
     bad = await http.post("/step", json={"episode_id": "http-bad", "action": {"code": 1}})
     assert bad.status_code == 422 and "code" in bad.json()["detail"]
     good = await http.post("/step", json={"episode_id": "http-bad", "action": {"code": "2"}})
-    assert good.json()["metadata"][RICH_KEY]["return_value"] == "2"
+    assert good.json()["observation"]["metadata"][RICH_KEY]["return_value"] == "2"
+    assert "metadata" not in good.json()  # once, inside the observation, not twice
 
 
 async def test_discovery_routes(http):

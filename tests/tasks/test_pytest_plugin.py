@@ -66,6 +66,9 @@ def test_kernelenv_env_fixture_gives_a_ready_env(pytester):
         """
         from kernelenv.models import ReviewAction
 
+        def test_ready_at_once(kernelenv_env):
+            assert kernelenv_env.step("6 * 7").return_value == "42"
+
         def test_review_episode(kernelenv_env):
             obs = kernelenv_env.reset(task_id="my_review")
             assert obs.task_context["pr_title"].startswith("Add paginate()")
@@ -77,4 +80,4 @@ def test_kernelenv_env_fixture_gives_a_ready_env(pytester):
         """
     )
     result = pytester.runpytest()
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)

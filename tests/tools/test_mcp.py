@@ -252,3 +252,62 @@ async def test_post_mcp_serves_the_same_tools_with_tasks_and_export():
             sources = [c["source"] for c in exported["structuredContent"]["notebook"]["cells"]]
             assert code in sources
             assert (await http.post("/close", json={"episode_id": "mcp-task"})).status_code == 200
+
+
+async def test_text_content_carries_what_an_agent_needs(tmp_path):
+    """Many MCP hosts show the model only the text content: the task, the episode id, the cell."""
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    task_id = "functions_easy_palindrome"
+    server = StdioServerParameters(
+        command=sys.executable, args=["-m", "kernelenv", "mcp", "--sandbox", "none"]
+    )
+    with (tmp_path / "stderr.txt").open("w") as errlog:
+        async with (
+            stdio_client(server, errlog=errlog) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            reset = await session.call_tool("reset", {"task_id": task_id, "episode_id": "e-17"})
+            text = reset.content[0].text
+            prompt = reset.structuredContent["task_description"]
+            assert prompt and prompt.strip() in text
+            assert "episode_id: e-17" in text and task_id in text
+
+            cell = await session.call_tool("run_code", {"code": (
+                "import sys\n"
+                "print('out'); print('err', file=sys.stderr)\n"
+                "from IPython.display import display, HTML\n"
+                "display(HTML('<b>x</b>'))\n"
+                "import matplotlib; matplotlib.use('module://matplotlib_inline.backend_inline')\n"
+                "import matplotlib.pyplot as plt; plt.plot([1, 2]); plt.show()\n"
+                "6 * 7"
+            )})
+            text = cell.content[0].text
+            assert "stdout:\nout" in text and "stderr:\nerr" in text
+            assert "result: 42" in text
+            assert "<IPython.core.display.HTML object>" in text      # display data, text/plain
+            assert "image/png" in text                                # an image was produced
+
+            failing = await session.call_tool("run_code", {"code": "def f():\n    1 / 0\nf()"})
+            text = failing.content[0].text
+            assert "status: error (exit code 1)" in text
+            assert "ZeroDivisionError" in text and "in f" in text   # the traceback, not a name
+
+
+async def test_post_mcp_reset_text_names_the_task_and_episode():
+    import httpx
+
+    from kernelenv.server import ServerConfig, ServerThread
+
+    with ServerThread(ServerConfig(port=0, pool_size=1)) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
+            request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": "reset", "arguments": {"task_id": "functions_easy_palindrome"}}}
+            result = (await http.post("/mcp", json=request)).json()["result"]
+            text = result["content"][0]["text"]
+            episode_id = result["structuredContent"]["episode_id"]
+            assert f"episode_id: {episode_id}" in text
+            assert result["structuredContent"]["task_description"].strip() in text
+            assert (await http.post("/close", json={"episode_id": episode_id})).status_code == 200
