@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import uuid
 from collections import OrderedDict
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .episodes.episode import Episode
+from .episodes.episode import Episode, check_episode_id
 from .episodes.export import episode_notebook_of, write_notebook
 from .episodes.notebook_state import DISPLAY_UPDATES_KEY
 from .errors import EnvClosedError, ForkError, InvalidActionError, ResetNeeded
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 
 # How many request ids (and their observations) an episode remembers for safe retries.
 REQUEST_ID_MEMORY = 256
+# Interrupts close() sends a running step before it kills the kernel instead.
+CLOSE_INTERRUPTS = 3
 
 # The most children one fork() call makes (each is a kernel: memory and CPU are the bound).
 MAX_FORKS = 16
@@ -67,6 +70,9 @@ class KernelEnv:
         backend: Where the env's own pool keeps kernels: ``"local"`` (this machine) or
             ``"ray"`` (Ray actors, see ``kernelenv.runtime.ray``; needs ``kernelenv[ray]``).
         step_timeout_s: Default wall-clock budget of a step.
+        max_step_timeout_s: The largest budget a step may have, whatever it asks for (a
+            server's ``--max-step-timeout``); a larger one is cut to it and the observation's
+            ``metadata["step_timeout_clamped"]`` says so. None: no maximum.
         interrupt_grace_s: How long an interrupted step may take to stop before the kernel is
             killed and replaced.
         max_output_bytes: Output kept per step; the rest is dropped with a visible marker.
@@ -87,6 +93,7 @@ class KernelEnv:
         pool_size: int = 1,
         backend: str = "local",
         step_timeout_s: float = 30.0,
+        max_step_timeout_s: float | None = None,
         interrupt_grace_s: float = 1.0,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         acquire_timeout_s: float | None = 120.0,
@@ -98,6 +105,11 @@ class KernelEnv:
     ) -> None:
         if step_timeout_s <= 0:
             raise ValueError(f"step_timeout_s must be positive, got {step_timeout_s}")
+        if max_step_timeout_s is not None and max_step_timeout_s < step_timeout_s:
+            raise ValueError(
+                f"max_step_timeout_s ({max_step_timeout_s}) is below step_timeout_s "
+                f"({step_timeout_s})"
+            )
         if pool is not None and sandbox is not None:
             raise ValueError("pass sandbox to the KernelPool, not to an env that shares it")
         self._own_pool = pool is None
@@ -109,6 +121,7 @@ class KernelEnv:
             )
         )
         self.step_timeout_s = step_timeout_s
+        self.max_step_timeout_s = max_step_timeout_s
         self.interrupt_grace_s = interrupt_grace_s
         self.max_output_bytes = max_output_bytes
         self.acquire_timeout_s = acquire_timeout_s
@@ -169,10 +182,15 @@ class KernelEnv:
 
         Raises:
             UnknownTaskError: no task has that id (the message suggests close names).
+            InvalidEpisodeIdError: ``episode_id`` has characters or a length ids may not have
+                (see :func:`kernelenv.episodes.episode.check_episode_id`).
         """
         self._check_open()
+        if episode_id is not None:
+            check_episode_id(episode_id)
         task = self._lookup_task(options.get("task_id"))
         async with self._step_lock():
+            self._check_open()  # close() may have come while this reset waited
             self._release_kernel()
             if self.journal is not None and self._episode is not None:
                 await self.journal.end(self._episode.episode_id, "reset")
@@ -222,15 +240,20 @@ class KernelEnv:
         action = _as_action(action)
         if self._episode is None:
             raise ResetNeeded("call reset() before step()")
-        if action.request_id is not None and action.request_id in self._recorded:
-            return self._recorded[action.request_id].model_copy(deep=True)
         budget = timeout_s if timeout_s is not DEFAULT else None
         budget = budget or action.timeout_s
         async with self._step_lock():
+            # Checked under the lock, so a retry sent while the original runs waits for it
+            # and gets its observation instead of running the code a second time.
+            self._check_open()
+            if action.request_id is not None and action.request_id in self._recorded:
+                return self._recorded[action.request_id].model_copy(deep=True)
             episode = self._episode
+            if episode is None:  # a concurrent close or failed reset ended it
+                raise ResetNeeded("call reset() before step()")
             if episode.task is not None:
                 budget = episode.task.task.limits.step_budget(budget)
-            budget = budget or self.step_timeout_s
+            budget, clamped = self._bounded_budget(budget or self.step_timeout_s)
             # Recorded as run: grading and replay give the step the same budget, wherever
             # the budget came from (the action, a server request, the task's default).
             action = action.model_copy(update={"timeout_s": budget})
@@ -251,6 +274,8 @@ class KernelEnv:
             )
             observation = outcome.observation
             observation.kernel_restarted = restarted
+            if clamped is not None:
+                observation.metadata["step_timeout_clamped"] = clamped
             # Outputs of earlier steps this step updated (by display id): reported here, the
             # earlier observations stay as they were returned (export folds the updates).
             updates, dropped = episode.displays.step_done(
@@ -280,11 +305,17 @@ class KernelEnv:
             return observation
 
     async def close(self) -> None:
-        """End the episode and release the kernel (and the env's own pool). Safe to call twice."""
+        """End the episode and release the kernel (and the env's own pool). Safe to call twice.
+
+        A step running meanwhile is interrupted (killed if interrupts do not stop it), and the
+        kernel is released only once that step has returned its observation.
+        """
         if self._closed:
             return
         self._closed = True
-        self._release_kernel()
+        with anyio.CancelScope(shield=True):  # also when the caller is being cancelled
+            await self._stop_running_step()
+            self._release_kernel()
         if self._tool_bridge is not None:
             await self._tool_bridge.aclose()
         if self.journal is not None and self._episode is not None:
@@ -362,6 +393,7 @@ class KernelEnv:
                 child = KernelEnv(
                     pool=self.pool,
                     step_timeout_s=self.step_timeout_s,
+                    max_step_timeout_s=self.max_step_timeout_s,
                     interrupt_grace_s=self.interrupt_grace_s,
                     max_output_bytes=self.max_output_bytes,
                     acquire_timeout_s=self.acquire_timeout_s,
@@ -400,6 +432,23 @@ class KernelEnv:
         if self._closed:
             raise EnvClosedError("this KernelEnv is closed; create a new one")
 
+    async def _stop_running_step(self) -> None:
+        """Wait for the step lock, interrupting (then killing) the kernel of a running step."""
+        lock = self._step_lock()
+        # An interrupt sent before the cell started is lost, so it is sent again each grace
+        # period; a cell that survives CLOSE_INTERRUPTS of them is killed with its kernel.
+        for attempt in itertools.count():
+            kernel = self._kernel
+            if lock.locked() and kernel is not None:
+                if attempt < CLOSE_INTERRUPTS:
+                    await kernel.interrupt()
+                else:
+                    await kernel.kill()
+            with anyio.move_on_after(max(self.interrupt_grace_s, 0.2)):
+                await lock.acquire()
+                lock.release()  # nothing can take it again: the env is marked closed
+                return
+
     def _step_lock(self) -> asyncio.Lock:
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -430,6 +479,13 @@ class KernelEnv:
             self.task_library = default_library()
         return self.task_library.get(task_id)
 
+    def _bounded_budget(self, budget: float) -> tuple[float, dict[str, float] | None]:
+        """The budget a step runs with, and what was asked for when the server's maximum cut it."""
+        limit = self.max_step_timeout_s
+        if limit is None or budget <= limit:
+            return budget, None
+        return limit, {"requested_s": budget, "max_step_timeout_s": limit}
+
     async def _start_task(self, episode: Episode, task: Task, observation: CodeObservation) -> None:
         assert self._kernel is not None
         try:
@@ -448,9 +504,10 @@ class KernelEnv:
             raise ResetNeeded("call reset() before step()")
         if episode.task is None:
             raise InvalidActionError("a ReviewAction needs an episode started with a task_id")
-        if action.request_id is not None and action.request_id in self._recorded:
-            return self._recorded[action.request_id].model_copy(deep=True)
         async with self._step_lock():
+            self._check_open()
+            if action.request_id is not None and action.request_id in self._recorded:
+                return self._recorded[action.request_id].model_copy(deep=True)
             loop = asyncio.get_running_loop()
             started_at = loop.time()
             observation = await submit_review(self.pool, episode.task, action)

@@ -16,6 +16,7 @@ Exceptions are for faults of the infrastructure and for misuse of the API::
     ├── UnknownTaskError (LookupError)       no task has that id (suggests close names)
     ├── TaskFormatError (ValueError)         a task notebook is malformed, or its setup failed
     ├── UnknownEpisodeError (LookupError)    no live episode has that id
+    ├── InvalidEpisodeIdError (ValueError)   an episode id with characters or a length not allowed
     ├── ServerStartError (RuntimeError)      a server launched for a client did not start
     ├── MCPConnectionError (ConnectionError)  an MCP server of the tools could not be reached
     ├── ToolSetupError (RuntimeError)        host-side tools could not be set up in a kernel
@@ -125,6 +126,10 @@ class CapacityReachedError(KernelEnvError, RuntimeError):
         )
         self.active_sessions = active_sessions
         self.max_sessions = max_sessions
+
+
+class InvalidEpisodeIdError(KernelEnvError, ValueError):
+    """An episode id has characters or a length that ids may not have."""
 
 
 class EpisodeInUseError(KernelEnvError, ValueError):

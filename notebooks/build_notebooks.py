@@ -170,7 +170,8 @@ assert result.observation.return_value == "1024\"""",
         (
             "code",
             """\
-reply = httpx.get(f"{client.client.base_url}/episodes/{episode_id}.ipynb")
+reply = httpx.get(f"{client.client.base_url}/episodes/{episode_id}.ipynb",
+                  headers=client.client.headers)  # the token the launched server made
 reply.raise_for_status()
 served = nbformat.reads(reply.text, as_version=4)
 nbformat.validate(served)

@@ -210,6 +210,67 @@ async def test_request_id_makes_a_retry_return_the_recorded_observation(env):
     assert env.state.step_count == 3
 
 
+async def test_a_retry_racing_its_original_waits_for_its_observation(env):
+    import anyio
+
+    code = CodeAction(code="import time; runs = globals().get('runs', 0) + 1; time.sleep(1); runs",
+                      request_id="race")
+    results = []
+
+    async def step() -> None:
+        results.append(await env.step(code))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(step)
+        tasks.start_soon(step)  # sent before the first one finished
+    assert [r.return_value for r in results] == ["1", "1"]
+    assert env.state.step_count == 1
+
+
+async def test_close_during_a_step_interrupts_it_before_releasing_the_kernel(shared_pool):
+    import anyio
+
+    env = KernelEnv(pool=shared_pool, step_timeout_s=120)
+    await env.reset()
+    results = []
+
+    async def step() -> None:
+        results.append(await env.step("import time\nfor _ in range(1200): time.sleep(0.1)"))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(step)
+        with anyio.fail_after(60):
+            while not env._step_lock().locked():
+                await anyio.sleep(0.01)
+        await env.close()
+        assert env.kernel is None  # released only once the step gave its observation
+    # Interrupted, or (on a machine too busy for the interrupts to land in time) killed.
+    assert results[0].status in (StepStatus.ERROR, StepStatus.KERNEL_DIED), results[0]
+    assert results[0].status is StepStatus.KERNEL_DIED or "KeyboardInterrupt" in results[0].stderr
+
+
+async def test_a_budget_above_the_maximum_is_cut(shared_pool):
+    async with KernelEnv(pool=shared_pool, step_timeout_s=1, max_step_timeout_s=2) as env:
+        await env.reset()
+        slow = await env.step(CodeAction(code="import time; time.sleep(30)", timeout_s=999))
+        assert slow.status is StepStatus.TIMEOUT
+        assert slow.metadata["step_timeout_clamped"] == {"requested_s": 999,
+                                                         "max_step_timeout_s": 2}
+        fast = await env.step(CodeAction(code="1", timeout_s=2))
+        assert "step_timeout_clamped" not in fast.metadata
+    with pytest.raises(ValueError, match="max_step_timeout_s"):
+        KernelEnv(pool=shared_pool, step_timeout_s=5, max_step_timeout_s=2)
+
+
+async def test_invalid_episode_ids_are_refused(env):
+    from kernelenv.errors import InvalidEpisodeIdError
+
+    for bad in ["", "a b", "a/b", ".x", "x" * 129]:
+        with pytest.raises(InvalidEpisodeIdError):
+            await env.reset(episode_id=bad)
+    assert (await env.reset(episode_id="épisode.1")).metadata["episode_id"] == "épisode.1"
+
+
 async def test_step_before_reset_and_after_close(shared_pool):
     env = KernelEnv(pool=shared_pool)
     with pytest.raises(ResetNeeded):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -52,7 +53,9 @@ class ServerProcess:
         if journal not in JOURNAL_MODES:
             raise ValueError(f"journal must be one of {', '.join(JOURNAL_MODES)}, not {journal!r}")
         self.port = free_port()
+        self.token = secrets.token_urlsafe(32)  # servers refuse clients without one
         self.settings = {
+            "KERNELENV_TOKEN": self.token,
             "KERNELENV_HOST": "127.0.0.1",
             "KERNELENV_PORT": str(self.port),
             "KERNELENV_POOL_SIZE": str(pool_size),
@@ -73,8 +76,9 @@ class ServerProcess:
 
     @property
     def ws_url(self) -> str:
-        """The WebSocket endpoint OpenEnv's clients use."""
-        return f"ws://127.0.0.1:{self.port}/ws"
+        """The WebSocket endpoint OpenEnv's clients use, with the token (WebSockets may carry
+        it as ``?token=``; the server keeps it out of its log)."""
+        return f"ws://127.0.0.1:{self.port}/ws?token={self.token}"
 
     @property
     def pid(self) -> int | None:

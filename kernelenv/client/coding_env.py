@@ -110,10 +110,12 @@ class CodingEnv:
             ServerStartError: Docker is missing, its engine is down, or the server did not
                 become healthy.
         """
-        client = cls(base_url="http://127.0.0.1", **client_options)
-        client._launcher = DockerLauncher(
+        launcher = DockerLauncher(
             image, port=port, env_vars=env_vars, docker=docker, health_timeout_s=health_timeout_s
         )
+        client_options.setdefault("token", launcher.token)
+        client = cls(base_url="http://127.0.0.1", **client_options)
+        client._launcher = launcher
         return client
 
     @classmethod
@@ -123,13 +125,16 @@ class CodingEnv:
         """A client of a new ``kernelenv serve`` subprocess on a free port, stopped on close.
 
         For users without Docker. ``server_options`` are
-        :class:`~kernelenv.server.ServerConfig` fields (``max_sessions``, ``token``, ...).
+        :class:`~kernelenv.server.ServerConfig` fields (``max_sessions``, ``token``, ...);
+        without ``token`` (or ``no_token=True``) the server gets a random token this client
+        sends.
         """
-        token = server_options.get("token")
-        client = cls(base_url="http://127.0.0.1", token=token)
-        client._launcher = LocalServerLauncher(
+        launcher = LocalServerLauncher(
             python=python, health_timeout_s=health_timeout_s, **server_options
         )
+        # The launcher makes a token for its server unless told otherwise; the client sends it.
+        client = cls(base_url="http://127.0.0.1", token=launcher.token)
+        client._launcher = launcher
         return client
 
     # -- the environment API --------------------------------------------------------------

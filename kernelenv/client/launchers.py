@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -72,6 +74,10 @@ async def wait_for_health(
 class DockerLauncher:
     """Runs ``docker run -d -p <free port>:8000 IMAGE`` and stops the container on close.
 
+    The server gets a fresh random token (the ``token`` attribute) unless ``env_vars`` sets
+    ``KERNELENV_TOKEN`` or ``KERNELENV_NO_TOKEN``; it reaches the container through the docker
+    CLI's environment, never its command line.
+
     Args:
         image: The image to run (its server must listen on port 8000).
         port: Host port to publish on (default: a free one).
@@ -92,6 +98,9 @@ class DockerLauncher:
         self.image = image
         self.port = port
         self.env_vars = dict(env_vars or {})
+        self.token: str | None = self.env_vars.get("KERNELENV_TOKEN")
+        if self.token is None and "KERNELENV_NO_TOKEN" not in self.env_vars:
+            self.token = secrets.token_urlsafe(32)
         self.docker = docker
         self.health_timeout_s = health_timeout_s
         self.container_id: str | None = None
@@ -101,9 +110,13 @@ class DockerLauncher:
         command = [self.docker, "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:{CONTAINER_PORT}"]
         for name, value in self.env_vars.items():
             command += ["-e", f"{name}={value}"]
+        docker_env = dict(os.environ)
+        if self.token is not None and "KERNELENV_TOKEN" not in self.env_vars:
+            command += ["-e", "KERNELENV_TOKEN"]  # the value comes from docker's environment
+            docker_env["KERNELENV_TOKEN"] = self.token
         command.append(self.image)
         try:
-            result = await anyio.run_process(command, check=False)
+            result = await anyio.run_process(command, check=False, env=docker_env)
         except FileNotFoundError as exc:
             raise ServerStartError(
                 f"the docker CLI ({self.docker!r}) was not found; install Docker, or use "
@@ -137,6 +150,9 @@ class DockerLauncher:
 class LocalServerLauncher:
     """Runs ``python -m kernelenv serve`` on a free loopback port and stops it on close.
 
+    The server gets a fresh random token (its ``token`` attribute) unless ``token`` or
+    ``no_token=True`` is given; it travels in the environment, never on the command line.
+
     Args:
         python: Interpreter to run the server with (default: this one).
         health_timeout_s: How long to wait for ``/health``.
@@ -155,14 +171,19 @@ class LocalServerLauncher:
             raise TypeError(f"unknown server options {unknown}; choose from {sorted(allowed)}")
         self.python = python or sys.executable
         self.health_timeout_s = health_timeout_s
+        if not server_options.get("no_token") and server_options.get("token") is None:
+            server_options["token"] = secrets.token_urlsafe(32)
         self.server_options = server_options
+        self.token: str | None = server_options.get("token")
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     async def start(self) -> str:
         port = free_port()
         env = {**os.environ, "KERNELENV_HOST": "127.0.0.1", "KERNELENV_PORT": str(port)}
-        env.update({f"KERNELENV_{k.upper()}": str(v) for k, v in self.server_options.items()})
+        env.update(
+            {f"KERNELENV_{k.upper()}": _env_value(v) for k, v in self.server_options.items()}
+        )
         self._log = tempfile.TemporaryFile()  # the server's output, shown if it fails to start
         self.process = subprocess.Popen(
             [self.python, "-m", "kernelenv", "serve", "--log-level", "warning"],
@@ -207,3 +228,8 @@ class LocalServerLauncher:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _env_value(value: Any) -> str:
+    # pydantic-settings reads lists (allowed_origins, ...) as JSON.
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)

@@ -3,14 +3,48 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..errors import InvalidEpisodeIdError
 from ..models import CodeState, StepRecord
 from .notebook_state import DisplayIndex
 
 if TYPE_CHECKING:
     from ..tasks.run import TaskRun
+
+# Episode ids come from clients and name files (journal) and downloads (export): letters and
+# digits of any script, '_', '-' and '.', not starting with '.', at most 128 characters.
+EPISODE_ID_MAX_LENGTH = 128
+_EPISODE_ID = re.compile(r"(?!\.)[\w.-]+")
+
+
+def check_episode_id(episode_id: str) -> str:
+    """Return ``episode_id`` if it is a valid episode id, else raise.
+
+    Valid ids have 1 to 128 characters: letters and digits (any script), ``_``, ``-`` and
+    ``.``, not starting with ``.``.
+
+    Raises:
+        InvalidEpisodeIdError: the id is not a string, is empty or too long, or has other
+            characters.
+    """
+    if not isinstance(episode_id, str):
+        raise InvalidEpisodeIdError(
+            f"an episode id must be a string, not {type(episode_id).__name__}"
+        )
+    if not 1 <= len(episode_id) <= EPISODE_ID_MAX_LENGTH:
+        raise InvalidEpisodeIdError(
+            f"an episode id has 1 to {EPISODE_ID_MAX_LENGTH} characters, this one has "
+            f"{len(episode_id)}; omit it to get a fresh one"
+        )
+    if not _EPISODE_ID.fullmatch(episode_id):
+        raise InvalidEpisodeIdError(
+            f"episode id {episode_id!r} has characters ids may not have: use letters, digits, "
+            "'_', '-' and '.' (not first); omit it to get a fresh one"
+        )
+    return episode_id
 
 
 @dataclass

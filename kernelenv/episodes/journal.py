@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOURNAL_SUFFIX = ".jsonl"
+# Ids that are their own journal file name (see _safe_name).
+_PLAIN_NAME = re.compile(r"(?!\.)[A-Za-z0-9_.-]+")
 
 # Environment variable naming the journal directory of `kernelenv serve` and `recover`.
 JOURNAL_DIR_ENV = "KERNELENV_JOURNAL_DIR"
@@ -291,12 +294,15 @@ def _info_dict(info: EpisodeInfo) -> dict[str, Any]:
 
 
 def _safe_name(episode_id: str) -> str:
-    # Episode ids come from clients: keep them from naming paths outside the journal, and
-    # keep two ids that clean up alike apart with a hash of the original.
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in episode_id)[:100]
-    if safe != episode_id or not safe:
-        safe = f"{safe}-{hashlib.sha1(episode_id.encode()).hexdigest()[:12]}"
-    return safe
+    # Episode ids come from clients: keep them from naming paths outside the journal, and keep
+    # the mapping one-to-one. An ASCII id of letters, digits, '_', '-' and '.' (not first) is
+    # its own name; any other id becomes its cleaned-up prefix, '=' and a hash of the whole id.
+    # No name of the first kind contains '=', so the two kinds never collide.
+    if len(episode_id) <= 128 and _PLAIN_NAME.fullmatch(episode_id):
+        return episode_id
+    prefix = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in episode_id)
+    digest = hashlib.sha256(episode_id.encode(errors="surrogatepass")).hexdigest()[:32]
+    return f"{prefix[:64]}={digest}"
 
 
 def _fsync_dir(directory: Path) -> None:

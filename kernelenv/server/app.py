@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from .. import __version__
@@ -14,9 +14,10 @@ from ..errors import KernelEnvError
 from ..runtime.pool import KernelPool
 from ..tasks.library import answer_key_dirs
 from . import episode_routes, http_routes, mcp_routes, task_routes, ws
-from .auth import require_token
 from .config import ServerConfig
+from .docs_routes import add_docs_routes
 from .error_replies import http_error_reply
+from .guard import RequestGuard
 from .limits import BodySizeLimit
 from .sessions import EnvFactory, SessionManager, default_env_factory
 from .web.routes import mount_playground
@@ -61,10 +62,18 @@ def create_app(
         version=__version__,
         description=http_routes.DESCRIPTION,
         lifespan=lifespan,
-        dependencies=[Depends(require_token)],
+        # Served by add_docs_routes instead, so they carry the token to the schema they load.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.config = config
-    app.add_middleware(BodySizeLimit, max_bytes=config.max_message_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=config.max_message_bytes,
+        chunk_timeout_s=config.request_head_timeout_s,
+    )
+    # Outermost: Host, Origin, Content-Type and token are checked before anything else runs.
+    app.add_middleware(RequestGuard, config=config)
     app.add_exception_handler(KernelEnvError, http_error_reply)
     app.add_exception_handler(ValidationError, http_error_reply)
     app.include_router(http_routes.router)
@@ -72,6 +81,7 @@ def create_app(
     app.include_router(mcp_routes.router)
     app.include_router(task_routes.router)
     app.include_router(episode_routes.router)
+    add_docs_routes(app)
     mount_playground(app)  # the browser playground at /web
     return app
 

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from .config import ServerConfig
 
 from ..sandbox.config import SANDBOX_LEVELS
 
@@ -12,9 +18,16 @@ _OPTIONS = {
     "port": "port",
     "max_sessions": "max_sessions",
     "token": "token",
+    "no_token": "no_token",
+    "allow_origin": "allowed_origins",
+    "allow_host": "allowed_hosts",
+    "max_step_timeout": "max_step_timeout_s",
+    "max_connections": "max_connections",
+    "request_head_timeout": "request_head_timeout_s",
     "pool_size": "pool_size",
     "step_timeout": "step_timeout_s",
     "idle_timeout": "idle_timeout_s",
+    "websocket_idle_timeout": "websocket_idle_timeout_s",
     "max_message_bytes": "max_message_bytes",
     "sandbox": "sandbox",
     "journal_dir": "journal_dir",
@@ -29,12 +42,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
     parser.add_argument("--max-sessions", type=int, help="sessions allowed at once (default 64)")
     parser.add_argument(
-        "--token", help="require 'Authorization: Bearer TOKEN' (better: KERNELENV_TOKEN)"
+        "--token",
+        help="the token clients must send (better: KERNELENV_TOKEN); default: a random one, "
+        "printed at start",
+    )
+    parser.add_argument(
+        "--no-token", action="store_true", default=None,
+        help="serve WITHOUT a token: anyone who can reach the port runs code (trusted setups only)",
+    )
+    parser.add_argument(
+        "--allow-origin", action="append", metavar="ORIGIN",
+        help="a web origin (scheme://host:port) whose pages may use the server, besides its "
+        "own; repeat for more; '*' allows any",
+    )
+    parser.add_argument(
+        "--allow-host", action="append", metavar="NAME",
+        help="a Host name to serve besides localhost and IP addresses (e.g. behind a proxy); "
+        "repeat for more; '*' allows any",
     )
     parser.add_argument("--pool-size", type=int, help="kernels started in advance (default 2)")
     parser.add_argument("--step-timeout", type=float, help="default step budget, s (default 30)")
     parser.add_argument(
+        "--max-step-timeout", type=float,
+        help="largest step budget a client can ask for, s (default 600); more is cut to it",
+    )
+    parser.add_argument(
         "--idle-timeout", type=float, help="close HTTP episodes idle this long, s (default 600)"
+    )
+    parser.add_argument(
+        "--websocket-idle-timeout", type=float,
+        help="close WebSocket sessions sending no frame this long, s (default 600)",
+    )
+    parser.add_argument(
+        "--max-connections", type=int, help="open connections served at once (default 256)"
+    )
+    parser.add_argument(
+        "--request-head-timeout", type=float,
+        help="close a connection whose request headers take longer, s (default 10)",
     )
     parser.add_argument(
         "--max-message-bytes", type=int, help="largest request accepted (default 1 MiB)"
@@ -73,11 +117,35 @@ def run(args: argparse.Namespace) -> int:
     }
     config = ServerConfig(**given)
     print(
-        f"kernelenv serving on http://{config.host}:{config.port} "
+        f"kernelenv serving on http://{_url_host(config.host)}:{config.port} "
         f"(WebSocket /ws, HTTP /reset /step /state, docs /docs); Ctrl-C stops",
         flush=True,
     )
+    # The token goes to stdout (the user's terminal); the no-token warning to stderr (logs).
+    print(access_message(config), file=sys.stdout if config.token else sys.stderr, flush=True)
     journal_dir = config.journal_path()
     print(f"journaling episodes to {journal_dir}" if journal_dir else "journal off", flush=True)
     serve(config, log_level=args.log_level)
     return 0
+
+
+def access_message(config: ServerConfig) -> str:
+    """What ``kernelenv serve`` prints about the token: the playground URL that carries it,
+    or a loud warning when there is none."""
+    if config.token is None:
+        return (
+            "WARNING: serving with --no-token: any program or user that can reach this port "
+            "runs code here. Use only on a trusted machine or network."
+        )
+    url = f"http://{_url_host(config.host)}:{config.port}"
+    return (
+        f"Open the playground at {url}/web/?token={quote(config.token, safe='')}\n"
+        f"Clients send the header 'Authorization: Bearer {config.token}' (keep it secret; "
+        "set your own with --token or KERNELENV_TOKEN)."
+    )
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..sandbox.config import SandboxLevel
@@ -31,8 +32,42 @@ class ServerConfig(BaseSettings):
     )
     token: str | None = Field(
         default=None,
-        description="If set, every route but /health needs 'Authorization: Bearer <token>' "
-        "(WebSocket routes also accept '?token=<token>').",
+        min_length=1,
+        description="Every route but /health needs 'Authorization: Bearer <token>' (a "
+        "WebSocket may also carry it as '?token=' or the 'kernelenv.bearer.<token>' "
+        "subprotocol). Unset: a random token is made at start (see no_token).",
+    )
+    no_token: bool = Field(
+        default=False,
+        description="Serve without any token: anyone who can reach the port runs code. Only "
+        "for trusted setups (a loopback test, a private network); Origin and Host checks stay.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins (scheme://host:port) besides the server's own whose pages may "
+        "open /ws and send state-changing requests; '*' allows any.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header names served besides localhost, loopback and IP addresses "
+        "(and the bind host); '*' allows any. Others are refused, which stops DNS rebinding.",
+    )
+    max_step_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="The largest step budget a client can get: a larger timeout_s is cut to "
+        "it, and the observation's metadata['step_timeout_clamped'] says so.",
+    )
+    max_connections: int = Field(
+        default=256,
+        ge=1,
+        description="Open connections (HTTP and WebSocket) served at once; more get 503.",
+    )
+    request_head_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A client has this long to send a request's line and headers, and each "
+        "body chunk; then its connection is closed.",
     )
     pool_size: int = Field(
         default=2, ge=0, description="Kernels kept started in advance, so reset does not wait."
@@ -45,10 +80,17 @@ class ServerConfig(BaseSettings):
         gt=0,
         description="HTTP episodes unused for this many seconds are closed, their kernels freed.",
     )
+    websocket_idle_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="WebSocket connections that send no frame for this many seconds (while "
+        "no step runs) are closed with code 1001, their kernels freed.",
+    )
     max_message_bytes: int = Field(
         default=1 << 20,
         ge=1024,
-        description="Largest request accepted (WebSocket frame or HTTP body), in bytes.",
+        description="Largest request accepted (WebSocket message or HTTP body), in bytes; a "
+        "larger WebSocket message closes the connection (code 1009).",
     )
     sandbox: SandboxLevel = Field(
         default="auto",
@@ -69,6 +111,20 @@ class ServerConfig(BaseSettings):
         description="fsync each journaled step, so it also survives a crash of the machine "
         "(a few ms a step); without it, steps still survive the server being killed.",
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerConfig:
+        if self.no_token and self.token is not None:
+            raise ValueError("give either a token or no_token, not both")
+        if self.token is None and not self.no_token:
+            # As Jupyter Server does: no token configured means a fresh random one.
+            self.token = secrets.token_urlsafe(32)
+        if self.step_timeout_s > self.max_step_timeout_s:
+            raise ValueError(
+                f"step_timeout_s ({self.step_timeout_s:g}) is above max_step_timeout_s "
+                f"({self.max_step_timeout_s:g})"
+            )
+        return self
 
     def journal_path(self) -> Path | None:
         """The journal's directory, or None when journaling is off."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import pathlib
 from typing import Annotated
+from urllib.parse import quote
 
 import anyio
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
 from nbformat import NotebookNode
 
+from ..episodes.episode import check_episode_id
 from ..episodes.journal import Journal, read_journal
 from ..errors import UnknownEpisodeError
 from .deps import Config, Sessions
@@ -38,6 +40,7 @@ async def episode_notebook(
     Each step is a code cell with its outputs as Jupyter stores them; rewards, statuses and
     timings are in cell metadata (see ``kernelenv.episodes.export``).
     """
+    check_episode_id(episode_id)  # a clear 422 before any file is looked up
     session = sessions.find(episode_id)
     if session is not None and session.env.episode is not None:
         with sessions.using(session):
@@ -49,7 +52,7 @@ async def episode_notebook(
     return Response(
         content=json.dumps(notebook, indent=1, ensure_ascii=False),
         media_type=NOTEBOOK_MEDIA_TYPE,
-        headers={"Content-Disposition": f'attachment; filename="{_file_name(episode_id)}.ipynb"'},
+        headers={"Content-Disposition": content_disposition(f"{episode_id}.ipynb")},
     )
 
 
@@ -63,5 +66,11 @@ def _journaled_notebook(journal_dir: pathlib.Path | None, episode_id: str) -> No
     )
 
 
-def _file_name(episode_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in episode_id)[:100] or "episode"
+def content_disposition(file_name: str) -> str:
+    """A ``Content-Disposition: attachment`` value for any file name (RFC 6266).
+
+    HTTP headers are Latin-1: the plain ``filename`` gets an ASCII stand-in, and
+    ``filename*`` (RFC 5987) carries the real name in UTF-8.
+    """
+    fallback = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in file_name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(file_name, safe='')}"

@@ -175,7 +175,10 @@ def http_resolver(sessions: SessionManager) -> EnvResolver:
             raise JsonRpcError(
                 INVALID_PARAMS, f"tool {tool.name!r} needs 'episode_id' (call 'reset' first)"
             )
-        return ToolTarget(sessions, sessions.get(episode_id), new=False)
+        session = sessions.get(episode_id)
+        # As on /step: an episode a WebSocket connection drives is that connection's alone.
+        sessions.check_http(session)
+        return ToolTarget(sessions, session, new=False)
 
     return resolve
 

@@ -12,10 +12,9 @@ from fastapi import FastAPI
 from ..errors import KernelEnvError
 from .app import create_app
 from .config import ServerConfig
-
-# Frames somewhat above max_message_bytes still reach the app, which answers PAYLOAD_TOO_LARGE;
-# only frames past this hard cap make the connection close (code 1009).
-WS_HARD_CAP_FACTOR = 4
+from .log_redaction import install_token_redaction
+from .slow_clients import head_timeout_protocol
+from .ws import READ_AHEAD
 
 
 def uvicorn_config(
@@ -29,15 +28,24 @@ def uvicorn_config(
         **options: Further ``uvicorn.Config`` options (e.g. ``log_level``).
     """
     options.setdefault("log_level", "warning")
-    return uvicorn.Config(
+    settings = uvicorn.Config(
         app if app is not None else create_app(config),
         host=config.host,
         port=config.port,
+        http=head_timeout_protocol(config.request_head_timeout_s),
+        # websockets' Sans-I/O protocol: it stops reading the socket while a received message
+        # waits for the app, so a connection holds at most READ_AHEAD + 1 messages of at most
+        # max_message_bytes; a larger message closes the connection with code 1009.
         ws="websockets-sansio",
-        ws_max_size=max(16 << 20, WS_HARD_CAP_FACTOR * config.max_message_bytes),
+        ws_max_size=config.max_message_bytes,
+        ws_max_queue=READ_AHEAD,  # used by the other WebSocket protocols, should one be chosen
+        limit_concurrency=config.max_connections,
+        timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
         **options,
     )
+    install_token_redaction()  # after uvicorn configured its loggers
+    return settings
 
 
 def serve(config: ServerConfig, **options: Any) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from ..env import KernelEnv
+from ..episodes.episode import check_episode_id
 from ..episodes.journal import shared_journal
 from ..errors import (
     CapacityReachedError,
@@ -36,7 +37,12 @@ def default_env_factory(pool: KernelPool, config: ServerConfig) -> KernelEnv:
     journal = (
         shared_journal(journal_dir, fsync=config.journal_fsync) if journal_dir is not None else None
     )
-    return KernelEnv(pool=pool, step_timeout_s=config.step_timeout_s, journal=journal)
+    return KernelEnv(
+        pool=pool,
+        step_timeout_s=config.step_timeout_s,
+        max_step_timeout_s=config.max_step_timeout_s,
+        journal=journal,
+    )
 
 
 class SessionKind(str, Enum):
@@ -135,9 +141,10 @@ class SessionManager:
         """The live session running ``episode_id``.
 
         Raises:
+            InvalidEpisodeIdError: ``episode_id`` is not a valid id.
             UnknownEpisodeError: no live session runs that episode.
         """
-        session = self._by_episode.get(episode_id)
+        session = self._by_episode.get(check_episode_id(episode_id))
         if session is None:
             raise UnknownEpisodeError(
                 f"no live episode has id {episode_id!r}: it never existed, was closed, or was "
@@ -146,8 +153,12 @@ class SessionManager:
         return session
 
     def find(self, episode_id: str) -> Session | None:
-        """The live session running ``episode_id``, or None."""
-        return self._by_episode.get(episode_id)
+        """The live session running ``episode_id``, or None.
+
+        Raises:
+            InvalidEpisodeIdError: ``episode_id`` is not a valid id.
+        """
+        return self._by_episode.get(check_episode_id(episode_id))
 
     def check_free(self, episode_id: str | None, session: Session) -> None:
         """Raise unless ``session`` may start an episode called ``episode_id``.
@@ -206,7 +217,7 @@ class SessionManager:
         Raises:
             EpisodeInUseError: another session runs an episode with that id.
         """
-        episode_id = episode_id or uuid.uuid4().hex
+        episode_id = check_episode_id(episode_id) if episode_id else uuid.uuid4().hex
         self.check_free(episode_id, session)
         self._unbind(session)
         # Bound before the await so a concurrent reset cannot claim the same id.
@@ -267,7 +278,8 @@ class SessionManager:
         return len(idle)
 
     async def run_reaper(self) -> None:
-        """Reap idle HTTP sessions forever (run as a background task of the app)."""
+        """Reap idle HTTP sessions forever (run as a background task of the app; WebSocket
+        connections reap themselves, see ``kernelenv.server.ws``)."""
         interval = min(self.config.idle_timeout_s / 4, 30.0)
         while True:
             await asyncio.sleep(interval)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import anyio
@@ -20,23 +21,34 @@ from ..wire import (
     observation_payload,
     state_payload,
 )
+from .auth import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX
 from .deps import Config, Sessions
 from .error_replies import error_frame_data
 from .mcp_routes import ToolTarget, handle_jsonrpc
 from .mcp_tools import EnvTool
 from .sessions import Session, SessionKind, SessionManager
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(tags=["websocket"])
 
 FRAME_TYPES = ("reset", "step", "state", "close", "mcp", "fork")
 # Frames read ahead while one is being served (replies still go out one by one, in order).
-READ_AHEAD = 16
+# Small on purpose: each may be max_message_bytes; the socket is not read while they wait.
+READ_AHEAD = 1
+# Close code of a connection that sent no frame for websocket_idle_timeout_s (going away).
+IDLE_CLOSE_CODE = status.WS_1001_GOING_AWAY
 
 
 @router.websocket("/ws")
 async def websocket_session(websocket: WebSocket, sessions: Sessions, config: Config) -> None:
     """Serve one OpenEnv session: frames in, exactly one reply per frame, in order."""
-    await websocket.accept()
+    offered = websocket.scope.get("subprotocols", [])
+    # A browser that sent its token as a subprotocol needs one of its offers chosen.
+    chosen = SUBPROTOCOL if any(
+        p == SUBPROTOCOL or p.startswith(TOKEN_SUBPROTOCOL_PREFIX) for p in offered
+    ) else None
+    await websocket.accept(subprotocol=chosen)
     try:
         session = sessions.open(SessionKind.WEBSOCKET)
     except CapacityReachedError as exc:
@@ -48,7 +60,7 @@ async def websocket_session(websocket: WebSocket, sessions: Sessions, config: Co
         ))
         await websocket.close(code=status.WS_1013_TRY_AGAIN_LATER, reason="server at capacity")
         return
-    connection = _Connection(websocket, sessions, session, config.max_message_bytes)
+    connection = _Connection(websocket, sessions, session, config.websocket_idle_timeout_s)
     try:
         await connection.serve()
     finally:
@@ -59,14 +71,20 @@ class _Connection:
     """One WebSocket connection's session: reads frames, serves them in order, cleans up."""
 
     def __init__(
-        self, websocket: WebSocket, sessions: SessionManager, session: Session, max_bytes: int
+        self,
+        websocket: WebSocket,
+        sessions: SessionManager,
+        session: Session,
+        idle_timeout_s: float,
     ) -> None:
         self.websocket = websocket
         self.sessions = sessions
         self.session = session
-        self.max_bytes = max_bytes
+        self.idle_timeout_s = idle_timeout_s
         self.stepping = False
+        self.serving = False  # a frame is being answered: the connection is not idle
         self.closed_by_client = False
+        self.idle = False
 
     async def serve(self) -> None:
         inbox_in, inbox_out = anyio.create_memory_object_stream[str | bytes](READ_AHEAD)
@@ -82,10 +100,12 @@ class _Connection:
             if self.stepping and kernel is not None:
                 await kernel.interrupt()
             await self.sessions.close(self.session)
-            if self.closed_by_client:
+            if self.closed_by_client or self.idle:
+                reason = f"idle for {self.idle_timeout_s:g} s" if self.idle else None
+                code = IDLE_CLOSE_CODE if self.idle else status.WS_1000_NORMAL_CLOSURE
                 try:
-                    await self.websocket.close()
-                except (RuntimeError, WebSocketDisconnect):  # the client closed first
+                    await self.websocket.close(code=code, reason=reason)
+                except (RuntimeError, WebSocketDisconnect, OSError):  # the client closed first
                     pass
 
     async def _read(
@@ -94,7 +114,15 @@ class _Connection:
         # Runs beside the frame being served, so a disconnect is seen even mid-step.
         async with inbox:
             while True:
-                message = await self.websocket.receive()
+                with anyio.move_on_after(self.idle_timeout_s) as waiting:
+                    message = await self.websocket.receive()
+                if waiting.cancelled_caught:
+                    if self.serving:  # a long step is not idleness
+                        continue
+                    log.info("closing WebSocket session %s: idle", self.session.episode_id)
+                    self.idle = True
+                    scope.cancel()
+                    return
                 if message["type"] == "websocket.disconnect":
                     scope.cancel()  # cancels the step in flight; release() interrupts it
                     return
@@ -103,7 +131,12 @@ class _Connection:
     async def _serve_frames(self, inbox: MemoryObjectReceiveStream[str | bytes]) -> None:
         async with inbox:
             async for raw in inbox:
-                reply = await self._reply(raw)
+                self.serving = True
+                try:
+                    with self.sessions.using(self.session):
+                        reply = await self._reply(raw)
+                finally:
+                    self.serving = False
                 if reply is None:  # a close frame
                     self.closed_by_client = True
                     return
@@ -113,13 +146,7 @@ class _Connection:
                     return
 
     async def _reply(self, raw: str | bytes) -> tuple[str, dict[str, Any]] | None:
-        size = len(raw.encode() if isinstance(raw, str) else raw)
-        if size > self.max_bytes:
-            return "error", error_payload(
-                f"frame of {size} bytes exceeds the server's limit of {self.max_bytes} bytes",
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                max_message_bytes=self.max_bytes,
-            )
+        # Messages over max_message_bytes never get here: uvicorn closes with 1009 (ws_max_size).
         try:
             message = json.loads(raw)
         except ValueError as exc:

@@ -40,6 +40,11 @@ SOCKET_NAME = "tools.sock"
 FILES_DIR_NAME = "tool-files"
 # Largest request or reply line (a file's content travels in one).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Tool calls served at once per kernel; more connections get an error reply at once, so agent
+# code cannot pin MAX_MESSAGE_BYTES of host memory per connection without bound.
+MAX_CONCURRENT_CALLS = 8
+# How long a connection may take to send its request line (the stub sends it at once).
+REQUEST_LINE_TIMEOUT_S = 30.0
 # A recorded result longer than this (as JSON) is kept as a preview only.
 RECORDED_RESULT_CHARS = 4096
 # Unix socket paths are limited to 108 bytes by the kernel's sockaddr_un.
@@ -180,7 +185,17 @@ class ToolBridge:
         assert task is not None
         self._handlers.add(task)
         try:
-            line = await reader.readline()
+            if len(self._handlers) > MAX_CONCURRENT_CALLS:
+                writer.write(_refusal(
+                    f"more than {MAX_CONCURRENT_CALLS} tool calls at once; wait for one to end"
+                ))
+                await writer.drain()
+                return
+            try:
+                line = await asyncio.wait_for(reader.readline(), REQUEST_LINE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                log.warning("tool request line not sent within %g s", REQUEST_LINE_TIMEOUT_S)
+                return
             if not line:
                 return
             answer = asyncio.ensure_future(self._answer(line))
@@ -295,6 +310,10 @@ def tool_spec(tool: Tool) -> dict[str, Any]:
                 spec["default_repr"] = repr(param.default)
         parameters.append(spec)
     return {"name": tool.name, "description": tool.description, "parameters": parameters}
+
+
+def _refusal(message: str) -> bytes:
+    return json.dumps({"ok": False, "error_type": "ToolError", "error": message}).encode() + b"\n"
 
 
 def exception_spec(name: str, cls: type[BaseException]) -> dict[str, Any]:

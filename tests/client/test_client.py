@@ -14,9 +14,12 @@ from kernelenv.client.coding_env import websocket_url
 from kernelenv.server import ServerConfig, ServerThread
 
 
+TOKEN = "client-test-token"
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
-    with ServerThread(ServerConfig(port=0, pool_size=1)) as server:
+    with ServerThread(ServerConfig(port=0, pool_size=1, token=TOKEN)) as server:
         yield server
 
 
@@ -27,7 +30,7 @@ def test_websocket_url_follows_openenv():
 
 
 def test_sync_twin_works_in_plain_code(server):
-    with CodingEnv(base_url=server.base_url).sync() as env:
+    with CodingEnv(base_url=server.base_url, token=TOKEN).sync() as env:
         first = env.reset(episode_id="sync-1")
         assert first.observation.metadata["episode_id"] == "sync-1"
         env.step(CodeAction(code="total = sum(range(10))"))
@@ -39,7 +42,7 @@ def test_sync_twin_works_in_plain_code(server):
 def test_sync_twin_works_inside_a_running_event_loop(server):
     # What a Jupyter cell is: blocking calls made while the caller's loop runs.
     async def notebook_cell():
-        with CodingEnv(base_url=server.base_url).sync() as env:
+        with CodingEnv(base_url=server.base_url, token=TOKEN).sync() as env:
             env.reset()
             return env.step("6 * 7").observation.return_value
 
@@ -48,7 +51,7 @@ def test_sync_twin_works_inside_a_running_event_loop(server):
 
 @pytest.mark.anyio
 async def test_closing_a_client_leaves_an_existing_server_running(server):
-    async with CodingEnv(base_url=server.base_url) as env:
+    async with CodingEnv(base_url=server.base_url, token=TOKEN) as env:
         await env.reset()
     await env.close()  # a second close is harmless
     async with httpx.AsyncClient(base_url=server.base_url) as http:

@@ -123,7 +123,7 @@ async def test_server_killed_mid_episode_is_recovered(journaled_server, tmp_path
 
     launcher, base_url, journal_dir = journaled_server
     steps = ["import math\nr = 2", "print('area', round(math.pi * r * r, 3))", "r / 0", "r + 40"]
-    client = CodingEnv(base_url=base_url)
+    client = CodingEnv(base_url=base_url, token=launcher.token)
     try:
         await client.connect()
         await client.reset(seed=5)
@@ -131,7 +131,8 @@ async def test_server_killed_mid_episode_is_recovered(journaled_server, tmp_path
             result = await client.step(CodeAction(code=code))
         episode_id = result.observation.metadata["episode_id"]
         # The live episode is served as a notebook too.
-        async with httpx.AsyncClient(base_url=base_url) as http:
+        auth = {"Authorization": f"Bearer {launcher.token}"}
+        async with httpx.AsyncClient(base_url=base_url, headers=auth) as http:
             reply = await http.get(f"/episodes/{episode_id}.ipynb")
             missing = await http.get("/episodes/no-such-episode.ipynb")
             # An episode that has ended is served from the journal.

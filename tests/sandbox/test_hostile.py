@@ -411,7 +411,7 @@ async def test_a_sigkilled_server_leaves_no_kernel_behind():
     port = _free_port()
     server = subprocess.Popen(  # noqa: ASYNC220  (starting it does not block)
         [sys.executable, "-m", "kernelenv", "serve", "--port", str(port), "--pool-size", "2",
-         "--sandbox", "bwrap", "--log-level", "warning"],
+         "--sandbox", "bwrap", "--no-token", "--log-level", "warning"],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:

@@ -1,6 +1,7 @@
 """Drives a kernelenv server with OpenEnv's published clients; run with the `openenv` venv.
 
-Usage: python openenv_clients.py BASE_URL. Prints a JSON report of what the clients saw; the
+Usage: python openenv_clients.py BASE_URL [TOKEN]. The token goes in the ``headers`` that
+OpenEnv's ``EnvClient`` sends when it opens the WebSocket. Prints a JSON report of what the clients saw; the
 calling test asserts on it. Any exception makes the script fail with a traceback.
 """
 
@@ -54,8 +55,8 @@ class TypedCodingEnv(EnvClient[CodeAction, CodeObservation, CodeState]):
         return CodeState(**payload)
 
 
-async def drive_generic(base_url: str) -> dict[str, Any]:
-    async with GenericEnvClient(base_url=base_url) as env:
+async def drive_generic(base_url: str, headers: dict[str, str] | None) -> dict[str, Any]:
+    async with GenericEnvClient(base_url=base_url, headers=headers) as env:
         reset = await env.reset(episode_id="generic-episode", seed=5)
         await env.step({"code": "x = 20"})
         step = await env.step({"code": "print(x * 2)\nx + 1"})
@@ -76,8 +77,8 @@ async def drive_generic(base_url: str) -> dict[str, Any]:
     }
 
 
-def drive_typed(base_url: str) -> dict[str, Any]:
-    with TypedCodingEnv(base_url=base_url).sync() as env:
+def drive_typed(base_url: str, headers: dict[str, str] | None) -> dict[str, Any]:
+    with TypedCodingEnv(base_url=base_url, headers=headers).sync() as env:
         env.reset(episode_id="typed-episode")
         env.step(CodeAction(code="import math\nr = 2"))
         step = env.step(CodeAction(code="print(round(math.pi * r * r, 2))"))
@@ -94,7 +95,11 @@ def drive_typed(base_url: str) -> dict[str, Any]:
 
 def main() -> None:
     base_url = sys.argv[1]
-    report = {"generic": asyncio.run(drive_generic(base_url)), "typed": drive_typed(base_url)}
+    headers = {"Authorization": f"Bearer {sys.argv[2]}"} if len(sys.argv) > 2 else None
+    report = {
+        "generic": asyncio.run(drive_generic(base_url, headers)),
+        "typed": drive_typed(base_url, headers),
+    }
     print(json.dumps(report))
 
 

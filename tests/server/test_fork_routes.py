@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
-    with ServerThread(ServerConfig(port=0, pool_size=1, max_sessions=6)) as server:
+    with ServerThread(ServerConfig(port=0, pool_size=1, max_sessions=6, no_token=True)) as server:
         yield server
 
 

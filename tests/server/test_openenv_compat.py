@@ -2,6 +2,9 @@
 
 ``openenv`` is never a dependency of kernelenv: the test installs it into its own virtual
 environment, ``.venv-openenv`` at the repository root (gitignored), kept between runs.
+
+The clients send the server's token in the ``headers`` OpenEnv's ``EnvClient`` takes;
+``openenv validate`` cannot send one, so it checks a ``no_token`` server on loopback.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().parent / "openenv_clients.py"
 
 
+TOKEN = "openenv-compat-token"
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
-    with ServerThread(ServerConfig(port=0, pool_size=2)) as server:
+    with ServerThread(ServerConfig(port=0, pool_size=2, token=TOKEN)) as server:
         yield server
 
 
@@ -33,7 +39,7 @@ def run_in_openenv(openenv_python: Path, *args: str) -> subprocess.CompletedProc
 
 
 def test_openenv_clients_drive_the_server(openenv_python, server):
-    run = run_in_openenv(openenv_python, str(DRIVER), server.base_url)
+    run = run_in_openenv(openenv_python, str(DRIVER), server.base_url, TOKEN)
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
 
@@ -59,12 +65,19 @@ def test_openenv_clients_drive_the_server(openenv_python, server):
     assert server.app.state.sessions.active_count == 0
 
 
-def test_openenv_validate_passes(openenv_python, server):
+def test_openenv_clients_without_the_token_are_refused(openenv_python, server):
+    run = run_in_openenv(openenv_python, str(DRIVER), server.base_url)
+    assert run.returncode != 0 and "401" in run.stderr
+    assert server.app.state.sessions.active_count == 0
+
+
+def test_openenv_validate_passes(openenv_python):
     openenv_cli = openenv_python.parent / "openenv"
-    run = subprocess.run(
-        [str(openenv_cli), "validate", server.base_url, "--json"],
-        capture_output=True, text=True, timeout=180, cwd=REPO,
-    )
+    with ServerThread(ServerConfig(port=0, pool_size=0, no_token=True)) as server:
+        run = subprocess.run(
+            [str(openenv_cli), "validate", server.base_url, "--json"],
+            capture_output=True, text=True, timeout=180, cwd=REPO,
+        )
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(run.stdout)
     assert report["passed"] is True and report["mode"] == "simulation"

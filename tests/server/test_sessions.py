@@ -23,7 +23,9 @@ SESSIONS = 32
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
-    config = ServerConfig(port=0, pool_size=4, max_sessions=SESSIONS + 4, idle_timeout_s=1.0)
+    config = ServerConfig(
+        port=0, pool_size=4, max_sessions=SESSIONS + 4, idle_timeout_s=1.0, no_token=True
+    )
     with ServerThread(config) as server:
         yield server
 
@@ -73,7 +75,7 @@ async def test_many_sessions_are_isolated_and_health_answers_during_long_cells(s
 
 
 async def test_past_the_limit_capacity_reached_then_a_clean_close():
-    config = ServerConfig(port=0, pool_size=0, max_sessions=2)
+    config = ServerConfig(port=0, pool_size=0, max_sessions=2, no_token=True)
     with ServerThread(config) as server:
         async with CodingEnv(base_url=server.base_url) as a, \
                 CodingEnv(base_url=server.base_url) as b:

@@ -19,7 +19,7 @@ from kernelenv.wire import RICH_KEY
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
-    with ServerThread(ServerConfig(port=0, pool_size=3)) as server:
+    with ServerThread(ServerConfig(port=0, pool_size=3, no_token=True)) as server:
         yield server
 
 

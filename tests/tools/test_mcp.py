@@ -213,7 +213,7 @@ async def test_post_mcp_serves_the_same_tools_with_tasks_and_export():
     from kernelenv.server import ServerConfig, ServerThread
     from kernelenv.server.mcp_tools import TOOLS
 
-    with ServerThread(ServerConfig(port=0, pool_size=1)) as server:
+    with ServerThread(ServerConfig(port=0, pool_size=1, no_token=True)) as server:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
 
             async def call(name, **arguments):

@@ -153,6 +153,35 @@ async def test_a_slow_tool_call_is_interrupted_by_the_step_timeout(tool_env):
     assert len(cancelled) == 1 and cancelled[0]["tool"] == "slow_echo"
 
 
+async def test_unfinished_request_lines_cannot_pile_up_on_the_host(tool_env):
+    from kernelenv.tools.bridge import MAX_CONCURRENT_CALLS, SOCKET_NAME
+
+    await tool_env.reset()
+    bridge = tool_env._tool_bridge
+    path = str(tool_env.kernel.directory / "run" / SOCKET_NAME)
+    # Agent code opens many connections to the tool socket, each with half a request line.
+    opened = await tool_env.step(
+        "import socket\nheld = []\n"
+        "for _ in range(50):\n"
+        "    s = socket.socket(socket.AF_UNIX); s.connect(" + repr(path) + ")\n"
+        "    s.sendall(b'{\"tool\": \"echo\", ' + b'x' * 60000); held.append(s)\n"
+        "refused = 0\n"
+        "for s in held:\n"
+        "    s.settimeout(0.5)\n"
+        "    try:\n"
+        "        refused += b'at once' in s.recv(4096)\n"
+        "    except TimeoutError:\n"
+        "        pass\n"
+        "refused"
+    )
+    assert opened.error is None, opened.error
+    assert int(opened.return_value) == 50 - MAX_CONCURRENT_CALLS  # the rest got a refusal
+    assert len(bridge._handlers) <= MAX_CONCURRENT_CALLS
+    released = await tool_env.step("for s in held: s.close()\nheld.clear()")
+    assert released.error is None
+    assert (await tool_env.step("slow_echo('served')")).return_value == "'served'"
+
+
 async def test_tools_come_back_after_the_kernel_is_replaced(tool_env):
     await tool_env.reset()
     died = await tool_env.step("import os; os._exit(1)")

@@ -1,0 +1,247 @@
+"""Attacks on the server's resources: oversized and pipelined frames, slow request heads and
+bodies, budgets above the maximum, idle sockets, too many connections. Real servers on loopback."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import psutil
+import pytest
+from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from kernelenv.client.launchers import free_port
+from kernelenv.server import ServerConfig, ServerThread
+
+pytestmark = pytest.mark.anyio
+
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerThread]:
+    config = ServerConfig(
+        port=0, pool_size=1, no_token=True, max_message_bytes=MAX_MESSAGE_BYTES,
+        step_timeout_s=1.0, max_step_timeout_s=5.0, request_head_timeout_s=1.0,
+        websocket_idle_timeout_s=1.5,
+    )  # fmt: skip
+    with ServerThread(config) as server:
+        yield server
+
+
+def ws_url(server: ServerThread) -> str:
+    return server.base_url.replace("http", "ws") + "/ws"
+
+
+def wait_for_no_sessions(server: ServerThread) -> None:
+    deadline = time.monotonic() + 30
+    while server.app.state.sessions.active_count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.app.state.sessions.active_count == 0
+
+
+async def test_a_message_over_the_limit_closes_the_socket(server, server_sound):
+    async with connect(ws_url(server), max_size=None) as ws:
+        # Exactly the limit is served.
+        frame = {"type": "state", "pad": ""}
+        frame["pad"] = "x" * (MAX_MESSAGE_BYTES - len(json.dumps(frame)))
+        assert len(json.dumps(frame)) == MAX_MESSAGE_BYTES
+        await ws.send(json.dumps(frame))
+        assert json.loads(await ws.recv())["type"] == "state"
+        # One byte more closes the connection: the frame is never buffered whole.
+        frame["pad"] += "x"
+        await ws.send(json.dumps(frame))
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    wait_for_no_sessions(server)
+    server_sound(server.base_url)
+
+
+def test_pipelined_frames_are_not_read_ahead(server_sound):
+    """Connections pipeline 1 MiB frames behind a long step: the server stops reading each
+    socket after a few frames, so its memory stays bounded whatever the clients send."""
+    port, connections, frame_bytes, offered = free_port(), 6, 1 << 20, 48 << 20
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kernelenv", "serve", "--port", str(port), "--no-token",
+         "--pool-size", "2", "--no-journal", "--max-sessions", "8", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    sockets: list[socket.socket] = []
+    try:
+        _wait_healthy(base, process)
+        server = psutil.Process(process.pid)
+        before = server.memory_info().rss
+        accepted = []
+        for _ in range(connections):
+            sock, protocol = _open_raw_websocket(port)
+            sockets.append(sock)
+            _send_frame(sock, protocol, {"type": "reset", "data": {}})
+            _send_frame(sock, protocol, {"type": "step", "data": {
+                "code": "import time; time.sleep(60)", "timeout_s": 60}})
+            padding = {"type": "state", "pad": ""}
+            padding["pad"] = "x" * (frame_bytes - len(json.dumps(padding)))
+            protocol.send_text(json.dumps(padding).encode())
+            frame = b"".join(protocol.data_to_send())  # one masked frame, sent again and again
+            accepted.append(_send_until_refused(sock, frame, offered))
+        grown = server.memory_info().rss - before
+        assert all(sent < offered for sent in accepted), accepted  # each socket stopped being read
+        # Per connection: READ_AHEAD + 1 frames waiting, one being parsed, decoding copies (about
+        # 5 MiB measured). Reading 16 frames ahead, the server grew by about 120 MiB here.
+        bound = connections * 8 * frame_bytes
+        assert grown < bound, f"server grew by {grown >> 20} MiB (bound {bound >> 20} MiB)"
+    finally:
+        for sock in sockets:
+            sock.close()
+    try:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{base}/health").json()["active_sessions"]:
+            assert time.monotonic() < deadline, "sessions of closed sockets were not released"
+            time.sleep(0.1)
+        server_sound(base)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_slow_request_heads_are_disconnected(server, server_sound):
+    slow = []
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        sock.sendall(b"GET /health HT")  # half a request line, then nothing
+        slow.append(sock)
+    silent = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    slow.append(silent)
+    try:
+        # Meanwhile the server serves everyone else.
+        assert httpx.get(f"{server.base_url}/health").status_code == 200
+        for sock in slow:
+            assert sock.recv(1024) == b"", "the server should close a connection whose head stalls"
+    finally:
+        for sock in slow:
+            sock.close()
+    server_sound(server.base_url)
+
+
+def test_a_stalled_body_gets_a_408(server, server_sound):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(
+            b"POST /reset HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{\"seed\": "
+        )
+        reply = sock.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 408"), reply
+    assert "stalled" in reply
+    assert server.app.state.sessions.active_count == 0
+    server_sound(server.base_url)
+
+
+async def test_a_budget_above_the_maximum_is_cut_and_said(server, server_sound):
+    sleeper = "import time; time.sleep(30)"
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
+        episode_id = (await http.post("/reset", json={})).json()["episode_id"]
+        reply = await http.post("/step", json={
+            "episode_id": episode_id, "timeout_s": 1000, "action": {"code": sleeper}})
+        observation = reply.json()["observation"]
+        assert observation["exit_code"] == 124  # stopped at the server's maximum, not at 1000 s
+        assert observation["metadata"]["step_timeout_clamped"] == {
+            "requested_s": 1000.0, "max_step_timeout_s": 5.0}
+        await http.post("/close", json={"episode_id": episode_id})
+    async with connect(ws_url(server)) as ws:  # the same for a WebSocket step's own budget
+        await ws.send(json.dumps({"type": "reset", "data": {}}))
+        await ws.recv()
+        await ws.send(json.dumps({"type": "step", "data": {"code": sleeper, "timeout_s": 500}}))
+        metadata = json.loads(await ws.recv())["data"]["metadata"]
+        assert metadata["step_timeout_clamped"]["requested_s"] == 500.0
+        assert metadata["kernelenv"]["status"] == "timeout"
+    wait_for_no_sessions(server)
+    server_sound(server.base_url)
+
+
+async def test_an_idle_websocket_is_closed_but_a_long_step_is_not_idleness(server, server_sound):
+    async with connect(ws_url(server)) as ws:
+        await ws.send(json.dumps({"type": "reset", "data": {}}))
+        await ws.recv()
+        # A step longer than the idle timeout (within the step budget) is served.
+        await ws.send(json.dumps({"type": "step", "data": {
+            "code": "import time; time.sleep(3); 'done'", "timeout_s": 5}}))
+        reply = json.loads(await ws.recv())
+        assert reply["data"]["metadata"]["kernelenv"]["return_value"] == "'done'"
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()  # then nothing: the server closes the connection
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert "idle" in closed.value.rcvd.reason
+    wait_for_no_sessions(server)
+    server_sound(server.base_url)
+
+
+async def test_connections_past_the_limit_get_503(server_sound):
+    config = ServerConfig(port=0, pool_size=0, no_token=True, max_connections=3)
+    with ServerThread(config) as server:
+        url = ws_url(server)
+        async with connect(url), connect(url), connect(url):
+            async with httpx.AsyncClient(base_url=server.base_url) as http:
+                assert (await http.get("/health")).status_code == 503
+        wait_for_no_sessions(server)
+        server_sound(server.base_url)
+
+
+# -- raw WebSocket helpers ------------------------------------------------------------------
+
+
+def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "kernelenv serve exited"
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("kernelenv serve did not become healthy")
+
+
+def _open_raw_websocket(port: int) -> tuple[socket.socket, ClientProtocol]:
+    protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/ws"), max_size=None)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    protocol.send_request(protocol.connect())
+    sock.sendall(b"".join(protocol.data_to_send()))
+    while not any(isinstance(e, Response) for e in protocol.events_received()):
+        protocol.receive_data(sock.recv(65536))
+    return sock, protocol
+
+
+def _send_frame(sock: socket.socket, protocol: ClientProtocol, frame: dict) -> None:
+    protocol.send_text(json.dumps(frame).encode())
+    sock.sendall(b"".join(protocol.data_to_send()))
+
+
+def _send_until_refused(sock: socket.socket, frame: bytes, limit: int) -> int:
+    """Bytes the server's side took before it stopped reading (writes block for 3 s)."""
+    sock.setblocking(False)
+    sent = 0
+    view = memoryview(frame)
+    offset = 0
+    while sent < limit:
+        try:
+            n = sock.send(view[offset:])
+        except BlockingIOError:
+            _, writable, _ = select.select([], [sock], [], 3)
+            if not writable:
+                break
+            continue
+        sent += n
+        offset = (offset + n) % len(frame)
+    return sent
