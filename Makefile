@@ -6,12 +6,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
+# Virtual envs of peers the tests drive, kept apart from .venv (their pins differ): TRL with
+# torch's CPU build, and the MCP SDK's 2.x major. Made here rather than in the tests, so that
+# their install never counts against a test's time limit.
+PEERS = .venv-trl/.installed-trl-test .venv-mcp2/.installed-mcp2
+
 .PHONY: demo test bench system-deps clean
 
 demo: $(VENV)/.installed
 	$(BIN)/kernelenv demo
 
-test: system-deps $(VENV)/.installed-test
+test: system-deps $(VENV)/.installed-test $(PEERS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
@@ -28,6 +33,17 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+.venv-trl/.installed-trl-test: pyproject.toml
+	@bash scripts/make-venv.sh $(PYTHON) .venv-trl
+	.venv-trl/bin/pip install --quiet --disable-pip-version-check -e '.[trl-test]'
+	touch $@
+
+.venv-mcp2/.installed-mcp2: pyproject.toml
+	@bash scripts/make-venv.sh $(PYTHON) .venv-mcp2
+	.venv-mcp2/bin/pip install --quiet --disable-pip-version-check -e . 'mcp>=2,<3' \
+		pytest pytest-timeout psutil
 	touch $@
 
 clean:

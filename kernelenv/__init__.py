@@ -19,6 +19,7 @@ _EXPORTS = {
     "ErrorInfo": "models",
     "ExecutionResult": "models",
     "StepStatus": "models",
+    "OutputEvent": "models",
     "ReviewAction": "models",
     "Grade": "tasks.grading",
     "Task": "tasks.format",

@@ -17,6 +17,7 @@ from typing import Any
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kernelenv.demo", "run a demo episode on local kernels"),
     "tasks": ("kernelenv.tasks.cli", "list, show and validate the graded task notebooks"),
+    "eval": ("kernelenv.tasks.cli", "grade a file of completions, each in a fresh episode"),
     "serve": ("kernelenv.server.cli", "serve OpenEnv's WebSocket and HTTP protocol"),
     "bench": ("kernelenv.bench.command", "benchmark kernelenv beside its floor and its peers"),
     "replay": ("kernelenv.episodes.cli", "re-run a notebook in a fresh kernel, report divergences"),

@@ -8,6 +8,7 @@ import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from .models import (
     CodeAction,
     CodeObservation,
     CodeState,
+    OutputCallback,
     ReviewAction,
     StepRecord,
     Transform,
@@ -29,8 +31,9 @@ from .models import (
 from .runtime.kernel import Kernel
 from .runtime.outputs import DEFAULT_MAX_OUTPUT_BYTES, NOTEBOOK_STATE_TRUNCATED_KEY
 from .runtime.pool import KernelPool
+from .runtime.streaming import OutputSink, StepStream, run_streamed
 from .sync import SyncKernelEnv
-from .tasks.library import answer_key_dirs, default_library
+from .tasks.library import answer_key_dirs, as_library, default_library
 from .tasks.run import add_task_fields, grade_run, start_task, submit_review
 from .tools.registry import ToolRegistry
 
@@ -81,7 +84,8 @@ class KernelEnv:
         tools: Host-side tools defined as functions in every episode's kernel; their calls are
             recorded in ``metadata["tool_calls"]`` (see ``kernelenv.tools.registry``).
         journal: Records every episode durably as it happens (see ``kernelenv.episodes.journal``).
-        task_library: Where ``reset(task_id=...)`` finds tasks (default: the shipped library).
+        task_library: Where ``reset(task_id=...)`` finds tasks: a :class:`TaskLibrary` or a
+            folder of task notebooks (default: the shipped library).
         sandbox: Containment of the env's own pool's kernels (see ``kernelenv.sandbox.config``): a
             ``SandboxConfig`` or a level name; default the strongest level available.
     """
@@ -100,7 +104,7 @@ class KernelEnv:
         transform: Transform | None = None,
         tools: ToolRegistry | None = None,
         journal: Journal | None = None,
-        task_library: TaskLibrary | None = None,
+        task_library: TaskLibrary | str | os.PathLike[str] | None = None,
         sandbox: SandboxConfig | str | None = None,
     ) -> None:
         if step_timeout_s <= 0:
@@ -112,6 +116,7 @@ class KernelEnv:
             )
         if pool is not None and sandbox is not None:
             raise ValueError("pass sandbox to the KernelPool, not to an env that shares it")
+        task_library = as_library(task_library)
         self._own_pool = pool is None
         self.pool = (
             pool
@@ -217,7 +222,11 @@ class KernelEnv:
             return observation
 
     async def step(
-        self, action: CodeAction | ReviewAction | str, *, timeout_s: float | None = DEFAULT
+        self,
+        action: CodeAction | ReviewAction | str,
+        *,
+        timeout_s: float | None = DEFAULT,
+        on_output: OutputCallback | None = None,
     ) -> CodeObservation:
         """Run the action's code in the episode's kernel and return what happened.
 
@@ -229,11 +238,37 @@ class KernelEnv:
             action: A :class:`CodeAction` (or just the code as a string), or a
                 :class:`ReviewAction` submitted on a pr_review task (graded at once).
             timeout_s: This step's budget in seconds (default: the action's, else the env's).
+            on_output: Called with each :class:`~kernelenv.models.OutputEvent` of the cell as
+                it arrives, in order, all before this returns (a function or a coroutine
+                function). An exception it raises is raised once the step has ended.
 
         Raises:
             ResetNeeded: before the first :meth:`reset`.
             InvalidActionError: the action is not code.
         """
+        if on_output is None:
+            return await self._step(action, timeout_s, None)
+        return await run_streamed(partial(self._step, action, timeout_s), on_output)
+
+    def stream(
+        self, action: CodeAction | ReviewAction | str, *, timeout_s: float | None = DEFAULT
+    ) -> StepStream:
+        """Run a step and iterate over its output events as they arrive, then its observation.
+
+        Example:
+            >>> async for item in env.stream("for i in range(3): print(i); time.sleep(1)"):
+            ...     print(item)   # OutputEvent, OutputEvent, ..., then the CodeObservation
+
+        See :meth:`step` for the arguments and :class:`~kernelenv.runtime.streaming.StepStream`.
+        """
+        return StepStream(partial(self._step, action, timeout_s))
+
+    async def _step(
+        self,
+        action: CodeAction | ReviewAction | str,
+        timeout_s: float | None,
+        on_output: OutputSink | None,
+    ) -> CodeObservation:
         self._check_open()
         if isinstance(action, ReviewAction):
             return await self._submit_review(action)
@@ -271,6 +306,7 @@ class KernelEnv:
                 timeout_s=budget,
                 max_output_bytes=self.max_output_bytes,
                 interrupt_grace_s=self.interrupt_grace_s,
+                on_output=on_output,
             )
             observation = outcome.observation
             observation.kernel_restarted = restarted

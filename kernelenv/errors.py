@@ -15,6 +15,7 @@ Exceptions are for faults of the infrastructure and for misuse of the API::
     ├── InvalidActionError (ValueError)      the action is malformed
     ├── UnknownTaskError (LookupError)       no task has that id (suggests close names)
     ├── TaskFormatError (ValueError)         a task notebook is malformed, or its setup failed
+    ├── DatasetFormatError (ValueError)      a dataset file to import (or a completions file) is malformed
     ├── UnknownEpisodeError (LookupError)    no live episode has that id
     ├── InvalidEpisodeIdError (ValueError)   an episode id with characters or a length not allowed
     ├── ServerStartError (RuntimeError)      a server launched for a client did not start
@@ -90,6 +91,10 @@ class UnknownTaskError(KernelEnvError, LookupError):
 
 class TaskFormatError(KernelEnvError, ValueError):
     """A task notebook is malformed (roles, metadata), or its setup failed to run."""
+
+
+class DatasetFormatError(KernelEnvError, ValueError):
+    """A dataset file to import, or a completions file to grade, is malformed."""
 
 
 class UnknownEpisodeError(KernelEnvError, LookupError):

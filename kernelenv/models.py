@@ -18,10 +18,10 @@ exit code  status          meaning
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -173,6 +173,36 @@ class CodeObservation(BaseModel):
         )
 
 
+class OutputEvent(BaseModel):
+    """One output of a running step, delivered as it arrives (``step(..., on_output=...)``).
+
+    Events are a live preview, applied in order as a notebook applies IOPub messages; the
+    step's observation, which follows them, is the record. They stop (with a marker event)
+    once the step's streamed output reaches ``max_output_bytes``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["output", "clear_output", "update_display"] = Field(
+        description="'output': append `output`; 'clear_output': clear the cell's outputs "
+        "(with `wait`, just before the next output arrives); 'update_display': replace the "
+        "data of every output displayed with `display_id`."
+    )
+    output: dict[str, Any] | None = Field(
+        default=None,
+        description="An nbformat v4 output (stream, display_data, execute_result, error); for "
+        "'update_display' a display_data with the new data and metadata.",
+    )
+    display_id: str | None = Field(
+        default=None, description="The display id of a display_data or of an update."
+    )
+    wait: bool = Field(default=False, description="clear_output's wait flag.")
+
+
+# What ``step(..., on_output=...)`` takes: a plain function or a coroutine function of an event.
+OutputCallback = Callable[[OutputEvent], Awaitable[None] | None]
+
+
 def observation_summary(observation: CodeObservation) -> str:
     """A step's result as text: what a notebook user would read under the cell.
 
@@ -288,3 +318,15 @@ class StepRecord:
     observation: CodeObservation
     started_at: float
     ended_at: float
+
+
+def task_text(observation: CodeObservation) -> str:
+    """A task's prompt and the context entries it does not already quote."""
+    description = observation.task_description or ""
+    parts = [description] if description else []
+    parts += [
+        f"{key}:\n{value}"
+        for key, value in observation.task_context.items()
+        if value not in (None, "") and str(value) not in description
+    ]
+    return "\n\n".join(parts)

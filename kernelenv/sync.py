@@ -21,6 +21,7 @@ from .models import DEFAULT, CodeAction, CodeObservation, CodeState, Transform
 if TYPE_CHECKING:
     from nbformat import NotebookNode
 
+    from .models import OutputCallback
     from .tasks.grading import Grade
 
     # The env module builds its facade from this one, so it is named, not imported, here.
@@ -255,10 +256,14 @@ class SyncKernelEnv(BlockingTwin):
         return self._call(self.env.reset, seed=seed, episode_id=episode_id, **options)
 
     def step(
-        self, action: CodeAction | str, *, timeout_s: float | None = DEFAULT
+        self,
+        action: CodeAction | str,
+        *,
+        timeout_s: float | None = DEFAULT,
+        on_output: OutputCallback | None = None,
     ) -> CodeObservation:
-        """See :meth:`KernelEnv.step`."""
-        return self._call(self.env.step, action, timeout_s=timeout_s)
+        """See :meth:`KernelEnv.step` (``on_output`` runs on the facade's private loop thread)."""
+        return self._call(self.env.step, action, timeout_s=timeout_s, on_output=on_output)
 
     def fork(self, n: int = 1) -> list[SyncKernelEnv]:
         """See :meth:`KernelEnv.fork`. The children run on this twin's loop: close them

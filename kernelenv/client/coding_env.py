@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from ..errors import EnvClosedError, ServerError
-from ..models import Action, CodeAction, CodeObservation, CodeState
+from ..models import Action, CodeAction, CodeObservation, CodeState, OutputCallback, OutputEvent
 from ..sync import BlockingTwin
 from ..wire import observation_from_payload
 from .launchers import DockerLauncher, Launcher, LocalServerLauncher
@@ -204,6 +205,7 @@ class CodingEnv:
         *,
         timeout_s: float | None = None,
         request_id: str | None = None,
+        on_output: OutputCallback | None = None,
     ) -> StepResult:
         """Run code in the episode's kernel.
 
@@ -213,6 +215,9 @@ class CodingEnv:
             timeout_s: This step's budget (default: the action's, else the server's).
             request_id: Idempotency key: resending a step with the same id returns the
                 recorded observation instead of running the code twice.
+            on_output: Called with each :class:`~kernelenv.models.OutputEvent` as the server
+                streams it (a function or a coroutine function), all before this returns.
+                An exception it raises is raised once the step's reply has arrived.
         """
         if isinstance(action, str):
             action = CodeAction(code=action)
@@ -221,7 +226,10 @@ class CodingEnv:
             data["timeout_s"] = timeout_s
         if request_id is not None:
             data["request_id"] = request_id
-        return _step_result(await self._request({"type": "step", "data": data}))
+        if on_output is not None:
+            data["stream"] = True  # the server's opt-in extension: output frames first
+        frame = {"type": "step", "data": data}
+        return _step_result(await self._request(frame, on_output=on_output))
 
     async def state(self) -> CodeState:
         """The episode's state (episode_id, step_count, last_exit_code, ...)."""
@@ -267,9 +275,12 @@ class CodingEnv:
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
+    async def _request(
+        self, frame: dict[str, Any], *, on_output: OutputCallback | None = None
+    ) -> dict[str, Any]:
         if self._lock is None:
             self._lock = asyncio.Lock()
+        failures: list[Exception] = []
         async with self._lock:  # one reply per request, in order: one request at a time
             await self.connect()
             assert self._ws is not None
@@ -279,7 +290,11 @@ class CodingEnv:
                     # says why: recv below still returns it.
                     await self._ws.send(json.dumps(frame))
                 with anyio.fail_after(self.message_timeout_s):
-                    raw = await self._ws.recv()
+                    reply = json.loads(await self._ws.recv())
+                    # Streamed output frames come before the reply (only when asked for).
+                    while on_output is not None and reply.get("type") == "output":
+                        await _deliver(on_output, reply, failures)
+                        reply = json.loads(await self._ws.recv())
             except ConnectionClosed as exc:
                 self._ws = None
                 self._broken = f"the server closed the connection ({exc}); create a new client"
@@ -293,10 +308,12 @@ class CodingEnv:
                         f"no reply to {frame['type']} within {self.message_timeout_s:g} s"
                     ) from exc
                 raise
-        reply = json.loads(raw)
         if reply.get("type") == "error":
             data = reply.get("data") or {}
             raise ServerError(data.get("message", "unknown error"), data.get("code"))
+        if failures:
+            failures[0].add_note("raised by the on_output callback; the step ran to its end")
+            raise failures[0]
         return reply
 
     async def _abandon(self, why: str) -> None:
@@ -348,10 +365,15 @@ class SyncCodingEnv(BlockingTwin):
         *,
         timeout_s: float | None = None,
         request_id: str | None = None,
+        on_output: OutputCallback | None = None,
     ) -> StepResult:
-        """See :meth:`CodingEnv.step`."""
+        """See :meth:`CodingEnv.step` (``on_output`` runs on the twin's private loop thread)."""
         return self._call(
-            self.client.step, action, timeout_s=timeout_s, request_id=request_id
+            self.client.step,
+            action,
+            timeout_s=timeout_s,
+            request_id=request_id,
+            on_output=on_output,
         )
 
     def state(self) -> CodeState:
@@ -362,6 +384,21 @@ class SyncCodingEnv(BlockingTwin):
         """See :meth:`CodingEnv.mcp`."""
         return self._call(self.client.mcp, method, params)
 
+
+
+async def _deliver(
+    on_output: OutputCallback, frame: dict[str, Any], failures: list[Exception]
+) -> None:
+    """Hand one output frame to the callback; keep reading frames if it fails."""
+    if failures:
+        return
+    try:
+        event = OutputEvent.model_validate(frame.get("data") or {})
+        result = on_output(event)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:  # noqa: BLE001 - re-raised once the reply is in
+        failures.append(exc)
 
 
 def _step_result(reply: dict[str, Any]) -> StepResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 # Exit codes: 0 every cell matched, 1 some cell diverged, 2 the notebook could not be replayed.
 EXIT_MATCH = 0
@@ -71,6 +72,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
     from ..env import KernelEnv
     from ..errors import KernelEnvError
+    from ..sandbox.config import SandboxConfig
     from .compare import CompareOptions
     from .replay import Trajectory, replay_notebook
 
@@ -89,9 +91,17 @@ def run_replay(args: argparse.Namespace) -> int:
 
     options = CompareOptions(**{name: args.strict or getattr(args, name) for name in STRICT_FLAGS})
 
+    # A sandboxed kernel sees nothing of this machine's folders but its own: the folder it is
+    # to work in is shown to it read-only (unless it works in a copy).
+    readable = None
+    if not args.copy_cwd and args.cwd != "work":
+        folder = Path(args.notebook).parent if args.cwd == "notebook" else Path(args.cwd)
+        readable = SandboxConfig(extra_readable=(str(folder.resolve()),))
+
     async def main():
         # pool_size=0: one kernel started on demand, no spare started in the background.
-        async with KernelEnv(step_timeout_s=args.step_timeout, pool_size=0) as env:
+        env = KernelEnv(step_timeout_s=args.step_timeout, pool_size=0, sandbox=readable)
+        async with env:
             return await replay_notebook(
                 trajectory,
                 env,

@@ -49,7 +49,15 @@ from ..runtime.outputs import strip_ansi
 
 # (pattern, replacement) applied in order to every text compared, unless strict_text.
 NORMALISERS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"[^\s'\"]*?/kernelenv-[^/\s'\"]+/k\d+-[0-9a-f]{8}"), "<kernel-dir>"),
+    # A kernel's directory: a pool's kernel or a live fork (nested under its parent's), with
+    # or without the byte-budget mount (``fs``) that holds its working directory.
+    (
+        re.compile(
+            r"[^\s'\"]*?/kernelenv-[^/\s'\"]+/(?:k\d+-[0-9a-f]{8}|f[0-9a-f]{8})"
+            r"(?:/(?:fs|run)/f/f[0-9a-f]{8})*(?:/fs)?"
+        ),
+        "<kernel-dir>",
+    ),
     (re.compile(r"\b0x[0-9a-fA-F]{4,}\b"), "0x<address>"),
     (re.compile(r"\b(In|Out)\s?\[\d*\]"), r"\1[N]"),
     (re.compile(r"(?m)^(CPU times|Wall time):.*$"), r"\1: <time>"),

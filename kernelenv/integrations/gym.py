@@ -26,7 +26,7 @@ except ImportError as exc:  # an optional extra
     raise ImportError("kernelenv.integrations.gym needs Gymnasium: pip install 'kernelenv[gym]'") from exc
 
 from ..env import KernelEnv
-from ..models import CodeObservation, observation_summary
+from ..models import CodeObservation, observation_summary, task_text
 from ..sync import SyncKernelEnv
 
 ENV_ID = "kernelenv/Python-v0"
@@ -83,9 +83,7 @@ class KernelGymEnv(gymnasium.Env[str, str]):
         """
         super().reset(seed=seed)
         observation = self.kernel_env.reset(seed=seed, **(options or {}))
-        parts = [observation.task_description or ""]
-        parts += [f"{key}:\n{value}" for key, value in observation.task_context.items()]
-        self._last_text = self._fit("\n\n".join(part for part in parts if part))
+        self._last_text = self._fit(task_text(observation))
         info = {**_info(observation), "episode_id": self.kernel_env.state.episode_id}
         return self._last_text, info
 

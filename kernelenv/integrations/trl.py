@@ -19,17 +19,18 @@ is closed when the program exits.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ..env import Episode, KernelEnv
-from ..models import StepStatus, observation_summary
+from ..models import StepStatus, observation_summary, task_text
 from ..runtime.outputs import DEFAULT_MAX_OUTPUT_BYTES
 from ..runtime.pool import KernelPool
 from ..sync import PortalThread, close_now, close_when_collected
-from ..tasks.library import answer_key_dirs
+from ..tasks.library import TaskLibrary, answer_key_dirs, as_library
 
 RewardFunction = Callable[[Episode, dict[str, Any]], float]
 
@@ -48,6 +49,8 @@ class KernelEnvFactory:
         reward_fn: ``(episode, row) -> float`` replacing the default reward (see
             :meth:`KernelToolEnv.get_reward`).
         pool_options: Further keyword arguments of the pool (e.g. ``warmup_code``).
+        task_library: Where rows' ``task_id`` are found: a :class:`TaskLibrary` or a folder
+            of task notebooks (default: the shipped library).
     """
 
     def __init__(
@@ -59,12 +62,15 @@ class KernelEnvFactory:
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         reward_fn: RewardFunction | None = None,
         pool_options: dict[str, Any] | None = None,
+        task_library: TaskLibrary | str | os.PathLike[str] | None = None,
     ) -> None:
         self.step_timeout_s = step_timeout_s
         self.max_output_bytes = max_output_bytes
         self.reward_fn = reward_fn
+        self.task_library = as_library(task_library)
         # Task episodes: answer keys stay out of the agents' kernels.
-        pool_options = {"hidden_paths": [str(p) for p in answer_key_dirs()], **(pool_options or {})}
+        hidden = [str(p) for p in answer_key_dirs(self.task_library)]
+        pool_options = {"hidden_paths": hidden, **(pool_options or {})}
         if backend == "local":
             self.pool: Any = KernelPool(size=pool_size, **pool_options)
         elif backend == "ray":
@@ -101,6 +107,7 @@ class KernelEnvFactory:
             pool=self.pool,
             step_timeout_s=self.step_timeout_s,
             max_output_bytes=self.max_output_bytes,
+            task_library=self.task_library,
         )
         self._envs.add(env)
         return env
@@ -134,10 +141,10 @@ async def _close_envs_and_pool(envs: weakref.WeakSet[KernelEnv], pool: Any) -> N
 class KernelToolEnv:
     """One rollout's environment: a Python kernel the model drives through ``run_python``.
 
-    Rows with a ``task_id`` start that task of the task library: :meth:`reset` returns its
-    prompt and :meth:`get_reward` its grade. Other rows (their prompt already shown by TRL)
-    start a plain episode; an ``answer`` column, if present, is what the last call's output is
-    checked against.
+    The dataset columns it reads: ``task_id`` (a task of the factory's library: :meth:`reset`
+    returns its prompt and :meth:`get_reward` its grade), ``seed`` (seeds ``random`` in the
+    kernel) and ``answer`` (for rows without a task: what the last call's output is checked
+    against). ``prompt`` is TRL's own; every column reaches a factory's ``reward_fn``.
 
     Args:
         factory: The factory whose warm pool this environment uses (default: one shared
@@ -153,17 +160,15 @@ class KernelToolEnv:
         """Start a fresh episode for a dataset row (TRL passes the row's columns).
 
         Returns:
-            The task's prompt for a row with ``task_id``; None for a row whose prompt TRL
-            already shows (returned text is appended to the prompt, so it would show twice).
+            The task's prompt for a row with ``task_id``, after a blank line (TRL appends it
+            to the row's last user message); None for a row without a task.
         """
         self._row = dict(row)
         options = {"task_id": row["task_id"]} if row.get("task_id") else {}
         observation = self._factory.portal.call(self._env.reset, seed=row.get("seed"), **options)
         if observation.task_description is None:
             return None
-        parts = [observation.task_description]
-        parts += [f"{key}:\n{value}" for key, value in observation.task_context.items()]
-        return "\n\n".join(parts)
+        return "\n\n" + task_text(observation)
 
     def run_python(self, code: str) -> str:
         """Run Python code in a persistent Jupyter kernel and return what it printed.

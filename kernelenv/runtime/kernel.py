@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import itertools
 import logging
@@ -26,12 +27,29 @@ from jupyter_client.session import Session
 
 from ..errors import KernelCommunicationError, KernelStartError
 from ..models import CodeObservation, ErrorInfo, StepStatus
+from ..sandbox.episode_fs import EpisodeFS, episode_fs_problem
+from .limits import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ConnectionWatch,
+    LateBacklog,
+    limit_receiving,
+    lost_marker,
+)
 from .outputs import DEFAULT_MAX_OUTPUT_BYTES, OutputCollector, StepDisplays, status_from_reply
+from .streaming import OutputSink, OutputStreamer
 
 log = logging.getLogger(__name__)
 
 # How often a running step checks that the kernel process is still alive.
 LIVENESS_POLL_S = 0.1
+# How long after its reply a step waits for its IOPub idle before it probes for it: the idle
+# can be dropped (a kernel flooding IOPub past its queue), and the probe's own idle, which
+# the kernel publishes after everything of the cell, tells that nothing more will come.
+IDLE_OVERDUE_S = 1.0
+# How long a step start waits for a reconnected IOPub to be subscribed again.
+RESUBSCRIBE_TIMEOUT_S = 5.0
+# Messages read from IOPub before a step starts at most (the rest is read during the step).
+MAX_DRAIN_MESSAGES = 1000
 
 
 @dataclass
@@ -45,6 +63,8 @@ class StepOutcome:
     observation: CodeObservation
     kernel_lost: bool = False
     late_output: list[dict[str, Any]] = field(default_factory=list)
+    # Bytes of late output dropped past its limit (a marker item in late_output says so too).
+    late_output_dropped_bytes: int = 0
     displays: StepDisplays = field(default_factory=StepDisplays)
 
 
@@ -52,18 +72,28 @@ class Kernel:
     """A started, ready kernel with its client, its directory and its working directory.
 
     Each kernel owns ``directory`` (connection file and IPC sockets under ``run/``, the
-    episode's working directory under ``work/``), removed by :meth:`shutdown`.
+    episode's working directory under ``work/``, or under ``fs/work/`` when the episode has a
+    byte budget: a tmpfs also holding its /tmp and /dev/shm), removed by :meth:`shutdown`.
     """
 
     _counter = itertools.count(1)
 
-    def __init__(self, manager: AsyncKernelManager, directory: Path, kernel_id: str) -> None:
+    def __init__(
+        self,
+        manager: AsyncKernelManager,
+        directory: Path,
+        kernel_id: str,
+        fs: EpisodeFS | None = None,
+    ) -> None:
         self.manager = manager
         self.client = manager.client()
         self.directory = directory
         self.kernel_id = kernel_id
+        self.fs = fs
         self.started_at = time.monotonic()
-        self._late: list[dict[str, Any]] = []
+        self.max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
+        self._late = LateBacklog(DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_MESSAGE_BYTES)
+        self._watch: ConnectionWatch | None = None
         self._iopub_sync: zmq.Socket | None = None
         self._closed = False
         # Live forks that run inside this kernel's sandbox, and the kernel that hosts this one:
@@ -75,7 +105,7 @@ class Kernel:
     @property
     def work_dir(self) -> Path:
         """The kernel's current directory when it started (the episode's working directory)."""
-        return self.directory / "work"
+        return self.fs.work if self.fs is not None else self.directory / "work"
 
     @property
     def pid(self) -> int | None:
@@ -94,16 +124,36 @@ class Kernel:
         spec_manager: KernelSpecManager,
         start_timeout_s: float = 60.0,
         extra_env: dict[str, str] | None = None,
+        disk_budget_bytes: int | None = None,
+        disk_inodes: int = 65536,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> Kernel:
         """Start a kernel under ``root`` and wait until it is ready.
 
         Ready means a ``kernel_info_reply`` arrived and IOPub is proven connected (ipykernel 7
         sends ``iopub_welcome``), which is tighter than ``wait_for_ready()``'s polling.
+
+        With ``disk_budget_bytes``, the working directory, /tmp and /dev/shm of a sandboxed
+        kernel share one tmpfs of that size (and ``disk_inodes`` files), where this process may
+        mount one (a warning is logged once where it may not).
+
+        A message part larger than ``max_message_bytes`` from the kernel is dropped unread
+        (see :mod:`kernelenv.runtime.limits`).
         """
         kernel_id = f"k{next(cls._counter)}-{uuid.uuid4().hex[:8]}"
         directory = Path(root) / kernel_id
         (directory / "run").mkdir(parents=True)
-        (directory / "work").mkdir()
+        fs = None
+        if disk_budget_bytes is not None and episode_fs_problem() is None:
+            try:
+                fs = EpisodeFS(directory / "fs", disk_budget_bytes, disk_inodes).create()
+            except OSError as exc:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise KernelStartError(f"kernel {kernel_id}: no byte budget: {exc}") from exc
+        elif disk_budget_bytes is not None:
+            _warn_no_episode_fs()
+        if fs is None:
+            (directory / "work").mkdir()
         # Each kernel gets its own IPC path: kernels started together otherwise collide.
         manager = AsyncKernelManager(
             kernel_name=kernel_name,
@@ -112,12 +162,13 @@ class Kernel:
             ip=str(directory / "run" / "kernel"),
             connection_file=str(directory / "run" / "connection.json"),
         )
-        kernel = cls(manager, directory, kernel_id)
+        kernel = cls(manager, directory, kernel_id, fs)
+        kernel.max_message_bytes = max_message_bytes
 
         async def launch() -> None:
             env = {**os.environ, **(extra_env or {})}
             env.pop("JPY_SESSION_NAME", None)
-            await manager.start_kernel(cwd=str(directory / "work"), env=env)
+            await manager.start_kernel(cwd=str(kernel.work_dir), env=env)
             kernel.client = manager.client()
 
         await kernel._become_ready(launch, start_timeout_s)
@@ -125,10 +176,16 @@ class Kernel:
 
     @classmethod
     async def adopt(
-        cls, manager: AsyncKernelManager, directory: Path, kernel_id: str, timeout_s: float
+        cls,
+        manager: AsyncKernelManager,
+        directory: Path,
+        kernel_id: str,
+        timeout_s: float,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> Kernel:
         """A kernel that already runs (a live fork, see :mod:`.livefork`), once it is ready."""
         kernel = cls(manager, directory, kernel_id)
+        kernel.max_message_bytes = max_message_bytes
         await kernel._become_ready(None, timeout_s)
         return kernel
 
@@ -139,7 +196,7 @@ class Kernel:
         try:
             if launch is not None:
                 await launch()
-            self.client.start_channels()
+            self._connect(self.max_message_bytes)
             with anyio.fail_after(timeout_s):
                 await self._wait_ready()
         except BaseException as exc:
@@ -162,7 +219,7 @@ class Kernel:
             KernelCommunicationError: the kernel died, broke or did not answer in time.
         """
         run = _Run(self, OutputCollector(DEFAULT_MAX_OUTPUT_BYTES))
-        self._drain_late_nowait()
+        await self._drain_late()
         run.msg_id = self.client.execute(
             "", silent=True, store_history=False, user_expressions={"r": expression},
             allow_stdin=False,
@@ -175,6 +232,13 @@ class Kernel:
                 f"({'it died' if run.died else run.broken or 'timed out'})"
             )
         return run.reply.get("user_expressions", {}).get("r", {})
+
+    def _connect(self, max_message_bytes: int) -> None:
+        """Open the client's channels, bounded as :mod:`kernelenv.runtime.limits` says."""
+        self.max_message_bytes = self._late.max_message_bytes = max_message_bytes
+        limit_receiving(self.client.context, max_message_bytes)
+        self.client.start_channels()
+        self._watch = ConnectionWatch(self.client)
 
     async def _wait_ready(self) -> None:
         msg_id = self.client.kernel_info()
@@ -247,8 +311,7 @@ class Kernel:
             return
         if self._guests:
             self._shutdown_deferred = True
-            with contextlib.suppress(Exception):
-                self.client.stop_channels()
+            self._stop_channels()
             return
         self._closed = True
         host, self._host = self._host, None
@@ -260,10 +323,16 @@ class Kernel:
                 if host._shutdown_deferred and not host._guests:
                     await host.shutdown()
 
-    async def _stop(self) -> None:
+    def _stop_channels(self) -> None:
+        if self._watch is not None:
+            with contextlib.suppress(Exception):
+                self._watch.close()
         with contextlib.suppress(Exception):
             self.client.stop_channels()
         self._iopub_sync = None
+
+    async def _stop(self) -> None:
+        self._stop_channels()
         try:
             if self.manager.has_kernel:
                 await self.manager.shutdown_kernel(now=True)
@@ -275,6 +344,11 @@ class Kernel:
         # than leave it to garbage collection, which warns about it at an arbitrary moment.
         with contextlib.suppress(Exception):
             self.manager.context.destroy(linger=0)
+        if self.fs is not None:  # before rmtree, which cannot remove a mount point
+            try:
+                self.fs.close()
+            except OSError as exc:
+                log.warning("kernel %s: could not detach its files: %s", self.kernel_id, exc)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- running code -------------------------------------------------------------------
@@ -287,6 +361,7 @@ class Kernel:
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         interrupt_grace_s: float = 1.0,
         silent: bool = False,
+        on_output: OutputSink | None = None,
     ) -> StepOutcome:
         """Run ``code`` and collect its outputs into an observation.
 
@@ -294,12 +369,15 @@ class Kernel:
         request have arrived; they are read concurrently because they come in either order.
         Past ``timeout_s`` the kernel is interrupted; if it has not finished
         ``interrupt_grace_s`` later (code that ignores SIGINT, or is stuck in C), it is killed
-        and the outcome says the kernel is lost.
+        and the outcome says the kernel is lost. ``on_output`` gets the cell's outputs as
+        they arrive (see :mod:`kernelenv.runtime.streaming`); it must not block.
         """
         started = time.perf_counter()
         collector = OutputCollector(max_output_bytes)
-        run = _Run(self, collector)
-        self._drain_late_nowait()
+        streamer = OutputStreamer(on_output, max_output_bytes) if on_output is not None else None
+        run = _Run(self, collector, streamer)
+        self._late.limit_bytes = max_output_bytes
+        await self._drain_late()
         msg_id = self.client.execute(
             code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=False
         )
@@ -316,15 +394,35 @@ class Kernel:
         else:
             run.drain_nowait()
         duration = time.perf_counter() - started
+        outcome = await self._outcome(run, collector, duration, timed_out, interrupted_in_time,
+                                      timeout_s)
+        if run.output_lost and not run.died:
+            _report_lost(outcome.observation, self.max_message_bytes)
+        late, dropped, lost = self._late.take()
+        outcome.late_output, outcome.late_output_dropped_bytes = late, dropped
+        if dropped:
+            outcome.observation.metadata["late_output_dropped_bytes"] = dropped
+        if lost:
+            outcome.observation.metadata["late_output_lost"] = True
+        if dropped or lost:
+            outcome.observation.output_truncated = True
+        outcome.displays = collector.displays
+        return outcome
 
-        late = self._take_late()
-        displays = collector.displays
+    async def _outcome(
+        self,
+        run: _Run,
+        collector: OutputCollector,
+        duration: float,
+        timed_out: bool,
+        interrupted_in_time: bool,
+        timeout_s: float,
+    ) -> StepOutcome:
         if run.died:
-            return StepOutcome(self._died_observation(collector, duration), True, late, displays)
+            return StepOutcome(self._died_observation(collector, duration), True)
         if run.broken is not None:
             await self.kill()
-            observation = self._broken_observation(collector, duration, run.broken)
-            return StepOutcome(observation, True, late, displays)
+            return StepOutcome(self._broken_observation(collector, duration, run.broken), True)
         if timed_out:
             if not interrupted_in_time:
                 await self.kill()
@@ -341,17 +439,30 @@ class Kernel:
                 StepStatus.TIMEOUT, reply=run.reply, error=error, duration_s=duration
             )
             observation.metadata["kernel_replaced"] = not interrupted_in_time
-            return StepOutcome(observation, not interrupted_in_time, late, displays)
+            return StepOutcome(observation, not interrupted_in_time)
+        error = None
+        if run.reply is None:  # the shell connection dropped the reply (too large)
+            error = ErrorInfo(
+                ename="OutputLost",
+                evalue=f"The kernel's reply was larger than {self.max_message_bytes} bytes "
+                "and was dropped, so whether the cell succeeded is unknown.",
+            )
         observation = collector.to_observation(
-            status_from_reply(run.reply or {}), reply=run.reply, duration_s=duration
+            status_from_reply(run.reply or {}), reply=run.reply, error=error, duration_s=duration
         )
-        return StepOutcome(observation, False, late, displays)
+        return StepOutcome(observation, False)
 
     def _died_observation(self, collector: OutputCollector, duration: float) -> CodeObservation:
         code = self.exit_code()
         how = f" (exit code {code})" if code is not None else ""
         if code is not None and code < 0:
             how = f" (killed by signal {signal.Signals(-code).name})"
+        oom_killed = getattr(self.manager.provisioner, "oom_killed", lambda: False)()
+        if oom_killed:
+            how = (
+                " (killed: out of memory; the episode's memory limit counts every process and "
+                "its files in the working directory, /tmp and /dev/shm)"
+            )
         error = ErrorInfo(
             ename="KernelDied",
             evalue=f"The kernel process died{how} while running this cell. The episode's "
@@ -361,6 +472,8 @@ class Kernel:
             StepStatus.KERNEL_DIED, error=error, duration_s=duration
         )
         observation.metadata["kernel_exit_code"] = code
+        if oom_killed:
+            observation.metadata["out_of_memory"] = True
         return observation
 
     def _broken_observation(
@@ -376,42 +489,93 @@ class Kernel:
         return collector.to_observation(StepStatus.KERNEL_DIED, error=error, duration_s=duration)
 
     # Output written after a cell's idle (by background threads) cannot be attributed
-    # reliably; it is kept apart and reported with the next step as ``late_output``.
-    def _drain_late_nowait(self) -> None:
-        while True:
+    # reliably; it is kept apart (bounded, see LateBacklog) and reported with the next step
+    # as ``late_output``.
+    async def _drain_late(self) -> None:
+        """Read what IOPub queued since the last step; after a dropped connection, wait until
+        IOPub is subscribed again, so that the next cell's first outputs are not lost."""
+        resubscribe_by: float | None = None
+        for _ in range(MAX_DRAIN_MESSAGES):
+            if "iopub" in self.poll_connections():
+                self._late.note_lost()
+                resubscribe_by = time.monotonic() + RESUBSCRIBE_TIMEOUT_S
             try:
-                msg = self.recv_iopub_nowait()
-                if msg is None:
+                frames = self._recv_iopub_frames_nowait()
+            except zmq.ZMQError:
+                frames = None
+            if frames is None:
+                if resubscribe_by is None or time.monotonic() > resubscribe_by:
                     return
-                self._note_late(msg)
+                if not await self.is_alive():  # a dead kernel drops its connections too
+                    return
+                await anyio.sleep(LIVENESS_POLL_S / 10)
+                continue
+            try:
+                msg_type = self.receive_late(frames)
             except Exception as exc:  # unreadable leftovers of a previous cell: drop them
                 log.warning("kernel %s: dropped an unreadable message: %s", self.kernel_id, exc)
+                continue
+            if msg_type == "iopub_welcome":
+                resubscribe_by = None
 
-    def recv_iopub_nowait(self) -> dict[str, Any] | None:
-        """The next IOPub message if one is already queued, else None (never waits)."""
+    def poll_connections(self) -> list[str]:
+        """Channels whose connection libzmq dropped since the last poll, now replaced by new
+        sockets. No read may be pending on them (see :class:`ConnectionWatch`)."""
+        lost = self._watch.lost() if self._watch is not None else []
+        if lost:
+            assert self._watch is not None
+            self._iopub_sync = None
+            self._watch.reconnect(lost)
+        return lost
+
+    def _recv_iopub_frames_nowait(self) -> list[bytes] | None:
         if self._iopub_sync is None:
             # A blocking twin of the asyncio socket: a non-blocking read needs no event loop
             # round trip. Used only while no asyncio read is pending on the same socket.
             self._iopub_sync = zmq.Socket.shadow(self.client.iopub_channel.socket.underlying)
         try:
-            parts = self._iopub_sync.recv_multipart(flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
+            return self._iopub_sync.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
             return None
-        return decode_message(self.client.session, parts)
 
-    def _note_late(self, msg: dict[str, Any]) -> None:
-        if msg["msg_type"] in ("stream", "display_data", "error"):
-            self._late.append(
-                {
-                    "msg_type": msg["msg_type"],
-                    "parent_msg_id": msg["parent_header"].get("msg_id"),
-                    "content": msg["content"],
-                }
-            )
+    def receive_late(self, frames: list[bytes]) -> str:
+        """Keep an IOPub message that is not of the running cell in the late backlog.
 
-    def _take_late(self) -> list[dict[str, Any]]:
-        late, self._late = self._late, []
-        return late
+        A message that cannot fit is dropped unread (counted), so a flood costs no decoding.
+        Returns the message's type.
+        """
+        size = sum(len(frame) for frame in frames)
+        if not self._late.fits(size):
+            msg_type = peek_msg_type(self.client.session, frames)
+            self._late.drop(msg_type, size)
+            return msg_type
+        msg = decode_message(self.client.session, frames)
+        self._late.add(msg, size)
+        return msg["msg_type"]
+
+
+def peek_msg_type(session: Session, frames: list[bytes]) -> str:
+    """The type of a received message, read from its header alone (signature not checked)."""
+    _, frames = session.feed_identities(frames)
+    return str(session.unpack(frames[1]).get("msg_type", ""))
+
+
+def _report_lost(observation: CodeObservation, max_message_bytes: int) -> None:
+    """Say in the observation that a message of the step was dropped."""
+    marker = lost_marker(max_message_bytes)
+    observation.outputs.append({"output_type": "stream", "name": "stderr", "text": marker})
+    observation.stderr += marker
+    observation.output_truncated = True
+    observation.metadata["output_lost"] = True
+
+
+@functools.cache
+def _warn_no_episode_fs() -> None:
+    log.warning(
+        "episodes get no byte budget here (%s): their working directories are not capped, "
+        "only a sandbox's /tmp and /dev/shm are",
+        episode_fs_problem(),
+    )
 
 
 def decode_message(session: Session, frames: list[bytes]) -> dict[str, Any]:
@@ -451,20 +615,36 @@ def decode_message(session: Session, frames: list[bytes]) -> dict[str, Any]:
 class _Run:
     """The state of one execute request while its reply and idle are awaited."""
 
-    def __init__(self, kernel: Kernel, collector: OutputCollector) -> None:
+    def __init__(
+        self, kernel: Kernel, collector: OutputCollector, streamer: OutputStreamer | None = None
+    ) -> None:
         self.kernel = kernel
         self.collector = collector
+        self.streamer = streamer
         self.msg_id = ""
         self.reply: dict[str, Any] | None = None
+        self.replied_at: float | None = None
         self.idle = False
         self.died = False
         # Why a message could not be read, once one could not (agent code broke the
         # kernel's messaging): the step cannot finish normally.
         self.broken: str | None = None
+        # libzmq dropped a message of this step (too large, see runtime.limits), or the idle
+        # never came: output may be missing, and the observation says so.
+        self.shell_lost = False
+        self.iopub_lost = False
+        self.probes: set[str] = set()
+        self.probed_at: float | None = None
+        self.probe_answered = False
 
     @property
     def finished(self) -> bool:
-        return self.reply is not None and self.idle
+        replied = self.reply is not None or self.shell_lost
+        return replied and (self.idle or self.probe_answered)
+
+    @property
+    def output_lost(self) -> bool:
+        return self.shell_lost or self.iopub_lost or (self.probe_answered and not self.idle)
 
     async def wait(self) -> None:
         """Read shell and IOPub concurrently until both signals are in (or the kernel dies).
@@ -473,40 +653,70 @@ class _Run:
         path); the wait's timeout doubles as the liveness check interval.
         """
         client = self.kernel.client
-        shell_socket = client.shell_channel.socket
-        iopub_socket = client.iopub_channel.socket
         shell: asyncio.Future | None = None
         iopub: asyncio.Future | None = None
         try:
             while not self.finished and self.broken is None:
+                # The sockets are looked up each time: a lost connection replaces them.
                 if self.reply is None and shell is None:
-                    shell = shell_socket.recv_multipart()
+                    shell = client.shell_channel.socket.recv_multipart()
                 if not self.idle and iopub is None:
-                    iopub = iopub_socket.recv_multipart()
+                    iopub = client.iopub_channel.socket.recv_multipart()
                 waiting = [f for f in (shell, iopub) if f is not None]
                 done, _ = await asyncio.wait(
                     waiting, timeout=LIVENESS_POLL_S, return_when=asyncio.FIRST_COMPLETED
                 )
-                if not done:
-                    if not await self.kernel.is_alive():
-                        self.died = True
-                        return
-                    continue
                 if shell in done:
                     shell, frames = None, shell.result()
                     self._take_shell(frames)
                 if iopub in done:
                     iopub, frames = None, iopub.result()
                     self._take_iopub(frames)
+                if self.kernel._watch is not None and self.kernel._watch.lost():
+                    # The sockets are about to be replaced: no read may stay pending on them.
+                    self._settle(shell, self._take_shell)
+                    self._settle(iopub, self._take_iopub)
+                    shell = iopub = None
+                    self._check_connections()
+                if not done and not await self.kernel.is_alive():
+                    self.died = True
+                    return
+                self._probe_if_idle_overdue()
         finally:
             # On cancellation (the step's budget ran out) keep any message already received.
-            for future, take in ((shell, self._take_shell), (iopub, self._take_iopub)):
-                if future is None:
-                    continue
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    take(future.result())
-                else:
-                    future.cancel()
+            self._settle(shell, self._take_shell)
+            self._settle(iopub, self._take_iopub)
+
+    @staticmethod
+    def _settle(future: asyncio.Future | None, take: Any) -> None:
+        """Take the message of a finished read, or cancel a pending one."""
+        if future is None:
+            return
+        if future.done() and not future.cancelled() and future.exception() is None:
+            take(future.result())
+        else:
+            future.cancel()
+
+    def _check_connections(self) -> None:
+        for channel in self.kernel.poll_connections():
+            if channel == "iopub":
+                self.iopub_lost = True
+            elif channel == "shell":
+                self.shell_lost = True
+
+    def _probe_if_idle_overdue(self) -> None:
+        """Once the reply is in but the idle is not, ask for a kernel_info: its own status
+        messages come after everything the cell published, so they end the wait."""
+        if self.idle or self.probe_answered or (self.reply is None and not self.shell_lost):
+            return
+        now = time.monotonic()
+        if self.replied_at is None:
+            self.replied_at = now
+        overdue = self.iopub_lost or self.shell_lost or now - self.replied_at > IDLE_OVERDUE_S
+        # Probes sent before a reconnected IOPub is subscribed again are lost: repeat them.
+        if overdue and (self.probed_at is None or now - self.probed_at >= LIVENESS_POLL_S):
+            self.probes.add(self.kernel.client.kernel_info())
+            self.probed_at = now
 
     def _decode(self, frames: list[bytes]) -> dict[str, Any]:
         return decode_message(self.kernel.client.session, frames)
@@ -516,32 +726,54 @@ class _Run:
             msg = self._decode(frames)
             if msg["parent_header"].get("msg_id") == self.msg_id:
                 self.reply = dict(msg["content"])
+                self.replied_at = time.monotonic()
         except Exception as exc:
             self.broken = f"{type(exc).__name__}: {exc}"
 
     def _take_iopub(self, frames: list[bytes]) -> None:
         try:
-            self._take(self._decode(frames))
+            # Past the late backlog's room, a message that is not ours (probably another
+            # cell's flood) is judged by its parent alone and dropped unread.
+            session = self.kernel.client.session
+            if not self.kernel._late.fits(sum(len(frame) for frame in frames)) and (
+                _parent_msg_id(session, frames) not in (self.msg_id, *self.probes)
+            ):
+                self.kernel.receive_late(frames)
+                return
+            self._take(self._decode(frames), frames)
         except Exception as exc:
             self.broken = f"{type(exc).__name__}: {exc}"
 
-    def _take(self, msg: dict[str, Any]) -> None:
-        if msg["parent_header"].get("msg_id") != self.msg_id:
-            self.kernel._note_late(msg)
+    def _take(self, msg: dict[str, Any], frames: list[bytes]) -> None:
+        parent = msg["parent_header"].get("msg_id")
+        if parent in self.probes:
+            if msg["msg_type"] == "status":
+                self.probe_answered = True
+        elif parent != self.msg_id:
+            self.kernel._late.add(msg, sum(len(frame) for frame in frames))
         elif msg["msg_type"] == "status":
             if msg["content"].get("execution_state") == "idle":
                 self.idle = True
         else:
             self.collector.feed(msg)
+            if self.streamer is not None:
+                self.streamer.feed(msg)
 
     def drain_nowait(self) -> None:
-        """Take IOPub messages that are already queued, without waiting."""
-        while self.broken is None:
+        """Take IOPub messages that are already queued, without waiting (a bounded number:
+        a flooding thread must not keep the step from ending)."""
+        for _ in range(MAX_DRAIN_MESSAGES):
+            if self.broken is not None:
+                return
             try:
-                msg = self.kernel.recv_iopub_nowait()
-                if msg is None:
+                frames = self.kernel._recv_iopub_frames_nowait()
+                if frames is None:
                     return
-                self._take(msg)
+                self._take_iopub(frames)
             except Exception as exc:
                 self.broken = f"{type(exc).__name__}: {exc}"
 
+
+def _parent_msg_id(session: Session, frames: list[bytes]) -> str | None:
+    _, frames = session.feed_identities(frames)
+    return session.unpack(frames[2]).get("msg_id")

@@ -46,7 +46,7 @@ from ..errors import ForkError, KernelStartError
 from ..sandbox.cgroup import pid_alive
 
 if TYPE_CHECKING:
-    from ..sandbox.cgroup import PidsCgroup
+    from ..sandbox.cgroup import EpisodeCgroup
     from .kernel import Kernel
 
 # -- kernel side -----------------------------------------------------------------------------
@@ -313,18 +313,23 @@ class ForkedProcess:
 class AdoptedProvisioner(LocalProvisioner):  # type: ignore[misc]
     """jupyter_client's view of a kernel that already runs (a live fork): managed by pid.
 
-    A fork has no command to relaunch, so a restart is refused; its pids cgroup (when the
-    parent had one) is killed and removed with it.
+    A fork has no command to relaunch, so a restart is refused; its cgroups (when the
+    parent had them) are killed and removed with it.
     """
 
-    cgroup: PidsCgroup | None = None
+    cgroup: EpisodeCgroup | None = None
+
+    def oom_killed(self) -> bool:
+        """Whether the fork's memory limit has killed one of its processes."""
+        return self.cgroup is not None and self.cgroup.oom_kills() > 0
 
     @classmethod
     def adopt(
-        cls, manager: AsyncKernelManager, pid: int, cgroup: PidsCgroup | None
+        cls, manager: AsyncKernelManager, pid: int, cgroup: EpisodeCgroup | None
     ) -> AdoptedProvisioner:
-        provisioner = cls(kernel_id=manager.kernel_id or "", kernel_spec=manager.kernel_spec,
-                          parent=manager)
+        provisioner = cls(
+            kernel_id=manager.kernel_id or "", kernel_spec=manager.kernel_spec, parent=manager
+        )
         provisioner.process = ForkedProcess(pid)
         provisioner.pid = provisioner.pgid = pid  # the fork called setsid()
         provisioner.connection_info = manager.get_connection_info()
@@ -363,18 +368,20 @@ async def fork_kernel(
     *,
     base: Path,
     max_processes: int | None = None,
+    memory_bytes: int | None = None,
     timeout_s: float = 30.0,
 ) -> list[Kernel]:
     """Fork ``parent`` ``n`` times; returns the children, started and ready.
 
     Each child gets ``base/<id>/run`` (connection file, IPC sockets) and ``base/<id>/work``, a
-    copy of the parent's working directory, where it starts. With ``max_processes`` each child
-    gets a pids cgroup of its own (it starts in its parent's).
+    copy of the parent's working directory, where it starts. With ``max_processes`` or
+    ``memory_bytes`` each child gets cgroups of its own (it starts in its parent's) capping its
+    processes and its memory.
 
     Raises:
         ForkError: the kernel refused (threads, child processes) or a child did not start.
     """
-    from ..sandbox.cgroup import PidsCgroup, cgroup_parent
+    from ..sandbox.cgroup import EpisodeCgroup, cgroup_parent, memory_cgroup_parent
     from .kernel import Kernel
 
     prepared = []
@@ -407,7 +414,9 @@ async def fork_kernel(
         )
         reply = await parent.evaluate(expression, timeout_s=timeout_s)
         if reply.get("status") != "ok":
-            raise ForkError(f"the kernel could not fork: {reply.get('ename')}: {reply.get('evalue')}")
+            raise ForkError(
+                f"the kernel could not fork: {reply.get('ename')}: {reply.get('evalue')}"
+            )
         result = ast.literal_eval(reply["data"]["text/plain"])
         if "refused" in result:
             raise ForkError(f"this episode cannot be forked faithfully: {result['refused']}")
@@ -420,9 +429,17 @@ async def fork_kernel(
             host_pid = struct.unpack("3i", credentials)[0]  # the pid in *our* namespace
             connection.close()
             cgroup = None
-            if max_processes is not None and cgroup_parent() is not None:
-                cgroup = PidsCgroup(kernel_id, max_processes)
-                cgroup.procs_file.write_text(str(host_pid))  # moves every thread of it
+            pids_parent = cgroup_parent() if max_processes is not None else None
+            memory_parent = memory_cgroup_parent() if memory_bytes is not None else None
+            if pids_parent is not None or memory_parent is not None:
+                cgroup = EpisodeCgroup(
+                    kernel_id,
+                    max_processes=max_processes,
+                    memory_bytes=memory_bytes,
+                    pids_parent=pids_parent,
+                    memory_parent=memory_parent,
+                )
+                cgroup.add(host_pid)  # moves every thread of it
             manager.provisioner = AdoptedProvisioner.adopt(manager, host_pid, cgroup)
             children.append(await Kernel.adopt(manager, directory, kernel_id, timeout_s))
         return children

@@ -179,7 +179,14 @@ class OutputCollector:
             )
 
     def _update_display(self, display_id: str, content: dict[str, Any]) -> None:
-        for index in self.displays.locations.get(display_id, []):
+        indexes = self.displays.locations.get(display_id, [])
+        # An update rewrites every output of its id: it counts against the cap like new output.
+        growth = sum(_bundle_size(content) - _bundle_size(self.outputs[i]) for i in indexes)
+        if growth > self._room():
+            self._mark_truncated()
+            return
+        self._bytes += growth
+        for index in indexes:
             self.outputs[index]["data"] = dict(content.get("data") or {})
             self.outputs[index]["metadata"] = dict(content.get("metadata") or {})
 

@@ -13,17 +13,20 @@ import tempfile
 import weakref
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ..errors import EnvClosedError, KernelStartError, PoolExhaustedError
 from ..sandbox.cgroup import pid_alive, reap_stale_cgroups
-from ..sandbox.config import SandboxConfig, as_sandbox_config
-from ..sandbox.kernelspec import KERNEL_NAME, kernel_spec, write_kernel_spec
+from ..sandbox.config import SandboxConfig, as_sandbox_config, scrub_env
+from ..sandbox.episode_fs import reap_stale_mounts
+from ..sandbox.kernelspec import AGENT_KERNEL_ARGS, KERNEL_NAME, kernel_spec, write_kernel_spec
+from ..sandbox.template_provisioner import template_problem
 from .kernel import Kernel
 from .livefork import become_subreaper, fork_kernel
+from .template_host import KernelTemplate
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,10 @@ ROOT_PREFIX = "kernelenv-"
 # Kernel starts that may fail in a row before acquire() raises instead of waiting on.
 MAX_START_FAILURES = 3
 OWNER_FILE = "owner.pid"
+# Template starts that may fail in a row before the pool stops trying and stays cold.
+MAX_TEMPLATE_FAILURES = 3
+
+LaunchMode = Literal["template", "cold"]
 
 
 class KernelPool:
@@ -51,6 +58,11 @@ class KernelPool:
         sandbox: Containment of the kernels: a :class:`~kernelenv.sandbox.config.SandboxConfig`, a
             level name (``auto``, ``bwrap``, ``limits``, ``none``) or None for the default,
             the strongest level this machine supports (a fallback warns).
+        hidden_paths: Directories a bwrap kernel sees empty (besides the pool's own root).
+        launch: ``template``: kernels are forked from a template process that has
+            done the imports, IPython's start-up and ``warmup_code`` once (a fresh kernel in
+            tens of ms); ``bwrap`` kernels always start cold. ``cold``: every kernel boots
+            its own interpreter (about half a CPU-second each).
     """
 
     def __init__(
@@ -65,9 +77,12 @@ class KernelPool:
         root_dir: str | os.PathLike[str] | None = None,
         sandbox: SandboxConfig | str | None = None,
         hidden_paths: Sequence[str | os.PathLike[str]] = (),
+        launch: LaunchMode = "cold",
     ) -> None:
         if size < 0:
             raise ValueError(f"pool size must be >= 0, got {size}")
+        if launch not in ("template", "cold"):
+            raise ValueError(f"launch must be 'template' or 'cold', not {launch!r}")
         self.size = size
         self.python = python or sys.executable
         self.start_timeout_s = start_timeout_s
@@ -91,6 +106,17 @@ class KernelPool:
         self._last_start_error: KernelStartError | None = None
         self._closed = False
         self._finalizer: weakref.finalize | None = None
+        # Templates serve levels none and limits (see the README for why bwrap starts cold).
+        problem = template_problem(self.sandbox) if launch == "template" else None
+        if problem is not None:
+            (log.info if self.sandbox.level == "bwrap" else log.warning)(
+                "kernel templates not used: %s", problem
+            )
+        self.launch: LaunchMode = "cold" if problem is not None else launch
+        self._template: KernelTemplate | None = None
+        self._template_task: asyncio.Task[None] | None = None
+        self._template_failures = 0
+        self._template_was_ready = False
 
     # -- properties -----------------------------------------------------------------------
 
@@ -103,6 +129,11 @@ class KernelPool:
     def starting_count(self) -> int:
         """Kernels being started right now."""
         return self._starting
+
+    @property
+    def template(self) -> KernelTemplate | None:
+        """The template kernels are forked from (None with ``launch="cold"``)."""
+        return self._template
 
     @property
     def kernels_dir(self) -> Path:
@@ -141,23 +172,36 @@ class KernelPool:
         reap_stale_cgroups()
         self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=self._root_parent))
         (self.root / OWNER_FILE).write_text(str(os.getpid()))
-        self.write_spec(
-            kernel_spec(
-                python=self.python,
-                extra_env=self.extra_env,
-                sandbox=self.sandbox,
-                # Neighbouring episodes, answer keys, and whatever the owner adds.
-                hidden_paths=[
-                    str(p) for p in (self.root, *self.hidden_paths)
-                    if p.is_dir()
-                ],
-            )
+        spec = kernel_spec(
+            python=self.python,
+            extra_env=self.extra_env,
+            sandbox=self.sandbox,
+            # Neighbouring episodes, answer keys, and whatever the owner adds.
+            hidden_paths=[
+                str(p) for p in (self.root, *self.hidden_paths)
+                if p.is_dir()
+            ],
+            template_socket=(
+                str(self.root / "template" / "template.sock") if self.launch == "template" else None
+            ),
         )
+        self.write_spec(spec)
+        if self.launch == "template":
+            env = {**os.environ, **spec["env"]}
+            env.pop("JPY_SESSION_NAME", None)
+            if self.sandbox.level != "none":
+                env = scrub_env(env, self.sandbox.secret_env_patterns)
+            self._template = KernelTemplate(
+                self.root / "template", python=self.python, kernel_args=AGENT_KERNEL_ARGS,
+                env=env, warmup_code=self.warmup_code,
+            )  # fmt: skip
         self._spec_manager = KernelSpecManager(kernel_dirs=[str(self.root / "kernelspecs")])
         self._ready = asyncio.Queue()
         self._start_slots = asyncio.Semaphore(self.max_concurrent_starts)
         # If the program exits without closing the pool, still kill kernels and remove files.
-        self._finalizer = weakref.finalize(self, _emergency_cleanup, self.root, self._live)
+        self._finalizer = weakref.finalize(
+            self, _emergency_cleanup, self.root, self._live, self._template
+        )
 
     def write_spec(self, spec: dict) -> None:
         """(Re)write the kernelspec kernels of this pool are started from."""
@@ -212,8 +256,8 @@ class KernelPool:
         """Fork a live kernel of this pool ``n`` times (see :mod:`kernelenv.runtime.livefork`).
 
         The children are this pool's kernels (released and cleaned up like any other) and keep
-        its containment: they inherit the parent's resource limits and, with a pids cgroup,
-        each gets its own. Under bubblewrap a child lives in its parent's sandbox (its files
+        its containment: they inherit the parent's resource limits and, with pids and memory
+        cgroups, each gets its own. Under bubblewrap a child lives in its parent's sandbox (its files
         under the parent's directory), so the parent's kernel is kept until its last child
         is released.
 
@@ -224,14 +268,24 @@ class KernelPool:
         if self._closed or self.root is None:
             raise EnvClosedError("this KernelPool is closed")
         _become_subreaper()
-        nested = self.sandbox.level == "bwrap"
-        base = kernel.directory / "run" / "f" if nested else self.root
+        # A child lives where its parent can write: in the parent's byte budget when it has
+        # one (bound in its sandbox, writable under Landlock; the family shares the budget),
+        # else in the parent's socket directory under bubblewrap (short names: IPC paths must
+        # fit in 107 bytes).
+        if kernel.fs is not None:
+            base, nested = kernel.fs.root / "f", True
+        elif self.sandbox.level == "bwrap":
+            base, nested = kernel.directory / "run" / "f", True
+        else:
+            base, nested = self.root, False
         limited = self.sandbox.level != "none"
+        memory_mb = self.sandbox.episode_memory_mb if limited else None
         children = await fork_kernel(
             kernel,
             n,
             base=base,
             max_processes=self.sandbox.max_processes if limited else None,
+            memory_bytes=memory_mb * 1024 * 1024 if memory_mb is not None else None,
             timeout_s=timeout_s,
         )
         self._live.update(children)
@@ -264,6 +318,13 @@ class KernelPool:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await asyncio.gather(*(k.shutdown() for k in list(self._live)), return_exceptions=True)
             self._live.clear()
+            if self._template_task is not None:
+                self._template_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._template_task
+            if self._template is not None:
+                await self._template.aclose()
+            reap_stale_mounts(self.root)  # any a failed shutdown left
             shutil.rmtree(self.root, ignore_errors=True)
             if self._finalizer is not None:
                 self._finalizer.detach()
@@ -273,6 +334,7 @@ class KernelPool:
     def _refill(self) -> None:
         if self._closed or self._ready is None:
             return
+        self._ensure_template()
         # Kernels for waiting callers come first: refilling to ``size`` at the same time would
         # halve the CPU of the starts they wait for (a drained reset took 1.6x a cold start).
         # acquire() refills once it has its kernel.
@@ -281,18 +343,59 @@ class KernelPool:
             self._starting += 1
             self._spawn(self._start_one(), name="kernelenv-start")
 
+    def _ensure_template(self) -> None:
+        """Start the template, or restart it if it died (kernels start cold meanwhile)."""
+        template = self._template
+        if template is None or template.alive:
+            return
+        if self._template_task is not None and not self._template_task.done():
+            return
+        if self._template_failures >= MAX_TEMPLATE_FAILURES:
+            return
+        if template.process is not None:  # it ran, and died
+            log.warning(
+                "kernel template died (exit code %s); restarting it, kernels start cold "
+                "(~0.5 s each) until it is back", template.exit_code,
+            )  # fmt: skip
+        self._template_task = asyncio.get_running_loop().create_task(
+            self._start_template(template), name="kernelenv-template"
+        )
+
+    async def _start_template(self, template: KernelTemplate) -> None:
+        await template.aclose()  # a dead one's socket file
+        try:
+            await template.start(timeout_s=self.start_timeout_s)
+        except Exception as exc:  # noqa: BLE001  (any failure: kernels start cold, loudly)
+            self._template_failures += 1
+            give_up = self._template_failures >= MAX_TEMPLATE_FAILURES
+            log.warning("kernel template failed to start (%s)%s", exc,
+                        "; giving up: kernels start cold" if give_up else "")  # fmt: skip
+            return
+        self._template_failures = 0
+        self._template_was_ready = True
+
+    async def _wait_first_template(self) -> None:
+        """Until the first template is up, wait for it (it takes about one cold start); after
+        a template died, kernels start cold instead of waiting for its replacement."""
+        task = self._template_task
+        if task is not None and not task.done() and not self._template_was_ready:
+            await asyncio.wait([task])
+
     async def _start_one(self) -> None:
         assert self._start_slots is not None and self._ready is not None and self.root
         try:
             async with self._start_slots:
+                await self._wait_first_template()
                 kernel = await Kernel.start(
                     root=self.root,
                     kernel_name=self.kernel_name,
                     spec_manager=self.spec_manager,
                     start_timeout_s=self.start_timeout_s,
+                    disk_budget_bytes=self._disk_budget_bytes(),
+                    disk_inodes=self.sandbox.episode_inodes,
                 )
                 self._live.add(kernel)
-                if self.warmup_code:
+                if self.warmup_code and not _forked(kernel):  # a template ran it already
                     await kernel.execute(self.warmup_code, timeout_s=self.start_timeout_s, silent=True)
         except KernelStartError as exc:
             self._start_failures += 1
@@ -307,14 +410,26 @@ class KernelPool:
         else:
             self._ready.put_nowait(kernel)
 
+    def _disk_budget_bytes(self) -> int | None:
+        if self.sandbox.level == "none" or self.sandbox.episode_disk_mb is None:
+            return None
+        return self.sandbox.episode_disk_mb * 1024 * 1024
+
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
 
-def _emergency_cleanup(root: Path, live: set[Kernel]) -> None:
+def _forked(kernel: Kernel) -> bool:
+    """Whether ``kernel`` was forked from a template (rather than started cold)."""
+    return getattr(kernel.manager.provisioner, "forked", False)
+
+
+def _emergency_cleanup(root: Path, live: set[Kernel], template: KernelTemplate | None) -> None:
     """At interpreter exit: kill what is left and remove the pool's directory (no event loop)."""
+    if template is not None:  # its kernels die with it
+        template.kill_now()
     for kernel in list(live):
         kill_now = getattr(kernel.manager.provisioner, "kill_now", None)
         if kill_now is not None:  # a sandboxed kernel: also its detached processes
@@ -325,6 +440,8 @@ def _emergency_cleanup(root: Path, live: set[Kernel]) -> None:
         if pid:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)  # jupyter_client starts kernels in a new session
+    with contextlib.suppress(OSError):
+        reap_stale_mounts(root)  # episodes' byte budgets: rmtree cannot remove mount points
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -337,6 +454,7 @@ def reap_stale_roots(parent: str | os.PathLike[str] | None = None) -> list[Path]
         except (OSError, ValueError):
             continue
         if owner != os.getpid() and not pid_alive(owner):
+            reap_stale_mounts(root)  # before rmtree, which cannot remove a mount point
             shutil.rmtree(root, ignore_errors=True)
             removed.append(root)
     return removed

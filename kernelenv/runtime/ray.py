@@ -31,6 +31,7 @@ from ..models import ErrorInfo, StepStatus
 from .kernel import Kernel, StepOutcome
 from .outputs import DEFAULT_MAX_OUTPUT_BYTES, OutputCollector
 from .pool import KernelPool
+from .streaming import OutputSink, events_of_outputs
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,12 @@ class RemoteKernel:
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         interrupt_grace_s: float = 1.0,
         silent: bool = False,
+        on_output: OutputSink | None = None,
     ) -> StepOutcome:
-        """Run ``code`` on the actor's kernel (see :meth:`Kernel.execute`)."""
+        """Run ``code`` on the actor's kernel (see :meth:`Kernel.execute`).
+
+        Outputs do not stream across Ray: ``on_output`` gets them when the step has ended.
+        """
         options = {
             "timeout_s": timeout_s,
             "max_output_bytes": max_output_bytes,
@@ -176,6 +181,9 @@ class RemoteKernel:
             self.pool.host_lost(self.host, "stopped answering")
             return self._lost_outcome("stopped answering", time.perf_counter() - started)
         outcome.observation.metadata.setdefault("node_id", self.node_id)
+        if on_output is not None:
+            for event in events_of_outputs(outcome.observation.outputs):
+                on_output(event)
         return outcome
 
     async def is_alive(self) -> bool:

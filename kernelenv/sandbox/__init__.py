@@ -1,5 +1,7 @@
-"""Containment of kernels: levels and limits (config), the kernelspec, the provisioner that
-launches kernels contained, a pids cgroup per kernel, and the watchdog where no cgroup can be made."""
+"""Containment of kernels: levels and limits (config), the bwrap allow-list (bwrap), Landlock
+(landlock), the episode's byte budget (episode_fs), its pids and memory cgroups (cgroup), the
+kernelspec, the provisioner that launches kernels contained, and the watchdog where no cgroup
+can be made."""
 
 from ..errors import SandboxUnavailableError
 from .config import SANDBOX_LEVELS, SandboxConfig, SandboxFallbackWarning, SandboxLevel

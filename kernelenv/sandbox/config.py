@@ -4,11 +4,13 @@ Levels, weakest to strongest:
 
 - ``none``: the kernel runs as a plain child process.
 - ``limits``: resource limits (``prlimit``: address space, CPU time, file size, open files),
-  a pids cgroup capping the process count, capabilities dropped (``setpriv``), secrets
-  scrubbed from the environment, the episode's own working directory.
-- ``bwrap``: the limits, plus bubblewrap namespaces: no network, a read-only root apart from
-  the episode's directories and a private ``/tmp``, its own PID namespace (no process outlives
-  the episode) and death with its parent.
+  a pids cgroup capping the process count and a memory cgroup capping the episode's memory,
+  capabilities dropped (``setpriv``), secrets scrubbed from the environment, the episode's own
+  working directory (a size-capped tmpfs where the server may mount one).
+- ``bwrap``: the limits, plus bubblewrap namespaces: no network, a read-only root holding only
+  what the interpreter needs (:mod:`kernelenv.sandbox.bwrap`), the episode's working
+  directory, /tmp and /dev/shm in one byte budget, a minimal read-only /dev, its own PID
+  namespace (no process outlives the episode) and death with its parent.
 
 The default, ``auto``, is the strongest level this machine supports; a fallback is announced
 with a logged warning and a :class:`SandboxFallbackWarning`.
@@ -20,17 +22,18 @@ import fnmatch
 import functools
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import SandboxUnavailableError
+from .bwrap import bwrap_args as _bwrap_argv
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +93,46 @@ class SandboxConfig(BaseModel):
         gt=0,
         description="Processes and threads an episode may hold at once (a pids cgroup).",
     )
+    episode_disk_mb: int | None = Field(
+        1024,
+        gt=0,
+        description="Byte budget, in MiB, of everything an episode writes: its working "
+        "directory, /tmp and /dev/shm share one size-capped tmpfs (mounted by the server when "
+        "it is root; otherwise only /tmp and /dev/shm are capped, by tmp_size_mb and "
+        "shm_size_mb). Counts against episode_memory_mb, so it must stay below it.",
+    )
+    episode_inodes: int = Field(
+        65536, gt=0, description="Files and folders an episode may create in its byte budget."
+    )
+    episode_memory_mb: int | None = Field(
+        2048,
+        gt=0,
+        description="Memory of a whole episode (every process, and its files in tmpfs), in "
+        "MiB, through a memory cgroup where one is writable; past it the kernel is killed "
+        "(status kernel_died).",
+    )
     tmp_size_mb: int = Field(
-        256, gt=0, description="Size of the private /tmp of a bwrap kernel (a tmpfs), in MiB."
+        256,
+        gt=0,
+        description="Size of the private /tmp of a bwrap kernel (a tmpfs), in MiB, when no "
+        "episode byte budget can be mounted.",
+    )
+    shm_size_mb: int = Field(
+        64,
+        gt=0,
+        description="Size of the /dev/shm of a bwrap kernel, in MiB, when no episode byte "
+        "budget can be mounted.",
+    )
+    extra_readable: tuple[str, ...] = Field(
+        (),
+        description="More host paths a bwrap kernel may read (data folders); the sandbox "
+        "shows only what the interpreter needs otherwise.",
+    )
+    landlock: bool = Field(
+        True,
+        description="At level limits, confine a kernel's file access with Landlock (Linux "
+        "5.13+) to what the interpreter needs and the episode's own files, and its signals to "
+        "its own processes (needs the episode byte budget, so a root server).",
     )
     allow_network: bool = Field(
         False, description="Keep the host network in a bwrap kernel (no network by default)."
@@ -101,6 +142,18 @@ class SandboxConfig(BaseModel):
         description="Shell-style patterns (case-insensitive) of environment variable names "
         "removed from a contained kernel's environment.",
     )
+
+    @model_validator(mode="after")
+    def _budget_below_memory(self) -> SandboxConfig:
+        # tmpfs pages count against the memory cgroup: a full budget at or over the memory
+        # limit would end in an OOM kill instead of a clean ENOSPC.
+        disk, memory = self.episode_disk_mb, self.episode_memory_mb
+        if disk is not None and memory is not None and disk >= memory:
+            raise ValueError(
+                f"episode_disk_mb ({disk}) must be below episode_memory_mb ({memory}): files "
+                "the episode writes count against its memory; raise the memory or lower the budget"
+            )
+        return self
 
     def resolved(self) -> SandboxConfig:
         """This config with ``auto`` replaced by the strongest level available (warns on fallback)."""
@@ -154,11 +207,6 @@ def announce_fallback(message: str, *, stacklevel: int = 3) -> None:
 
 # -- availability (checked once per process) -----------------------------------------------
 
-BWRAP_PROBE = (
-    "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-    "--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-)  # fmt: skip
-
 
 @functools.cache
 def bwrap_problem() -> str | None:
@@ -169,10 +217,12 @@ def bwrap_problem() -> str | None:
     for tool in ("prlimit", "setpriv"):
         if shutil.which(tool) is None:
             return f"{tool} (util-linux) is not on PATH"
+    # The real command line (allow-list, read-only root), so that a missing library shows
+    # here and not as kernels that die at start.
     try:
-        result = subprocess.run(
-            [bwrap, *BWRAP_PROBE, "true"], capture_output=True, text=True, timeout=10, check=False
-        )
+        probe = [*_bwrap_argv(sys.executable, work="/tmp"), sys.executable, "-c", "pass"]
+        probe[0] = bwrap
+        result = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"a trial sandbox failed: {exc}"
     if result.returncode != 0:
@@ -198,12 +248,16 @@ def limits_problem() -> str | None:
 
 def scrub_env(env: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
     """``env`` without the variables whose names match one of ``patterns`` (case-insensitive)."""
-    upper = [p.upper() for p in patterns]
-    return {
-        name: value
-        for name, value in env.items()
-        if not any(fnmatch.fnmatchcase(name.upper(), p) for p in upper)
-    }
+    secret = _secret_name_pattern(tuple(patterns))
+    return {name: value for name, value in env.items() if not secret.match(name.upper())}
+
+
+@functools.cache
+def _secret_name_pattern(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One regular expression for all of ``patterns`` (a kernel start scrubs ~50 variables)."""
+    if not patterns:
+        return re.compile(r"(?!)")  # matches nothing
+    return re.compile("|".join(fnmatch.translate(p.upper()) for p in patterns))
 
 
 def limit_args(config: SandboxConfig) -> list[str]:
@@ -218,8 +272,10 @@ def limit_args(config: SandboxConfig) -> list[str]:
         args.append(f"--as={config.memory_mb * mib}")
     if config.cpu_s is not None:
         args.append(f"--cpu={config.cpu_s}")
-    if config.file_size_mb is not None:
-        args.append(f"--fsize={config.file_size_mb * mib}")
+    # RLIMIT_FSIZE caps one file; the episode's byte budget caps them all together.
+    sizes = [s for s in (config.file_size_mb, config.episode_disk_mb) if s is not None]
+    if sizes:
+        args.append(f"--fsize={min(sizes) * mib}")
     if config.open_files is not None:
         args.append(f"--nofile={config.open_files}")
     args.append("--")
@@ -229,82 +285,3 @@ def limit_args(config: SandboxConfig) -> list[str]:
             args += ["--bounding-set=-all", "--inh-caps=-all"]
         args.append("--")
     return args
-
-
-def bwrap_args(
-    config: SandboxConfig,
-    *,
-    writable: Sequence[str | Path],
-    hidden: Sequence[str | Path] = (),
-    readable: Sequence[str | Path] = (),
-    system: Sequence[str | Path] = (),
-    cwd: str | Path | None = None,
-) -> list[str]:
-    """The ``bwrap`` command line in front of a kernel command.
-
-    Later mounts cover earlier ones, so the order is: the private /tmp, ``system``, ``hidden``,
-    ``readable``, ``writable``.
-
-    Args:
-        config: Sandbox settings (network, /tmp size).
-        writable: Directories bound read-write (the episode's working and socket directories).
-        hidden: Directories replaced by an empty tmpfs (e.g. the pool's root, so an episode
-            cannot see its neighbours', and the task library inside a checkout).
-        readable: Paths bound read-only over what ``hidden`` hides (the connection file).
-        system: Paths bound read-only over the private /tmp before anything is hidden: what
-            the interpreter needs that lives under /tmp (a virtual environment, a checkout).
-        cwd: The kernel's working directory inside the sandbox.
-    """
-    args = [
-        "bwrap",
-        "--ro-bind", "/", "/",
-        "--dev", "/dev",
-        "--proc", "/proc",
-        "--size", str(config.tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp",
-    ]  # fmt: skip
-    for path in system:
-        args += ["--ro-bind", str(path), str(path)]
-    for path in hidden:
-        args += ["--tmpfs", str(path)]
-    for path in readable:
-        args += ["--ro-bind", str(path), str(path)]
-    for path in writable:
-        args += ["--bind", str(path), str(path)]
-    if not config.allow_network:
-        args.append("--unshare-net")
-    args += [
-        "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-        "--hostname", "kernelenv",
-        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        # ipykernel exits when JPY_PARENT_PID is not its parent, which a PID namespace
-        # breaks; --die-with-parent does that job instead. PID 1 (bubblewrap's init, its
-        # real parent) turns ipykernel's parent polling off without a console notice.
-        "--setenv", "JPY_PARENT_PID", "1",
-    ]  # fmt: skip
-    if cwd is not None:
-        args += ["--chdir", str(cwd)]
-    return args + ["--"]
-
-
-def paths_under_tmp(paths: Sequence[str | Path]) -> list[Path]:
-    """Those of ``paths`` a private /tmp hides, reduced to the outermost ones."""
-    found = set()
-    for path in paths:
-        for form in (Path(path).absolute(), Path(path).resolve()):
-            if form.is_relative_to("/tmp") and form.exists():
-                found.add(form)
-    outer: list[Path] = []
-    for path in sorted(found):
-        if not any(path.is_relative_to(o) for o in outer):
-            outer.append(path)
-    return outer
-
-
-def interpreter_paths(python: str) -> list[Path]:
-    """Directories a kernel interpreter needs to read: its venv, its base installation, and
-    the folder kernelenv is imported from (a source checkout, for an editable install)."""
-    exe = Path(python)
-    paths = [exe.parent.parent, exe.resolve().parent.parent, Path(sys.prefix)]
-    paths.append(Path(sys.base_prefix))
-    paths.append(Path(__file__).resolve().parents[2])  # graders import kernelenv
-    return paths

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .config import PROVISIONER_NAME, SandboxConfig
+from .template_provisioner import TEMPLATE_PROVISIONER_NAME, ensure_registered, template_problem
 
 KERNEL_NAME = "kernelenv"
 
@@ -46,6 +47,7 @@ def kernel_spec(
     display_name: str = "Python 3 (kernelenv)",
     sandbox: SandboxConfig | None = None,
     hidden_paths: Sequence[str] = (),
+    template_socket: str | None = None,
 ) -> dict:
     """The kernel.json dict for an agent kernel run by ``python`` (default: this interpreter).
 
@@ -56,6 +58,9 @@ def kernel_spec(
         sandbox: Containment (its level resolved, see :meth:`SandboxConfig.resolved`);
             None or level ``none`` starts the kernel uncontained.
         hidden_paths: Directories a bwrap kernel sees empty (a pool's root: the neighbours).
+        template_socket: A template process's socket (see :mod:`kernelenv.runtime.template`):
+            kernels are forked from it (levels ``none`` and ``limits``); ``argv`` stays the
+            cold launch, used when the template is not running.
     """
     spec = {
         "argv": [python or sys.executable, "-c", BOOT_CODE, "-f", "{connection_file}"]
@@ -66,7 +71,18 @@ def kernel_spec(
         "env": {**AGENT_KERNEL_ENV, **(extra_env or {})},
         "metadata": {"debugger": False},
     }
-    if sandbox is not None and sandbox.level != "none":
+    config = sandbox or SandboxConfig(level="none")
+    if template_socket is not None and template_problem(config) is None:
+        ensure_registered()
+        spec["metadata"]["kernel_provisioner"] = {
+            "provisioner_name": TEMPLATE_PROVISIONER_NAME,
+            "config": {
+                "sandbox": config.model_dump(mode="json"),
+                "hidden_paths": [str(p) for p in hidden_paths],
+                "template_socket": str(template_socket),
+            },
+        }
+    elif sandbox is not None and sandbox.level != "none":
         spec["metadata"]["kernel_provisioner"] = {
             "provisioner_name": PROVISIONER_NAME,
             "config": {

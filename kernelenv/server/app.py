@@ -34,6 +34,7 @@ def create_app(
             the shared pool).
     """
     config = config or ServerConfig()
+    library = config.task_library()  # a missing folder fails here, not at the first request
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,8 +44,9 @@ def create_app(
         async with KernelPool(
             size=config.pool_size,
             sandbox=config.sandbox,
+            launch=config.kernel_launch,
             # Answer keys and other episodes' journals must not be readable from agent code.
-            hidden_paths=[*answer_key_dirs(), *([journal_dir] if journal_dir else [])],
+            hidden_paths=[*answer_key_dirs(library), *([journal_dir] if journal_dir else [])],
         ) as pool:
             sessions = SessionManager(pool, config, env_factory)
             app.state.pool, app.state.sessions = pool, sessions

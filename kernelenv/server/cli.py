@@ -30,9 +30,11 @@ _OPTIONS = {
     "websocket_idle_timeout": "websocket_idle_timeout_s",
     "max_message_bytes": "max_message_bytes",
     "sandbox": "sandbox",
+    "kernel_launch": "kernel_launch",
     "journal_dir": "journal_dir",
     "journal": "journal",
     "journal_fsync": "journal_fsync",
+    "tasks": "tasks_dir",
 }
 
 
@@ -89,6 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="kernel containment (default auto: the strongest available, bwrap)",
     )
     parser.add_argument(
+        "--kernel-launch", choices=("template", "cold"),
+        help="fork kernels from a template process (default) or start each cold",
+    )
+    parser.add_argument(
         "--journal-dir", help="journal directory for `kernelenv recover` (default: user state dir)"
     )
     parser.add_argument(
@@ -99,6 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--journal-fsync", action="store_true", default=None,
         help="fsync every journaled step, so it survives a crash of the machine too "
         "(costs one fsync a step; without it steps survive the server being killed)",
+    )
+    parser.add_argument(
+        "--tasks", metavar="DIR",
+        help="a folder of task notebooks to serve (default: the library shipped with kernelenv)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -116,6 +126,13 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, option) is not None
     }
     config = ServerConfig(**given)
+    from ..errors import TaskFormatError
+
+    try:
+        tasks = len(config.task_library())
+    except TaskFormatError as exc:
+        print(f"kernelenv serve: {exc}", file=sys.stderr)
+        return 2
     print(
         f"kernelenv serving on http://{_url_host(config.host)}:{config.port} "
         f"(WebSocket /ws, HTTP /reset /step /state, docs /docs); Ctrl-C stops",
@@ -123,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     )
     # The token goes to stdout (the user's terminal); the no-token warning to stderr (logs).
     print(access_message(config), file=sys.stdout if config.token else sys.stderr, flush=True)
+    print(f"serving {tasks} tasks from {config.task_library().directory}", flush=True)
     journal_dir = config.journal_path()
     print(f"journaling episodes to {journal_dir}" if journal_dir else "journal off", flush=True)
     serve(config, log_level=args.log_level)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..sandbox.config import SandboxLevel
+
+if TYPE_CHECKING:
+    from ..tasks.library import TaskLibrary
 
 
 class ServerConfig(BaseSettings):
@@ -97,6 +101,12 @@ class ServerConfig(BaseSettings):
         description="Kernel containment (see kernelenv.sandbox): auto is the strongest level "
         "this machine supports, and warns when that is not bwrap.",
     )
+    kernel_launch: Literal["template", "cold"] = Field(
+        default="cold",
+        description="How kernels start: forked from a template process that did the imports "
+        "and IPython's start-up once (tens of ms), or cold (about 0.5 s each). bwrap kernels "
+        "always start cold.",
+    )
     journal: bool = Field(
         default=True,
         description="Record every episode as it runs, each step made durable before it is "
@@ -125,6 +135,18 @@ class ServerConfig(BaseSettings):
                 f"({self.max_step_timeout_s:g})"
             )
         return self
+
+    tasks_dir: str | None = Field(
+        default=None,
+        description="A folder of task notebooks served by /tasks, /grader, reset(task_id=...) "
+        "and MCP (default: the library shipped with kernelenv).",
+    )
+
+    def task_library(self) -> TaskLibrary:
+        """The library of ``tasks_dir`` (shared per folder)."""
+        from ..tasks.library import library_at
+
+        return library_at(self.tasks_dir)
 
     def journal_path(self) -> Path | None:
         """The journal's directory, or None when journaling is off."""

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..env import KernelEnv
 from ..errors import JsonRpcError, KernelEnvError
+from ..tasks.library import TaskLibrary
 from .deps import Sessions
 from .mcp_tools import TOOLS, EnvTool, find_tool, result_text
 from .sessions import Session, SessionKind, SessionManager
@@ -58,13 +59,16 @@ def rpc_error(request_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
 
-async def handle_jsonrpc(message: Any, resolve: EnvResolver, *, http: bool) -> dict[str, Any]:
+async def handle_jsonrpc(
+    message: Any, resolve: EnvResolver, *, http: bool, library: TaskLibrary | None = None
+) -> dict[str, Any]:
     """Answer one JSON-RPC 2.0 request (``initialize``, ``ping``, ``tools/list``, ``tools/call``).
 
     Args:
         message: The decoded request.
         resolve: Finds the session a tool call runs on.
         http: True on ``POST /mcp``, where tools name their episode with ``episode_id``.
+        library: The server's task library, for tools answered without an episode.
     """
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" or "method" not in message:
         return rpc_error(
@@ -77,7 +81,7 @@ async def handle_jsonrpc(message: Any, resolve: EnvResolver, *, http: bool) -> d
     try:
         if not isinstance(params, dict):
             raise JsonRpcError(INVALID_PARAMS, "'params' must be an object")
-        result = await _dispatch(str(message["method"]), params, resolve, http=http)
+        result = await _dispatch(str(message["method"]), params, resolve, http=http, library=library)
     except JsonRpcError as exc:
         return rpc_error(request_id, exc.code, exc.message)
     except Exception as exc:  # a bug must not cost the client its session
@@ -87,7 +91,12 @@ async def handle_jsonrpc(message: Any, resolve: EnvResolver, *, http: bool) -> d
 
 
 async def _dispatch(
-    method: str, params: dict[str, Any], resolve: EnvResolver, *, http: bool
+    method: str,
+    params: dict[str, Any],
+    resolve: EnvResolver,
+    *,
+    http: bool,
+    library: TaskLibrary | None,
 ) -> dict[str, Any]:
     if method == "initialize":
         return {
@@ -100,7 +109,7 @@ async def _dispatch(
     if method == "tools/list":
         return {"tools": [tool_listing(tool, http=http) for tool in TOOLS]}
     if method == "tools/call":
-        return await _call_tool(params, resolve)
+        return await _call_tool(params, resolve, library)
     raise JsonRpcError(METHOD_NOT_FOUND, f"unknown method {method!r}; try 'tools/list'")
 
 
@@ -122,7 +131,9 @@ def tool_listing(tool: EnvTool, *, http: bool) -> dict[str, Any]:
     return {"name": tool.name, "description": tool.description, "inputSchema": schema}
 
 
-async def _call_tool(params: dict[str, Any], resolve: EnvResolver) -> dict[str, Any]:
+async def _call_tool(
+    params: dict[str, Any], resolve: EnvResolver, library: TaskLibrary | None
+) -> dict[str, Any]:
     name = params.get("name")
     arguments = params.get("arguments") or {}
     tool = find_tool(name) if isinstance(name, str) else None
@@ -132,6 +143,8 @@ async def _call_tool(params: dict[str, Any], resolve: EnvResolver) -> dict[str, 
     if not isinstance(arguments, dict):
         raise JsonRpcError(INVALID_PARAMS, "'arguments' must be an object")
     if not tool.needs_episode and arguments.get("episode_id") is None:
+        if library is not None and tool.library_handler is not None:
+            return _tool_result(tool.library_handler(library, arguments))
         return _tool_result(await tool.handler(None, arguments))
     try:
         target = await resolve(tool, arguments)
@@ -190,4 +203,6 @@ async def mcp_endpoint(request: Request, sessions: Sessions) -> dict[str, Any]:
         message = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as exc:
         return rpc_error(None, PARSE_ERROR, f"invalid JSON: {exc}")
-    return await handle_jsonrpc(message, http_resolver(sessions), http=True)
+    return await handle_jsonrpc(
+        message, http_resolver(sessions), http=True, library=sessions.config.task_library()
+    )

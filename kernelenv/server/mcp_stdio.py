@@ -51,32 +51,24 @@ async def serve_stdio(env_options: dict[str, Any]) -> None:
 
 
 def build_server(env: Any) -> Any:
-    """A low-level ``mcp`` server whose tools are the table's, run on ``env``."""
-    from mcp import types
-    from mcp.server.lowlevel import Server
-
+    """A low-level ``mcp`` server (SDK 1.x or 2.x) whose tools are the table's, run on ``env``."""
     from .. import __version__
+    from ..tools.mcp_sdk import lowlevel_server
     from .mcp_tools import TOOLS, find_tool, result_text
 
-    server = Server("kernelenv", version=__version__)
-
-    @server.list_tools()
-    async def list_tools() -> list[types.Tool]:
-        return [
-            types.Tool(name=t.name, description=t.description, inputSchema=t.input_schema)
-            for t in TOOLS
-            if not t.server_only
-        ]
-
-    @server.call_tool()
-    async def call_tool(name: str, arguments: dict[str, Any]) -> Any:
+    async def call_tool(name: str, arguments: dict[str, Any]) -> tuple[str, Any, bool]:
         tool = find_tool(name)
         if tool is None or tool.server_only:
-            raise ValueError(f"unknown tool {name!r}; known tools: {[t.name for t in TOOLS]}")
+            raise ValueError(f"unknown tool {name!r}; known tools: {[t['name'] for t in listing]}")
         if env.episode is None and not tool.starts_episode:
             await env.reset()
         # Errors raised here become results with isError set, as MCP asks.
         result = await tool.handler(env, arguments)
-        return [types.TextContent(type="text", text=result_text(result))], result
+        return result_text(result), result, False
 
-    return server
+    listing = [
+        {"name": t.name, "description": t.description, "inputSchema": t.input_schema}
+        for t in TOOLS
+        if not t.server_only  # one episode here: tools that address others by id are left out
+    ]
+    return lowlevel_server("kernelenv", __version__, listing, call_tool)

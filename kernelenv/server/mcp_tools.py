@@ -13,7 +13,7 @@ from typing import Any
 
 from ..env import KernelEnv
 from ..models import CodeObservation, ReviewAction, observation_summary, parse_action
-from ..tasks.library import default_library
+from ..tasks.library import TaskLibrary, default_library
 
 # The env is None for a tool that needs no episode, called without one.
 ToolHandler = Callable[[KernelEnv | None, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -32,6 +32,8 @@ class EnvTool:
             stateless transport may then give it a fresh env.
         needs_episode: False when the tool can answer without any episode (its handler then
             gets ``env=None`` where no episode is named).
+        library_handler: How such a tool answers without an episode on a server with a task
+            library of its own: ``(library, arguments) -> result dict``.
         server_only: True when its result only makes sense on a server (episodes addressed by
             id); the stdio MCP server, which runs one episode, does not offer it.
     """
@@ -42,6 +44,7 @@ class EnvTool:
     handler: ToolHandler
     starts_episode: bool = False
     needs_episode: bool = True
+    library_handler: Callable[[TaskLibrary, dict[str, Any]], dict[str, Any]] | None = None
     server_only: bool = False
 
 
@@ -134,7 +137,11 @@ TOOLS: list[EnvTool] = [
 
 
 async def _list_tasks(env: KernelEnv | None, arguments: dict[str, Any]) -> dict[str, Any]:
-    library = (env.task_library if env is not None else None) or default_library()
+    return list_tasks_of((env.task_library if env is not None else None) or default_library())
+
+
+def list_tasks_of(library: TaskLibrary, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``list_tasks`` result for a library (what ``POST /mcp`` answers without an episode)."""
     return {"tasks": [summary.model_dump(mode="json") for summary in library.summaries()]}
 
 
@@ -172,6 +179,7 @@ TOOLS += [
         input_schema={"type": "object", "properties": {}},
         handler=_list_tasks,
         needs_episode=False,
+        library_handler=list_tasks_of,
     ),
     EnvTool(
         name="submit",

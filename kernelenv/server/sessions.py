@@ -42,6 +42,7 @@ def default_env_factory(pool: KernelPool, config: ServerConfig) -> KernelEnv:
         step_timeout_s=config.step_timeout_s,
         max_step_timeout_s=config.max_step_timeout_s,
         journal=journal,
+        task_library=config.task_library(),
     )
 
 

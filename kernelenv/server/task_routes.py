@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 
 from ..errors import InvalidActionError
 from ..tasks.grading import Grade
-from ..tasks.library import TaskSummary, default_library
-from .deps import Sessions
+from ..tasks.library import TaskSummary
+from .deps import Config, Sessions
 
 router = APIRouter(tags=["tasks"])
 
@@ -28,9 +28,9 @@ class GraderReply(Grade):
 
 
 @router.get("/tasks", response_model=TaskListReply, summary="The graded tasks")
-async def list_tasks() -> TaskListReply:
+async def list_tasks(config: Config) -> TaskListReply:
     """Every task of the library; start one with ``/reset`` and ``{"task_id": ...}``."""
-    return TaskListReply(tasks=default_library().summaries())
+    return TaskListReply(tasks=config.task_library().summaries())
 
 
 @router.get("/grader", response_model=GraderReply, summary="Grade a task episode")

@@ -11,7 +11,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 
 from ..errors import CapacityReachedError
-from ..models import parse_action
+from ..models import OutputEvent, parse_action
 from ..wire import (
     ErrorCode,
     ForkReply,
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["websocket"])
 
 FRAME_TYPES = ("reset", "step", "state", "close", "mcp", "fork")
+# Key of a step frame's data asking for streamed outputs: an extension of OpenEnv's protocol.
+# Only a client that sets it gets ``{"type": "output", "data": <OutputEvent>}`` frames, each
+# before the step's usual observation frame; OpenEnv's own clients never see one.
+STREAM_KEY = "stream"
 # Frames read ahead while one is being served (replies still go out one by one, in order).
 # Small on purpose: each may be max_message_bytes; the socket is not read while they wait.
 READ_AHEAD = 1
@@ -189,10 +193,20 @@ class _Connection:
             )
             return "observation", observation_payload(observation)
         if kind == "step":
+            stream = data.pop(STREAM_KEY, False)
+            if not isinstance(stream, bool):
+                return "error", error_payload(
+                    f"'{STREAM_KEY}' of a step frame must be true or false",
+                    ErrorCode.VALIDATION_ERROR,
+                    errors=[{"loc": ["data", STREAM_KEY], "msg": "Input should be a valid "
+                             "boolean", "type": "bool_type"}],
+                )
             action = parse_action(data)
             self.stepping = True  # stays True if a disconnect cancels the step
             try:
-                observation = await env.step(action)
+                observation = await env.step(
+                    action, on_output=self._send_output if stream else None
+                )
             except Exception:
                 self.stepping = False
                 raise
@@ -206,6 +220,9 @@ class _Connection:
             children = await env.fork(request.n)
             return "fork", ForkReply(episode_ids=[c.state.episode_id for c in children]).model_dump()
         return "mcp", await handle_jsonrpc(data, self._resolve_tool, http=False)
+
+    async def _send_output(self, event: OutputEvent) -> None:
+        await _send(self.websocket, "output", event.model_dump(mode="json"))
 
     async def _resolve_tool(self, tool: EnvTool, arguments: dict[str, Any]) -> ToolTarget:
         if tool.starts_episode:

@@ -100,7 +100,12 @@ class TaskMetadata(BaseModel):
     context: dict[str, Any] = Field(
         default_factory=dict,
         description="The family's own context shown to the agent (pr_review: code_snippet, "
-        "pr_title, pr_description, changed_files).",
+        "pr_title, pr_description, changed_files; imported tasks: entry_point, starter_code).",
+    )
+    source_id: str | None = Field(
+        default=None,
+        description="The id of the dataset record the task was imported from (HumanEval/0); "
+        "`kernelenv eval` accepts it for the task id.",
     )
 
 
@@ -172,15 +177,21 @@ def task_from_notebook(notebook: dict[str, Any], path: Path | None = None) -> Ta
     if meta is None:
         raise TaskFormatError("notebook metadata has no 'kernelenv.task' entry")
     cells: dict[str, list[str]] = {role: [] for role in ROLES}
-    for cell in notebook.get("cells", []):
-        role = cell_role(cell)
+    for number, cell in enumerate(notebook.get("cells", []), start=1):
+        try:
+            role = cell_role(cell)
+        except TaskFormatError as exc:
+            raise TaskFormatError(f"cell {number}: {exc}") from None
         if role is None:
             continue
         expected = {PROMPT: "markdown", WRONG: "raw"}.get(role, "code")
         if cell.get("cell_type") != expected:
-            raise TaskFormatError(f"a {role!r} cell must be a {expected} cell")
+            raise TaskFormatError(f"cell {number}: a {role!r} cell must be a {expected} cell")
         source = cell.get("source", "")
-        cells[role].append("".join(source) if isinstance(source, list) else source)
+        source = "".join(source) if isinstance(source, list) else source
+        if expected == "code" or role == WRONG:
+            _check_python(source, f"cell {number} ({role})")
+        cells[role].append(source)
     for role in (PROMPT, SOLUTION, GRADER):
         if not cells[role]:
             raise TaskFormatError(f"no cell tagged {role!r}")
@@ -206,6 +217,16 @@ def task_from_notebook(notebook: dict[str, Any], path: Path | None = None) -> Ta
     elif not task.collect:
         raise TaskFormatError("code families need a cell tagged 'collect'")
     return task
+
+
+def _check_python(source: str, where: str) -> None:
+    """Raise a TaskFormatError naming the cell when its code is not Python (magics allowed)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:
+        ast.parse(TransformerManager().transform_cell(source))
+    except SyntaxError as exc:
+        raise TaskFormatError(f"{where}: not valid Python: {exc.msg} (line {exc.lineno})") from None
 
 
 def review_answer(source: str) -> dict[str, Any]:

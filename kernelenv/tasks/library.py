@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from ..errors import UnknownTaskError
+from ..errors import TaskFormatError, UnknownTaskError
 from .format import Task, TaskLimits, load_task
 
 # The wheel carries the repository's tasks/ folder here (pyproject: force-include).
@@ -17,8 +18,18 @@ SOURCE_TASKS = Path(__file__).resolve().parents[2] / "tasks"
 
 
 def shipped_task_dirs() -> list[Path]:
-    """Every folder the shipped task notebooks (with their solutions) may be read from."""
-    return [PACKAGED_TASKS, SOURCE_TASKS]
+    """Every folder the shipped task notebooks (with their solutions) may be read from.
+
+    Besides the package's own ``_tasks`` and the checkout's ``tasks/``, every ``kernelenv/_tasks``
+    on ``sys.path``: an editable install puts a copy in site-packages, beside the package
+    ``__file__`` points to.
+    """
+    found = [PACKAGED_TASKS, SOURCE_TASKS]
+    for entry in sys.path:
+        copy = Path(entry or ".").absolute() / "kernelenv" / "_tasks"
+        if copy.is_dir() and copy not in found:
+            found.append(copy)
+    return found
 
 
 def answer_key_dirs(library: TaskLibrary | None = None) -> list[Path]:
@@ -122,3 +133,24 @@ class TaskLibrary:
 def default_library() -> TaskLibrary:
     """The shared :class:`TaskLibrary` of the shipped tasks."""
     return TaskLibrary()
+
+
+def as_library(library: TaskLibrary | str | os.PathLike[str] | None) -> TaskLibrary | None:
+    """``library`` as a :class:`TaskLibrary`: a folder is read as one; None stays None."""
+    if library is None or isinstance(library, TaskLibrary):
+        return library
+    return TaskLibrary(library)
+
+
+@lru_cache(maxsize=16)
+def library_at(directory: str | None) -> TaskLibrary:
+    """The shared :class:`TaskLibrary` of a folder (``None``: the shipped tasks).
+
+    Raises:
+        TaskFormatError: the folder does not exist.
+    """
+    if directory is None:
+        return default_library()
+    if not Path(directory).is_dir():
+        raise TaskFormatError(f"{directory}: no such folder of task notebooks")
+    return TaskLibrary(Path(directory).resolve())

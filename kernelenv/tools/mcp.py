@@ -21,10 +21,10 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 from ..errors import MCPConnectionError, ToolError
+from .mcp_sdk import attribute, call_tool, http_streams, list_all_tools
 from .registry import MCPServer, Tool, ToolContext
 
 log = logging.getLogger(__name__)
@@ -83,18 +83,11 @@ class MCPConnection:
             read, write = await stack.enter_async_context(_transport(self.server))
             session = await stack.enter_async_context(ClientSession(read, write))
             await session.initialize()
-            listed = []
-            cursor = None
-            while True:
-                page = await session.list_tools(cursor=cursor) if cursor else await session.list_tools()
-                listed.extend(page.tools)
-                cursor = page.nextCursor
-                if not cursor:
-                    break
+            listed = await list_all_tools(session)
             wanted = self.server.tool_names
             for mcp_tool in listed:
                 if wanted is None or mcp_tool.name in wanted:
-                    self._output_schemas[mcp_tool.name] = mcp_tool.outputSchema or {}
+                    self._output_schemas[mcp_tool.name] = attribute(mcp_tool, "output_schema") or {}
                     self.tools.append(self._as_tool(mcp_tool))
             self._session = session
             self._ready.set()
@@ -108,9 +101,7 @@ class MCPConnection:
         """
         if self._task is None or self._task.done() or self._session is None:
             raise ToolError(f"MCP server {self.server.name!r} is no longer connected")
-        result = await self._session.call_tool(
-            tool_name, arguments, read_timeout_seconds=timedelta(seconds=self.server.call_timeout_s)
-        )
+        result = await call_tool(self._session, tool_name, arguments, self.server.call_timeout_s)
         return result_value(result, self._output_schemas.get(tool_name, {}))
 
     async def aclose(self) -> None:
@@ -130,7 +121,7 @@ class MCPConnection:
 
     def _as_tool(self, mcp_tool: Any) -> Tool:
         mcp_name = mcp_tool.name
-        schema = mcp_tool.inputSchema or {}
+        schema = attribute(mcp_tool, "input_schema") or {}
         signature = signature_from_schema(schema)
         keywords_only = "arguments" in signature.parameters and all(
             p.kind is p.VAR_KEYWORD for p in signature.parameters.values()
@@ -168,16 +159,9 @@ def _transport(server: MCPServer) -> contextlib.AbstractAsyncContextManager[tupl
     return stdio_client(parameters, errlog=sys.stderr)
 
 
-@contextlib.asynccontextmanager
-async def _http_transport(server: MCPServer):
-    from mcp.client.streamable_http import streamable_http_client
-    from mcp.shared._httpx_utils import create_mcp_http_client
-
-    async with (
-        create_mcp_http_client(headers=dict(server.headers or {})) as http_client,
-        streamable_http_client(server.url, http_client=http_client) as (read, write, _),
-    ):
-        yield read, write
+def _http_transport(server: MCPServer) -> contextlib.AbstractAsyncContextManager[tuple[Any, Any]]:
+    assert server.url is not None
+    return http_streams(server.url, dict(server.headers or {}))
 
 
 def python_name(name: str) -> str:
@@ -234,9 +218,9 @@ def result_value(result: Any, output_schema: Mapping[str, Any]) -> Any:
         ToolError: the result is an error.
     """
     texts = [item.text for item in result.content if getattr(item, "type", None) == "text"]
-    if result.isError:
+    if attribute(result, "is_error"):
         raise ToolError("\n".join(texts) or "the MCP tool reported an error")
-    structured = result.structuredContent
+    structured = attribute(result, "structured_content")
     if structured is not None:
         # FastMCP wraps a non-object return value as {"result": value}.
         properties = output_schema.get("properties") or {}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kernelenv import KernelEnv, replay_notebook
+from kernelenv import KernelEnv, KernelPool, SandboxConfig, replay_notebook
 from kernelenv.episodes.compare import CompareOptions
 from kernelenv.episodes.replay import compare_step
 
@@ -31,6 +31,15 @@ NEEDS_TOLERANCE = {
 }
 
 
+@pytest.fixture(scope="module")
+async def notebook_pool(anyio_backend):
+    """Kernels that may read the notebooks' folder (the sandbox shows them nothing else of
+    the checkout), as nbclient's run in the notebook's directory."""
+    config = SandboxConfig(extra_readable=(str(NOTEBOOKS),))
+    async with KernelPool(size=2, sandbox=config) as pool:
+        yield pool
+
+
 def test_all_sixteen_notebooks_are_vendored():
     names = sorted(path.name for path in NOTEBOOKS.glob("*.ipynb"))
     assert len(names) == 16, names
@@ -38,11 +47,11 @@ def test_all_sixteen_notebooks_are_vendored():
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in NOTEBOOKS.glob("*.ipynb")))
-async def test_nbclient_notebook_replays_identically(name, shared_pool):
+async def test_nbclient_notebook_replays_identically(name, notebook_pool):
     if name == "JupyterWidgets.ipynb":
         pytest.importorskip("ipywidgets")  # the kernel runs this interpreter (the test extra)
     options = {"allow_errors": False, **NBCLIENT_OPTIONS.get(name, {})}
-    async with KernelEnv(pool=shared_pool) as env:
+    async with KernelEnv(pool=notebook_pool) as env:
         report = await replay_notebook(
             NOTEBOOKS / name,
             env,

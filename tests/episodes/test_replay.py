@@ -10,9 +10,10 @@ import anyio
 import nbformat
 import pytest
 
-from kernelenv import KernelEnv, Trajectory, replay_notebook, replay_trajectory
+from kernelenv import KernelEnv, KernelPool, Trajectory, replay_notebook, replay_trajectory
 from kernelenv.episodes.replay import StepPlan, TrajectoryStep, step_plan
 from kernelenv.errors import ReplayError
+from kernelenv.sandbox.config import SandboxConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -217,8 +218,10 @@ async def test_cell_tags_are_honoured_as_nbclient_honours_them(shared_pool):
         assert divergence.step == 2 and "+must not run" in divergence.diff()
 
 
-async def test_relative_file_beside_the_notebook(shared_pool):
-    async with KernelEnv(pool=shared_pool) as env:
+async def test_relative_file_beside_the_notebook():
+    # The sandbox shows a kernel nothing of the checkout but what it is told to read.
+    readable = SandboxConfig(extra_readable=(str(BESIDE),))
+    async with KernelPool(size=1, sandbox=readable) as pool, KernelEnv(pool=pool) as env:
         beside = await replay_notebook(BESIDE / "notebook.ipynb", env, cwd="notebook")
         assert beside.ok, beside.summary()
         elsewhere = await replay_notebook(BESIDE / "notebook.ipynb", env)  # cwd="work"
@@ -316,3 +319,11 @@ async def test_per_cell_budget_interrupts_the_cell(shared_pool):
     assert slow.observation.status.value == "timeout"
     assert slow.observation.outputs[-1]["ename"] == "KeyboardInterrupt"  # interrupted, not killed
     assert after.observation.stdout == "alive\n" and not after.observation.kernel_restarted
+
+
+async def test_replay_runs_on_kernels_forked_from_the_template(recorded, no_leaks):
+    path, _ = recorded
+    async with KernelPool(size=0, sandbox="none", launch="template") as pool, KernelEnv(pool=pool) as env:
+        report = await replay_notebook(path, env)
+        assert getattr(env.kernel.manager.provisioner, "forked", False)
+    assert report.ok

@@ -74,3 +74,18 @@ def test_task_episode_shows_the_prompt_and_rewards_a_solution(no_leaks):
 def test_unknown_render_mode_is_refused():
     with pytest.raises(ValueError, match="render_mode"):
         KernelGymEnv(render_mode="human")
+
+
+def test_a_library_folder_reaches_the_gym_env(imported_library):
+    import gymnasium
+
+    import kernelenv.integrations.gym  # noqa: F401
+
+    env = gymnasium.make("kernelenv/Python-v0", task_library=str(imported_library))
+    try:
+        observation, _ = env.reset(options={"task_id": "mbpp_12"})
+        assert "min_max" in observation
+        env.step("def min_max(xs):\n    return min(xs), max(xs)")
+        assert env.unwrapped.kernel_env.grade().score == 1.0
+    finally:
+        env.close()

@@ -76,6 +76,8 @@ def test_task_row_returns_its_prompt_and_is_graded(factory):
     env = factory()
     prompt = env.reset(task_id=TASK_ID, prompt=[{"role": "user", "content": ""}])
     assert prompt is not None and task.prompt.strip()[:40] in prompt
+    # TRL appends it to the row's last user message: a blank line keeps the two apart.
+    assert prompt.startswith("\n\n") and not prompt.startswith("\n\n\n")
     for code in task.solution:
         env.run_python(code)
     assert env.get_reward() >= 0.95
@@ -112,3 +114,13 @@ def test_the_class_itself_is_a_factory():
         assert first.get_reward() == 1.0 and second.get_reward() == 0.0
     finally:
         KernelEnvFactory.default().close()
+
+
+def test_a_factory_serves_a_library_folder(imported_library):
+    with KernelEnvFactory(pool_size=1, task_library=imported_library) as factory:
+        env = factory()
+        prompt = env.reset(task_id="humaneval_0", prompt="Solve it.")
+        # The starter code is quoted in the prompt once, not repeated from the task's context.
+        assert prompt.count("def add(a: int, b: int) -> int:") == 1
+        env.run_python("def add(a, b):\n    return a + b")
+        assert env.get_reward() == 1.0

@@ -141,3 +141,22 @@ def test_clear_output_after_a_cut_makes_room_again_and_the_cut_is_still_reported
     obs = c.to_observation(StepStatus.OK)
     assert obs.stdout == "final\n"
     assert obs.output_truncated is True
+
+
+def test_display_updates_count_against_the_cap():
+    c = OutputCollector(max_output_bytes=1000)
+    for _ in range(10):  # ten small outputs of one display id...
+        c.feed(msg("display_data", data={"text/plain": "."}, metadata={},
+                   transient={"display_id": "d"}))
+    # ...then one update that would make each of them big: 10 x 500 bytes is past the cap.
+    c.feed(msg("update_display_data", data={"text/plain": "x" * 500}, metadata={},
+               transient={"display_id": "d"}))
+    assert c.truncated
+    assert sum(len(o.get("data", {}).get("text/plain", "")) for o in c.outputs) <= 1000
+    assert "output truncated" in c.outputs[-1]["text"]
+    small = OutputCollector(max_output_bytes=1000)
+    small.feed(msg("display_data", data={"text/plain": "."}, metadata={},
+                   transient={"display_id": "d"}))
+    small.feed(msg("update_display_data", data={"text/plain": "y" * 500}, metadata={},
+                   transient={"display_id": "d"}))
+    assert not small.truncated and small.outputs[0]["data"]["text/plain"] == "y" * 500

@@ -28,8 +28,10 @@ from websockets.asyncio.client import connect
 
 from kernelenv import KernelEnv, KernelPool, SandboxConfig, StepStatus
 from kernelenv.runtime.pool import reap_stale_roots
-from kernelenv.sandbox.cgroup import cgroup_parent, reap_stale_cgroups
+from kernelenv.sandbox.cgroup import cgroup_parent, memory_cgroup_parent, reap_stale_cgroups
 from kernelenv.sandbox.config import bwrap_available
+from kernelenv.sandbox.episode_fs import episode_fs_problem, mounts_under
+from kernelenv.sandbox.landlock import landlock_abi
 
 pytestmark = pytest.mark.anyio
 
@@ -63,6 +65,14 @@ def level_of(pool: KernelPool) -> str:
     return pool.sandbox.level
 
 
+def files_confined(pool: KernelPool) -> bool:
+    """Whether the kernel's file access is confined: bwrap, or limits with Landlock (which
+    needs the episode's byte budget, mounted by a root server)."""
+    if level_of(pool) == "bwrap":
+        return True
+    return level_of(pool) == "limits" and landlock_abi() >= 1 and episode_fs_problem() is None
+
+
 def only_at(pool: KernelPool, *levels: str, reason: str = "", need_cgroup: bool = False) -> None:
     if level_of(pool) not in levels:
         pytest.skip(
@@ -78,12 +88,12 @@ class Footprint:
 
     directory: Path
     pids: set[int] = field(default_factory=set)
-    cgroup: Path | None = None
+    cgroups: list[Path] = field(default_factory=list)
 
     def leftovers(self) -> list[str]:
         left = [f"pid {pid}" for pid in self.pids if _running(pid)]
-        if self.cgroup is not None and self.cgroup.exists():
-            left.append(f"cgroup {self.cgroup}")
+        left += [f"cgroup {path}" for path in self.cgroups if path.exists()]
+        left += [f"mount {point}" for point in mounts_under(self.directory)]
         if self.directory.exists():
             left.append(f"directory {self.directory}")
         return left
@@ -108,9 +118,9 @@ class HostileEpisode:
         if kernel is None:
             return
         found = self.footprints.setdefault(kernel.kernel_id, Footprint(kernel.directory))
-        cgroup = getattr(kernel.manager.provisioner, "pids_cgroup", None)
+        cgroup = getattr(kernel.manager.provisioner, "cgroup", None)
         if cgroup is not None:
-            found.cgroup = cgroup.path
+            found.cgroups = list(cgroup.paths)
             found.pids.update(cgroup.pids())
         try:
             outer = psutil.Process(kernel.pid)
@@ -244,7 +254,9 @@ async def test_allocating_past_the_memory_limit_is_a_memory_error(pool, episode)
     assert obs.error.ename == "MemoryError"
     obs = await episode.step(
         "def hog():\n    chunks = []\n    while True:\n        chunks.append(bytearray(128 * 1024**2))\n"
-        "hog()"
+        "hog()",
+        # It writes 1 GiB (bytearray zero-fills), each page charged to the memory cgroup.
+        timeout_s=15,
     )
     assert obs.status is StepStatus.ERROR
     assert obs.error.ename == "MemoryError"
@@ -335,7 +347,10 @@ async def test_writing_outside_the_episode_directory(pool, episode, tmp_path):
     )
     assert obs.status is StepStatus.OK, obs.stderr
     assert obs.stdout.endswith("True\n")  # its own directory is writable
-    if level_of(pool) == "bwrap":
+    if level_of(pool) == "limits" and files_confined(pool):
+        assert obs.stdout.startswith("PermissionError")  # Landlock: the host's /tmp is out
+        assert not target.exists()
+    elif level_of(pool) == "bwrap":
         # /tmp is private: the write landed in the sandbox's own tmpfs, not on the host.
         assert not target.exists()
         probe = f"/usr/kernelenv-escape-{uuid.uuid4().hex}"
@@ -360,13 +375,17 @@ async def test_reading_another_episodes_files(pool, episode):
             "import os\n"
             f"try:\n    print(open({str(path)!r}).read())\n"
             "except OSError as exc:\n    print(type(exc).__name__)\n"
-            f"print(sorted(os.listdir({str(pool.root)!r})))"
+            f"try:\n    print(sorted(os.listdir({str(pool.root)!r})))\n"
+            "except OSError as exc:\n    print(type(exc).__name__)\n"
         )
     assert obs.status is StepStatus.OK, obs.stderr
     if level_of(pool) == "bwrap":
         assert secret not in obs.stdout
         assert "FileNotFoundError" in obs.stdout
         assert neighbour_id not in obs.stdout  # the pool's other kernels are invisible
+    elif files_confined(pool):  # Landlock: the pool's root is out of reach
+        assert secret not in obs.stdout
+        assert obs.stdout.startswith("PermissionError")
     else:
         assert secret in obs.stdout
     await episode.works()
@@ -391,8 +410,9 @@ async def test_reading_the_servers_environment(pool, episode):
         assert in_env == SECRET_VALUE
     else:
         assert in_env == "None"  # scrubbed from the kernel's environment
-    if level_of(pool) == "bwrap":
-        assert in_proc == "0"  # and no host process is visible to read it from
+    if files_confined(pool):
+        # bwrap: no host process is visible; Landlock: ptrace-mode reads stay in the episode.
+        assert in_proc == "0"
     await episode.works()
 
 
@@ -456,9 +476,18 @@ async def test_a_sigkilled_server_leaves_no_kernel_behind():
             for pid in left:
                 psutil.Process(pid).kill()
             assert not left, f"processes outlived the server: {left}"
-            # What the dead server could not remove, the next pool's start-up reaps.
+            # What the dead server could not remove (its directories, the episodes' tmpfs
+            # mounts, their cgroups), the next pool's start-up reaps.
+            mounted = mounts_under(server_root)
+            if episode_fs_problem() is None:
+                assert len(mounted) >= 8  # the budgets of the 8 episodes (and the pool's)
+            stale = _server_cgroups(server.pid)
+            if cgroup_parent() is not None:
+                assert stale  # the dead episodes' cgroups are still there
             assert server_root in reap_stale_roots()
+            assert not mounts_under(server_root)
             reap_stale_cgroups()
+            assert not [p for p in stale if p.exists()]
         finally:
             for ws in sockets:
                 with anyio.CancelScope(shield=True):
@@ -467,6 +496,11 @@ async def test_a_sigkilled_server_leaves_no_kernel_behind():
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def _server_cgroups(pid: int) -> list[Path]:
+    parents = [p for p in (cgroup_parent(), memory_cgroup_parent()) if p is not None]
+    return [path for parent in parents for path in parent.glob(f"kernelenv-{pid}-*")]
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:

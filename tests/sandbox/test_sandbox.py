@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -90,6 +91,9 @@ def test_settings_are_validated():
         SandboxConfig(level="docker")
     with pytest.raises(ValueError):
         SandboxConfig(memory_mb=0)
+    with pytest.raises(ValueError, match="must be below episode_memory_mb"):
+        SandboxConfig(episode_disk_mb=512, episode_memory_mb=512)
+    assert SandboxConfig(episode_disk_mb=512, episode_memory_mb=None).episode_disk_mb == 512
     with pytest.raises(ValueError, match="not to an env that shares it"):
         KernelEnv(pool=KernelPool(size=0, sandbox="none"), sandbox="limits")
 
@@ -189,46 +193,68 @@ async def test_without_a_cgroup_a_watchdog_caps_the_process_count(level, monkeyp
 
 @needs_bwrap
 @pytest.mark.anyio
-async def test_answer_keys_and_hidden_folders_are_empty_inside_bwrap(no_leaks):
-    """The task library (solutions, graders) and owner-hidden folders read as empty."""
+async def test_a_bwrap_kernel_sees_only_what_its_interpreter_needs(no_leaks):
+    """No checkout, task library or journal: the root holds the allow-list and nothing else,
+    and nothing outside the episode's own folders is writable."""
     import tempfile
     from pathlib import Path
 
-    from kernelenv.tasks.library import answer_key_dirs, default_tasks_dir
+    from kernelenv.tasks.library import default_tasks_dir
 
     tasks = default_tasks_dir()
-    # Outside /tmp (which bwrap replaces anyway), as a server's journal is.
-    artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+    checkout = Path(__file__).resolve().parents[2]
+    artifacts = checkout / "test-artifacts"  # outside /tmp, as a server's journal is
     artifacts.mkdir(exist_ok=True)
     secret_dir = Path(tempfile.mkdtemp(prefix="hidden-journal-", dir=artifacts))
     (secret_dir / "other-episode.jsonl").write_text("{}")
     try:
         assert any(tasks.glob("*.ipynb"))
-        # Whoever builds a pool for task episodes names what to hide (the sandbox knows no tasks).
-        hidden = [*answer_key_dirs(), secret_dir]
-        async with KernelPool(size=0, sandbox="bwrap", hidden_paths=hidden) as pool:
-            async with KernelEnv(pool=pool) as env:
-                await env.reset()
-                obs = await env.step(
-                    f"import os\n(os.listdir({str(tasks)!r}), os.listdir({str(secret_dir)!r}))"
-                )
-                assert obs.status is StepStatus.OK, obs.stderr
-                assert obs.return_value == "([], [])"
+        async with KernelPool(size=0, sandbox="bwrap") as pool, KernelEnv(pool=pool) as env:
+            await env.reset()
+            obs = await env.step(
+                "import os, kernelenv.tasks.review  # graders import kernelenv\n"
+                "def probe(path):\n"
+                "    try:\n"
+                "        return sorted(os.listdir(path))\n"
+                "    except OSError as exc:\n"
+                "        return type(exc).__name__\n"
+                f"print(probe({str(tasks)!r}), probe({str(secret_dir)!r}),\n"
+                f"      probe({str(checkout / '.git')!r}), probe({str(checkout)!r}))\n"
+                "for place in ['/', '/etc', '/usr', '/dev', '/root']:\n"
+                "    try:\n"
+                "        open(os.path.join(place, 'x'), 'w')\n"
+                "        print(place, 'writable')\n"
+                "    except OSError as exc:\n"
+                "        print(place, exc.strerror)\n"
+                "print(os.path.exists('/etc/shadow'))"
+            )
+        assert obs.status is StepStatus.OK, obs.stderr
+        lines = obs.stdout.splitlines()
+        assert lines[0].startswith("FileNotFoundError FileNotFoundError FileNotFoundError")
+        assert ".git" not in lines[0] and "tasks" not in lines[0]  # only kernelenv/, .venv/
+        for line in lines[1:-1]:
+            assert line.endswith("Read-only file system"), line
+        assert lines[-1] == "False"
     finally:
         shutil.rmtree(secret_dir)
 
 
-def test_bwrap_mount_order_keeps_hidden_folders_hidden_inside_bound_ones():
-    """A checkout under /tmp is bound back, its task library stays hidden, the connection
-    file inside the hidden pool root stays readable: later mounts cover earlier ones."""
-    from kernelenv.sandbox.config import bwrap_args
+def test_bwrap_mount_order_keeps_masks_over_binds_and_the_root_read_only():
+    """The private /tmp first (a venv under /tmp is bound over it), masks after the binds they
+    mask, the episode's folders after the masks, and the read-only remounts last."""
+    import sys
 
+    from kernelenv.sandbox.bwrap import bwrap_args
+
+    work, run = "/tmp/pool/k1/fs/work", "/tmp/pool/k1/run"
     args = bwrap_args(
-        SandboxConfig(level="bwrap"),
-        writable=["/tmp/pool/k1/work"],
-        hidden=["/tmp/pool", "/tmp/checkout/tasks"],
-        readable=["/tmp/pool/k1/run/connection.json"],
-        system=["/tmp/checkout"],
+        sys.executable,
+        work=work,
+        run_dir=run,
+        connection_file=run + "/connection.json",
+        episode_tmp="/tmp/pool/k1/fs/tmp",
+        episode_shm="/tmp/pool/k1/fs/shm",
+        hidden=[sys.prefix + "/lib"],
     )
 
     def position(*mount: str) -> int:
@@ -237,11 +263,12 @@ def test_bwrap_mount_order_keeps_hidden_folders_hidden_inside_bound_ones():
                 return i
         raise AssertionError(f"{mount} not in {args}")
 
-    private_tmp = position("--tmpfs", "/tmp")
-    checkout = position("--ro-bind", "/tmp/checkout", "/tmp/checkout")
-    tasks = position("--tmpfs", "/tmp/checkout/tasks")
-    pool_root = position("--tmpfs", "/tmp/pool")
-    connection = position("--ro-bind", *["/tmp/pool/k1/run/connection.json"] * 2)
-    work = position("--bind", "/tmp/pool/k1/work", "/tmp/pool/k1/work")
-    assert private_tmp < checkout < tasks < connection < work
-    assert pool_root < connection
+    assert "--ro-bind" not in args[: position("--bind", "/tmp/pool/k1/fs/tmp", "/tmp")]
+    assert ("/", "/") not in itertools.pairwise(args)  # never the whole root filesystem
+    venv = position("--ro-bind", sys.prefix, sys.prefix)
+    mask = position("--tmpfs", sys.prefix + "/lib")
+    connection = position("--ro-bind", *[run + "/connection.json"] * 2)
+    own = position("--bind", work, work)
+    last = position("--remount-ro", "/dev", "--remount-ro", "/")
+    assert position("--bind", "/tmp/pool/k1/fs/shm", "/dev/shm") < venv < mask < connection
+    assert connection < own < last

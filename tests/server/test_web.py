@@ -303,3 +303,44 @@ def test_a_code_task_is_graded_from_the_steps(open_page) -> None:
     score = page.locator("#grade-result .score-value")
     expect(score).to_have_attribute("data-score", "1", timeout=WAIT_MS)
     expect(page.locator("#grade-result .badge")).to_have_text("passed")
+
+
+# Prints, then waits (up to a minute) for a file "go" in its working directory, which the test
+# writes only once the page shows the first line: "signal seen" proves the page showed the
+# output while the cell was still running.
+TICKING_CELL = """\
+import os, time
+for i in range(10):
+    print('tick', i, flush=True)
+    if i == 0:
+        for _ in range(1200):
+            if os.path.exists('go'):
+                break
+            time.sleep(0.05)
+        print('signal seen' if os.path.exists('go') else 'no signal', flush=True)
+    time.sleep(0.2)"""
+
+
+def test_a_long_cell_shows_its_output_as_it_streams(open_page) -> None:
+    page = open_page()
+    wait_for_episode(page)
+    run_cell(page, "import os; os.getcwd()")
+    result = last_cell(page).locator("[data-output-type=execute_result] [data-mime='text/plain']")
+    work_dir = Path(result.text_content().strip().strip("'"))
+
+    editor = page.locator("#code")
+    editor.fill(TICKING_CELL)
+    editor.press("Shift+Enter")
+    cell = last_cell(page)
+    stdout = cell.locator("[data-output-type=stream][data-name=stdout]")
+    expect(stdout).to_have_text("tick 0\n", timeout=WAIT_MS)
+    # Shown while the cell is still running (it waits for the signal below to go on).
+    expect(cell).to_have_attribute("data-status", "running")
+    expect(cell.locator(".cell-footer")).to_contain_text("live output")
+    (work_dir / "go").touch()
+    expect(stdout).to_contain_text("tick 3", timeout=WAIT_MS)  # streams keep merging in
+    expect(cell).to_have_attribute("data-status", "ok", timeout=WAIT_MS)
+    # The observation replaced the preview: one stdout output, with everything.
+    expect(stdout).to_have_count(1)
+    expect(stdout).to_contain_text("signal seen")
+    expect(stdout).to_contain_text("tick 9")

@@ -6,9 +6,12 @@ import json
 
 import pytest
 
-from kernelenv import KernelEnv, KernelPool
+from kernelenv import KernelEnv, KernelPool, SandboxConfig
 from kernelenv.tasks.grading import Grade, grade_answer, grade_code_attempt
 from kernelenv.tasks.library import default_library
+
+# A level whose kernels come from a template (limits and bwrap start cold for now).
+TEMPLATE_LIMITS = SandboxConfig(level="none")
 
 pytestmark = pytest.mark.anyio
 
@@ -195,3 +198,22 @@ async def test_grading_never_touches_the_live_kernel(pool, no_leaks):
         # Grading twice gives the same grade (it replays, it does not consume the episode).
         assert (await env.grade()).model_dump() == grade_result.model_dump()
     assert json.loads(grade_result.model_dump_json())["task_id"] == task.id
+
+
+class RecordingPool(KernelPool):
+    """A real pool that notes whether each kernel it hands out was forked from its template."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.forked: list[bool] = []
+
+    async def acquire(self, timeout_s=None):
+        kernel = await super().acquire(timeout_s)
+        self.forked.append(getattr(kernel.manager.provisioner, "forked", False))
+        return kernel
+
+
+async def test_grading_kernels_are_forked_from_the_template(no_leaks):
+    async with RecordingPool(size=0, sandbox=TEMPLATE_LIMITS, launch="template") as pool:
+        assert (await grade(pool, "functions_easy_palindrome", CORRECT)).score == 1.0
+    assert pool.forked == [True, True]  # the attempt's replay and the grader: both fresh forks

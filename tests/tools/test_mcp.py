@@ -161,6 +161,7 @@ async def test_kernelenv_mcp_over_stdio_with_the_sdk_client(tmp_path):
     from mcp.client.stdio import stdio_client
 
     from kernelenv.server.mcp_tools import TOOLS
+    from kernelenv.tools.mcp_sdk import attribute
 
     server = StdioServerParameters(
         command=sys.executable, args=["-m", "kernelenv", "mcp", "--sandbox", "none"]
@@ -171,40 +172,41 @@ async def test_kernelenv_mcp_over_stdio_with_the_sdk_client(tmp_path):
             ClientSession(read, write) as session,
         ):
             info = await session.initialize()
-            assert info.serverInfo.name == "kernelenv"
+            assert attribute(info, "server_info").name == "kernelenv"
             listed = {tool.name: tool for tool in (await session.list_tools()).tools}
             assert list(listed) == [t.name for t in TOOLS if not t.server_only]  # the stdio table
             assert {"run_code", "reset", "list_tasks", "submit", "export_episode"} <= set(listed)
-            assert listed["run_code"].inputSchema["required"] == ["code"]
+            assert attribute(listed["run_code"], "input_schema")["required"] == ["code"]
 
             first = await session.call_tool("run_code", {"code": "x = 6 * 7\nprint(x)\nx"})
-            assert first.isError is False
-            assert first.structuredContent["stdout"] == "42\n"
-            assert first.structuredContent["return_value"] == "42"
+            assert attribute(first, "is_error") is False
+            assert attribute(first, "structured_content")["stdout"] == "42\n"
+            assert attribute(first, "structured_content")["return_value"] == "42"
             assert "result: 42" in first.content[0].text
 
             failing = await session.call_tool("run_code", {"code": "1 / 0"})
-            assert failing.structuredContent["exit_code"] == 1
-            assert failing.structuredContent["error"]["ename"] == "ZeroDivisionError"
+            assert attribute(failing, "structured_content")["exit_code"] == 1
+            assert attribute(failing, "structured_content")["error"]["ename"] == "ZeroDivisionError"
 
             exported = await session.call_tool("export_episode", {})
-            cells = exported.structuredContent["notebook"]["cells"]
+            cells = attribute(exported, "structured_content")["notebook"]["cells"]
             assert [c["source"] for c in cells if c["cell_type"] == "code"][:2] == [
                 "x = 6 * 7\nprint(x)\nx", "1 / 0"
             ]
 
-            tasks = (await session.call_tool("list_tasks", {})).structuredContent["tasks"]
+            listing = await session.call_tool("list_tasks", {})
+            tasks = attribute(listing, "structured_content")["tasks"]
             assert tasks and {"id", "title", "family", "difficulty", "action"} <= set(tasks[0])
 
             reset = await session.call_tool("reset", {"seed": 3})
-            assert reset.isError is False
+            assert attribute(reset, "is_error") is False
             after = await session.call_tool("run_code", {"code": "'x' in dir()"})
-            assert after.structuredContent["return_value"] == "False"
+            assert attribute(after, "structured_content")["return_value"] == "False"
 
             wrong = await session.call_tool("run_code", {})
-            assert wrong.isError is True and "code" in wrong.content[0].text
+            assert attribute(wrong, "is_error") is True and "code" in wrong.content[0].text
             nothing = await session.call_tool("submit", {})
-            assert nothing.isError is True and "task_id" in nothing.content[0].text
+            assert attribute(nothing, "is_error") is True and "task_id" in nothing.content[0].text
 
 
 async def test_post_mcp_serves_the_same_tools_with_tasks_and_export():
@@ -301,7 +303,7 @@ async def test_post_mcp_reset_text_names_the_task_and_episode():
 
     from kernelenv.server import ServerConfig, ServerThread
 
-    with ServerThread(ServerConfig(port=0, pool_size=1)) as server:
+    with ServerThread(ServerConfig(port=0, pool_size=1, no_token=True)) as server:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
             request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
                 "name": "reset", "arguments": {"task_id": "functions_easy_palindrome"}}}

@@ -1,4 +1,5 @@
-"""A small real MCP server for the tests, built with the mcp SDK: stdio or streamable HTTP.
+"""A small real MCP server for the tests, built with the mcp SDK (1.x or 2.x): stdio or
+streamable HTTP.
 
 Usage: ``python calculator.py stdio`` or ``python calculator.py http PORT``.
 """
@@ -8,11 +9,23 @@ from __future__ import annotations
 import os
 import sys
 
-from mcp.server.fastmcp import FastMCP
+try:
+    from mcp.server.fastmcp import FastMCP
+except ImportError:  # mcp 2.x renamed it; host and port moved to run()
+    from mcp.server.mcpserver import MCPServer as FastMCP
+
+SDK_2 = FastMCP.__name__ == "MCPServer"
+if SDK_2:  # 2.x shows the model only the messages of its own ToolError
+    from mcp.server.mcpserver.exceptions import ToolError as ExpectedError
+else:
+    ExpectedError = ValueError
 
 
 def build(port: int = 8000) -> FastMCP:
-    server = FastMCP("calculator", host="127.0.0.1", port=port, log_level="WARNING")
+    if SDK_2:
+        server = FastMCP("calculator", log_level="WARNING")
+    else:
+        server = FastMCP("calculator", host="127.0.0.1", port=port, log_level="WARNING")
 
     @server.tool()
     def add(a: int, b: int) -> int:
@@ -33,7 +46,7 @@ def build(port: int = 8000) -> FastMCP:
     def divide(a: float, b: float) -> float:
         """Divide a by b."""
         if b == 0:
-            raise ValueError("cannot divide by zero")
+            raise ExpectedError("cannot divide by zero")
         return a / b
 
     return server
@@ -42,5 +55,7 @@ def build(port: int = 8000) -> FastMCP:
 if __name__ == "__main__":
     if sys.argv[1] == "stdio":
         build().run("stdio")
+    elif SDK_2:
+        build().run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
     else:
         build(int(sys.argv[2])).run("streamable-http")

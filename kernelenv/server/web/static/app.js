@@ -59,6 +59,12 @@ class EnvSocket {
     } catch {
       return;
     }
+    if (frame.type === "output") {
+      // A streamed output of the running step (asked for with `stream: true`): not a reply.
+      const current = this.pending[0];
+      if (current && current.onOutput) current.onOutput(frame.data || {});
+      return;
+    }
     const waiter = this.pending.shift();
     if (frame.type === "error") {
       const data = frame.data || {};
@@ -71,10 +77,10 @@ class EnvSocket {
   }
 
   /** Send one frame and wait for its reply frame (an error frame rejects). */
-  async request(frame) {
+  async request(frame, onOutput = null) {
     await this.opened;
     return new Promise((resolve, reject) => {
-      this.pending.push({ resolve, reject });
+      this.pending.push({ resolve, reject, onOutput });
       this.ws.send(JSON.stringify(frame));
     });
   }
@@ -254,7 +260,9 @@ async function runCode(code) {
   const cell = addCodeCell(code);
   try {
     await ensureEpisode();
-    const reply = await session.socket.request({ type: "step", data: { code } });
+    // Outputs stream in while the cell runs; the observation then replaces them.
+    const reply = await session.socket.request(
+      { type: "step", data: { code, stream: true } }, liveOutputs(cell));
     renderObservation(cell, liftObservation(reply.data));
   } catch (error) {
     renderFailure(cell, error);
@@ -443,6 +451,7 @@ function renderObservation(cell, observation) {
   cell.querySelector(".prompt").textContent = cell.classList.contains("review-cell")
     ? "Review:" : `In [${count ?? " "}]:`;
   const outputs = cell.querySelector(".cell-outputs");
+  outputs.replaceChildren(); // the streamed preview, if any, gives way to the record
   // Outputs as a notebook stores them; plain stdout/stderr when a step has none (a review).
   const items = observation.outputs?.length ? observation.outputs : fallbackOutputs(observation);
   for (const output of items) {
@@ -466,6 +475,55 @@ function renderObservation(cell, observation) {
   if (observation.output_truncated) facts.push("output truncated");
   cell.querySelector(".cell-footer").textContent = facts.join(" · ");
   scrollToEnd(cell);
+}
+
+/**
+ * A handler of a running cell's streamed output events: appends, merges stream text,
+ * clears (now or, with `wait`, at the next output) and updates displays by id, as a
+ * notebook applies IOPub messages.
+ */
+function liveOutputs(cell) {
+  const outputs = cell.querySelector(".cell-outputs");
+  let clearBeforeNext = false;
+  return (event) => {
+    if (event.kind === "clear_output") {
+      if (event.wait) clearBeforeNext = true;
+      else outputs.replaceChildren();
+      return;
+    }
+    const output = event.output;
+    if (!output) return;
+    if (event.kind === "update_display") {
+      for (const node of outputs.querySelectorAll("[data-display-id]")) {
+        if (node.dataset.displayId !== event.display_id) continue;
+        const fresh = renderOutput(output);
+        if (fresh) {
+          fresh.dataset.displayId = event.display_id;
+          node.replaceWith(fresh);
+        }
+      }
+      return;
+    }
+    if (clearBeforeNext) {
+      outputs.replaceChildren();
+      clearBeforeNext = false;
+    }
+    const follow = nearBottom($("history"));
+    const last = outputs.lastElementChild;
+    if (output.output_type === "stream" && last && last.dataset.outputType === "stream"
+        && last.dataset.name === output.name) {
+      last.rawText += joined(output.text); // merged as a notebook merges streams
+      last.textContent = terminalText(last.rawText);
+    } else {
+      const node = renderOutput(output);
+      if (!node) return;
+      if (output.output_type === "stream") node.rawText = joined(output.text);
+      if (event.display_id) node.dataset.displayId = event.display_id;
+      outputs.append(node);
+    }
+    cell.querySelector(".cell-footer").textContent = "running… (live output)";
+    if (follow) scrollToEnd(cell);
+  };
 }
 
 function renderFailure(cell, error) {
