@@ -43,7 +43,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 .venv-mcp2/.installed-mcp2: pyproject.toml
 	@bash scripts/make-venv.sh $(PYTHON) .venv-mcp2
 	.venv-mcp2/bin/pip install --quiet --disable-pip-version-check -e . 'mcp>=2,<3' \
-		pytest pytest-timeout psutil
+		pytest pytest-timeout psutil matplotlib
 	touch $@
 
 clean:

@@ -259,6 +259,8 @@ async def test_post_mcp_serves_the_same_tools_with_tasks_and_export():
 async def test_text_content_carries_what_an_agent_needs(tmp_path):
     """Many MCP hosts show the model only the text content: the task, the episode id, the cell."""
     from mcp import ClientSession, StdioServerParameters
+
+    from kernelenv.tools.mcp_sdk import attribute
     from mcp.client.stdio import stdio_client
 
     task_id = "functions_easy_palindrome"
@@ -273,7 +275,7 @@ async def test_text_content_carries_what_an_agent_needs(tmp_path):
             await session.initialize()
             reset = await session.call_tool("reset", {"task_id": task_id, "episode_id": "e-17"})
             text = reset.content[0].text
-            prompt = reset.structuredContent["task_description"]
+            prompt = attribute(reset, "structured_content")["task_description"]
             assert prompt and prompt.strip() in text
             assert "episode_id: e-17" in text and task_id in text
 

@@ -31,7 +31,7 @@ def mcp2_python() -> Path:
             subprocess.run([sys.executable, "-m", "venv", str(MCP2_VENV)], check=True)
         subprocess.run(
             [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "-e", str(REPO), MCP2_REQUIREMENT, "pytest", "pytest-timeout", "psutil"],
+             "-e", str(REPO), MCP2_REQUIREMENT, "pytest", "pytest-timeout", "psutil", "matplotlib"],
             check=True, timeout=900,
         )
         marker.touch()
