@@ -72,7 +72,7 @@ class Kernel:
     """A started, ready kernel with its client, its directory and its working directory.
 
     Each kernel owns ``directory`` (connection file and IPC sockets under ``run/``, the
-    episode's working directory under ``work/``, or under ``fs/work/`` when the episode has a
+    episode's working directory in ``work``, or in ``fs/work`` when the episode has a
     byte budget: a tmpfs also holding its /tmp and /dev/shm), removed by :meth:`shutdown`.
     """
 
