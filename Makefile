@@ -1,49 +1,57 @@
 # The two set-up commands of the README: `make demo` and `make test`.
-# Both create the virtual environment (.venv) and install what they need on first use
-# (scripts/make-venv.sh also installs Python's venv module where Debian ships it apart).
+# Both create their virtual environments on first use, from the exact pins in requirements/
+# (scripts/venv.sh; scripts/make-venv.sh also installs Python's venv module where Debian ships it
+# apart). Every install happens here, before pytest starts, never inside a test.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
 # Virtual envs of peers the tests drive, kept apart from .venv (their pins differ): TRL with
-# torch's CPU build, and the MCP SDK's 2.x major. Made here rather than in the tests, so that
-# their install never counts against a test's time limit.
-PEERS = .venv-trl/.installed-trl-test .venv-mcp2/.installed-mcp2
+# torch's CPU build, the MCP SDK's 2.x major, OpenEnv's published package and smolagents.
+# A stamp is remade when the pins or pyproject.toml change.
+PEERS = trl mcp2 openenv smolagents
+STAMPS = $(VENV)/.locked-test $(foreach p,$(PEERS),.venv-$(p)/.locked)
 
-.PHONY: demo test bench system-deps clean
+.PHONY: demo test test-latest lock bench system-deps clean
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.locked-demo
 	$(BIN)/kernelenv demo
 
-test: system-deps $(VENV)/.installed-test $(PEERS)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# At the common open-file limit of 1024, as users' processes run (`kernelenv serve` lifts its own).
+test: system-deps $(STAMPS)
+	ulimit -Sn 1024; $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed-test
+# The suite against the newest releases pyproject.toml's ranges allow (the venvs are upgraded
+# in place; `make test` afterwards puts the pins back). Run it before `make lock`.
+test-latest: system-deps
+	@for env in test $(PEERS); do bash scripts/venv.sh $$env latest $(PYTHON) || exit 1; done
+	rm -f $(STAMPS)
+	ulimit -Sn 1024; $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Refresh requirements/*.txt: the newest allowed releases, installed and written down.
+lock:
+	@for env in test $(PEERS); do bash scripts/venv.sh $$env lock $(PYTHON) || exit 1; done
+	rm -f $(STAMPS)
+	bash scripts/install-system-deps.sh --lock
+
+bench: $(VENV)/.locked-test .venv-smolagents/.locked
 	$(BIN)/kernelenv bench
 
 system-deps:
 	@bash scripts/install-system-deps.sh
 
-$(VENV)/.installed: pyproject.toml
-	@bash scripts/make-venv.sh $(PYTHON) $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.locked-demo: pyproject.toml requirements/test.txt
+	@echo "installing kernelenv into $(VENV) from the pins in requirements/test.txt (once)"
+	bash scripts/venv.sh demo locked $(PYTHON)
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[test]'
+$(VENV)/.locked-test: pyproject.toml requirements/test.txt
+	bash scripts/venv.sh test locked $(PYTHON)
 	touch $@
 
-.venv-trl/.installed-trl-test: pyproject.toml
-	@bash scripts/make-venv.sh $(PYTHON) .venv-trl
-	.venv-trl/bin/pip install --quiet --disable-pip-version-check -e '.[trl-test]'
-	touch $@
-
-.venv-mcp2/.installed-mcp2: pyproject.toml
-	@bash scripts/make-venv.sh $(PYTHON) .venv-mcp2
-	.venv-mcp2/bin/pip install --quiet --disable-pip-version-check -e . 'mcp>=2,<3' \
-		pytest pytest-timeout psutil matplotlib
+.venv-%/.locked: pyproject.toml requirements/%.txt
+	bash scripts/venv.sh $* locked $(PYTHON)
 	touch $@
 
 clean:

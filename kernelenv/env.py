@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .episodes.episode import Episode, check_episode_id
+from .episodes.episode import DEFAULT_MAX_HISTORY_BYTES, Episode, check_episode_id
 from .episodes.export import episode_notebook_of, write_notebook
 from .episodes.notebook_state import DISPLAY_UPDATES_KEY
 from .errors import EnvClosedError, ForkError, InvalidActionError, ResetNeeded
@@ -23,14 +23,17 @@ from .models import (
     CodeAction,
     CodeObservation,
     CodeState,
+    ErrorInfo,
     OutputCallback,
     ReviewAction,
     StepRecord,
+    StepStatus,
     Transform,
 )
 from .runtime.kernel import Kernel
 from .runtime.outputs import DEFAULT_MAX_OUTPUT_BYTES, NOTEBOOK_STATE_TRUNCATED_KEY
 from .runtime.pool import KernelPool
+from .runtime.sizes import held_bytes
 from .runtime.streaming import OutputSink, StepStream, run_streamed
 from .sync import SyncKernelEnv
 from .tasks.library import answer_key_dirs, as_library, default_library
@@ -79,6 +82,10 @@ class KernelEnv:
         interrupt_grace_s: How long an interrupted step may take to stop before the kernel is
             killed and replaced.
         max_output_bytes: Output kept per step; the rest is dropped with a visible marker.
+        max_history_bytes: What an episode keeps of its steps (code and observations, for
+            export, grading, forks and retries), about. Once reached, each further step is
+            refused (``status`` aborted, ``done``, ``error.ename`` ``EpisodeHistoryFull``)
+            until the next reset. ``None``: no cap.
         acquire_timeout_s: How long reset waits for a kernel from the pool.
         transform: Called on every step's observation (rewards, see ``kernelenv.integrations.transforms``).
         tools: Host-side tools defined as functions in every episode's kernel; their calls are
@@ -100,6 +107,7 @@ class KernelEnv:
         max_step_timeout_s: float | None = None,
         interrupt_grace_s: float = 1.0,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        max_history_bytes: int | None = DEFAULT_MAX_HISTORY_BYTES,
         acquire_timeout_s: float | None = 120.0,
         transform: Transform | None = None,
         tools: ToolRegistry | None = None,
@@ -129,6 +137,7 @@ class KernelEnv:
         self.max_step_timeout_s = max_step_timeout_s
         self.interrupt_grace_s = interrupt_grace_s
         self.max_output_bytes = max_output_bytes
+        self.max_history_bytes = max_history_bytes
         self.acquire_timeout_s = acquire_timeout_s
         self.transform = transform
         self.tools = tools
@@ -201,6 +210,7 @@ class KernelEnv:
                 await self.journal.end(self._episode.episode_id, "reset")
             self._episode = None
             episode = Episode(episode_id=episode_id or uuid.uuid4().hex, seed=seed, options=options)
+            episode.kept_bytes = held_bytes(options)  # kept (and copied into each fork)
             episode.state = CodeState(episode_id=episode.episode_id, seed=seed)
             self._recorded.clear()
             self._kernel = await self.pool.acquire(self.acquire_timeout_s)
@@ -286,6 +296,8 @@ class KernelEnv:
             episode = self._episode
             if episode is None:  # a concurrent close or failed reset ended it
                 raise ResetNeeded("call reset() before step()")
+            if self._history_full(episode):
+                return self._history_full_observation(episode)
             if episode.task is not None:
                 budget = episode.task.task.limits.step_budget(budget)
             budget, clamped = self._bounded_budget(budget or self.step_timeout_s)
@@ -324,9 +336,11 @@ class KernelEnv:
             if outcome.late_output:
                 observation.metadata["late_output"] = outcome.late_output
             if self._tool_bridge is not None:
-                calls = self._tool_bridge.take_calls()
+                calls, not_recorded = self._tool_bridge.take_calls()
                 if calls or self.tools is not None:
                     observation.metadata["tool_calls"] = calls
+                if not_recorded:
+                    observation.metadata["tool_calls_not_recorded"] = not_recorded
             if outcome.kernel_lost:
                 self._release_kernel()
             observation.metadata.setdefault("episode_id", episode.episode_id)
@@ -432,6 +446,7 @@ class KernelEnv:
                     max_step_timeout_s=self.max_step_timeout_s,
                     interrupt_grace_s=self.interrupt_grace_s,
                     max_output_bytes=self.max_output_bytes,
+                    max_history_bytes=self.max_history_bytes,
                     acquire_timeout_s=self.acquire_timeout_s,
                     transform=self.transform,
                     tools=self.tools,
@@ -544,6 +559,8 @@ class KernelEnv:
             self._check_open()
             if action.request_id is not None and action.request_id in self._recorded:
                 return self._recorded[action.request_id].model_copy(deep=True)
+            if self._history_full(episode):
+                return self._history_full_observation(episode)
             loop = asyncio.get_running_loop()
             started_at = loop.time()
             observation = await submit_review(self.pool, episode.task, action)
@@ -565,11 +582,38 @@ class KernelEnv:
         episode.state.step_count += 1
         episode.state.last_exit_code = observation.exit_code
         ended_at = asyncio.get_running_loop().time()
-        episode.steps.append(StepRecord(action, observation, started_at, ended_at))
+        episode.keep(
+            StepRecord(action, observation, started_at, ended_at),
+            copies=1 if action.request_id is None else 2,  # _remember keeps a copy
+        )
         if self.journal is not None:  # durable before the observation is returned
             await self.journal.record_step(episode, episode.steps[-1])
         if action.request_id is not None:
             self._remember(action.request_id, observation)
+
+    def _history_full(self, episode: Episode) -> bool:
+        return self.max_history_bytes is not None and episode.kept_bytes >= self.max_history_bytes
+
+    def _history_full_observation(self, episode: Episode) -> CodeObservation:
+        """A step refused, not run nor recorded: the episode keeps all it may."""
+        limit = self.max_history_bytes
+        message = (
+            f"this episode keeps {episode.kept_bytes} bytes of steps, its cap is {limit} "
+            "(max_history_bytes): the step was not run; reset to start a new episode"
+        )
+        return CodeObservation(
+            stderr=message + "\n",
+            exit_code=StepStatus.ABORTED.exit_code,
+            status=StepStatus.ABORTED,
+            done=True,
+            error=ErrorInfo(ename="EpisodeHistoryFull", evalue=message),
+            metadata={
+                "episode_id": episode.episode_id,
+                "history_full": True,
+                "history_bytes": episode.kept_bytes,
+                "max_history_bytes": limit,
+            },
+        )
 
     def _release_kernel(self) -> None:
         if self._tool_bridge is not None:

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-
-# One test process drives hundreds of kernels, each with several ZMQ sockets: the default soft
-# limit of 1024 descriptors is too few for a whole run (the hard limit is the bound).
-_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-_wanted = 65536 if _hard == resource.RLIM_INFINITY else min(_hard, 65536)
-if _soft != resource.RLIM_INFINITY and _soft < _wanted:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (_wanted, _hard))
 
 from kernelenv.runtime.pool import OWNER_FILE, ROOT_PREFIX
 
@@ -33,7 +25,14 @@ def kernel_processes() -> list[psutil.Process]:
         children = psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
-    return [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    return [p for p in children if _running(p)]
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, OSError):  # it exited while we looked (psutil may leak the OSError)
+        return False
 
 
 def own_pool_dirs() -> list[Path]:

@@ -106,7 +106,7 @@ def _run(
             f"{name} did not exit within {limit_s:g} s\nstdout:\n{stdout}\nstderr:\n{stderr}"
         ) from None
     processes = _wait_for_none_of(tmpdir, grace_s=10.0)
-    leftovers = [" ".join(p.cmdline()[:4]) for p in processes]
+    leftovers = [_command(p) for p in processes]
     _kill_everything_of(None, tmpdir)  # never leave them to the next test, even when failing
     return ScriptRun(
         returncode=process.returncode,
@@ -149,3 +149,11 @@ def _kill_everything_of(pid: int | None, tmpdir: Path) -> None:
             proc.kill()
         except psutil.Error:
             pass
+
+
+def _command(process: psutil.Process) -> str:
+    """The start of its command line (a process may exit while we look)."""
+    try:
+        return " ".join(process.cmdline()[:4])
+    except psutil.Error:
+        return f"pid {process.pid} (exited meanwhile)"

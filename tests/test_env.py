@@ -339,3 +339,37 @@ async def test_kernel_runs_with_agent_friendly_settings(env):
     assert hist == ":memory:"
     assert colors.lower() == "nocolor"
     assert os.path.basename(eval((await env.step("os.getcwd()")).return_value)) == "work"
+
+
+async def test_an_episode_past_its_history_cap_refuses_steps_until_reset(shared_pool):
+    """An agent printing a lot every step cannot grow the episode's memory without end."""
+    async with KernelEnv(pool=shared_pool, max_history_bytes=200_000) as env:
+        await env.reset()
+        # Each step keeps its 30 kB twice: in stdout and in its stream output.
+        observations = [await env.step("print('x' * 30_000)") for _ in range(6)]
+        kept = [o for o in observations if o.status is StepStatus.OK]
+        refused = observations[len(kept):]
+        assert len(kept) == 4 and refused  # 4 x 60 kB pass the 200 kB cap, 3 do not
+        for obs in refused:
+            assert obs.status is StepStatus.ABORTED and obs.done and obs.stdout == ""
+            assert obs.error.ename == "EpisodeHistoryFull" and obs.metadata["history_full"]
+        assert env.state.step_count == 4 and len(env.episode.steps) == 4
+        assert 200_000 <= env.episode.kept_bytes < 270_000  # 4 steps of about 61 kB held
+        # A refused step ran nothing; the kernel and its state are still there.
+        assert (await env.step("1 + 1")).error.ename == "EpisodeHistoryFull"
+        notebook = await env.export_notebook()
+        assert len([c for c in notebook.cells if c.cell_type == "code"]) == 4
+        await env.reset()
+        obs = await env.step("1 + 1")
+        assert obs.status is StepStatus.OK and obs.return_value == "2"
+        assert env.episode.kept_bytes < 10_000
+
+
+async def test_retries_count_against_the_history_cap_once_more(shared_pool):
+    """A step with a request id is kept twice (its retry answer is a copy)."""
+    async with KernelEnv(pool=shared_pool, max_history_bytes=10**9) as env:
+        await env.reset()
+        await env.step("print('y' * 10_000)")
+        plain = env.episode.kept_bytes
+        await env.step(CodeAction(code="print('y' * 10_000)", request_id="r1"))
+        assert env.episode.kept_bytes - plain >= 2 * 10_000

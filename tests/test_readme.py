@@ -6,7 +6,8 @@ fails, prints a traceback from our clean-up, never exits, or leaves a kernel beh
 test. An HTML comment right before a block changes how it runs:
 
 - ``<!-- readme-test: server -->``: a server is running at the address the block names
-  (``http://127.0.0.1:8000`` is replaced by a test server's; its token is in ``KERNELENV_TOKEN``).
+  (``http://127.0.0.1:8000`` is replaced by a plain ``kernelenv serve``'s; the block finds its
+  token as a reader's client does, from the server's info file).
 - ``<!-- readme-test: notebook -->``: top-level ``await``, run as a notebook cell runs it.
 - ``<!-- readme-test: file NAME -->``: saved as NAME for later blocks, not run.
 - ``<!-- readme-test: skip (why) -->``: not run; the reason is shown.
@@ -15,13 +16,13 @@ test. An HTML comment right before a block changes how it runs:
 from __future__ import annotations
 
 import re
-import secrets
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from local_server import start_plain_server, stop
 from script_runner import run_script
 
 pytestmark = pytest.mark.slow
@@ -90,13 +91,15 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server():
-    """A server with a token, for blocks marked ``server``."""
-    from kernelenv.server import ServerConfig, ServerThread
-
-    token = secrets.token_hex(8)
-    with ServerThread(ServerConfig(port=0, pool_size=1, token=token)) as running:
-        yield running, token
+def server(tmp_path_factory):
+    """A plain ``kernelenv serve`` (its own token, as a reader starts it), for blocks marked
+    ``server``; the blocks find its token as a reader's would, from its server info file."""
+    runtime = tmp_path_factory.mktemp("runtime")
+    process, info = start_plain_server(runtime)
+    try:
+        yield info["url"], runtime
+    finally:
+        stop(process)
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
@@ -109,10 +112,10 @@ def test_readme_block_runs(block: Block, workdir: Path, request):
         return
     source, env = block.code, {}
     if mark == "server":
-        running, token = request.getfixturevalue("server")
+        url, runtime = request.getfixturevalue("server")
         assert README_ADDRESS in source, "a server block names the README's address"
-        source = source.replace(README_ADDRESS, running.base_url)
-        env["KERNELENV_TOKEN"] = token
+        source = source.replace(README_ADDRESS, url)
+        env["KERNELENV_RUNTIME_DIR"] = str(runtime)
     name = f"readme_{block.id}.py"
     if mark == "notebook":
         (workdir / f"{name}.cell").write_text(source)

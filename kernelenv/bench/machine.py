@@ -39,15 +39,23 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 
 
 def git_commit() -> str | None:
-    """The short commit of the source tree kernelenv runs from, if it is a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.SubprocessError):
+    """The short commit of the source tree kernelenv runs from, if it is a git checkout, with
+    ``+uncommitted`` when the tree has changes: figures then belong to no commit."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], check=False, capture_output=True, text=True,
+                                 timeout=5, cwd=here)  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return f"{commit}+uncommitted" if changes else commit
 
 
 def describe() -> dict[str, Any]:

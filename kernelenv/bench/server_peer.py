@@ -60,6 +60,7 @@ class ServerProcess:
             "KERNELENV_PORT": str(self.port),
             "KERNELENV_POOL_SIZE": str(pool_size),
             "KERNELENV_MAX_SESSIONS": str(max_sessions),
+            "KERNELENV_MAX_CONNECTIONS": str(max(256, max_sessions + 16)),
             "KERNELENV_STEP_TIMEOUT_S": str(step_timeout_s),
             "KERNELENV_JOURNAL": "false" if journal == "off" else "true",
             "KERNELENV_JOURNAL_FSYNC": "true" if journal == "fsync" else "false",

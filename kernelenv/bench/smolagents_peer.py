@@ -27,8 +27,7 @@ def default_venv() -> Path:
 def ensure_venv(venv: Path) -> Path:
     """Create ``venv`` with smolagents installed unless it is there already; return its python."""
     python = venv / "bin" / "python"
-    marker = venv / ".installed"
-    if marker.exists() and python.exists():
+    if python.exists() and smolagents_version(python):  # e.g. made by `make bench` from the pins
         return python
     print(f"creating {venv.name} with {SMOLAGENTS_REQUIREMENT} (once)...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -37,7 +36,6 @@ def ensure_venv(venv: Path) -> Path:
          SMOLAGENTS_REQUIREMENT],
         check=True,
     )
-    marker.write_text(SMOLAGENTS_REQUIREMENT + "\n")
     return python
 
 

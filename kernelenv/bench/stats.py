@@ -28,7 +28,12 @@ class Figures:
             return cls(only, only, only, only, 1)
         deciles = statistics.quantiles(values, n=10, method="inclusive")
         centiles = statistics.quantiles(values, n=100, method="inclusive")
-        return cls(deciles[0], statistics.median(values), deciles[-1], centiles[-1], len(values))
+        median = statistics.median(values)
+        # Interpolating between equal samples can round past them (p10 above p50 by 1e-14).
+        p10 = min(max(deciles[0], values[0]), median)
+        p90 = max(min(deciles[-1], values[-1]), median)
+        p99 = max(min(centiles[-1], values[-1]), p90)
+        return cls(p10, median, p90, p99, len(values))
 
 
 @dataclass

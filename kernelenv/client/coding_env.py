@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from ..errors import EnvClosedError, ServerError
 from ..models import Action, CodeAction, CodeObservation, CodeState, OutputCallback, OutputEvent
+from ..server.discovery import token_for
 from ..sync import BlockingTwin
 from ..wire import observation_from_payload
 from .launchers import DockerLauncher, Launcher, LocalServerLauncher
@@ -58,7 +59,10 @@ class CodingEnv:
     Args:
         base_url: The server's URL (``http://``, ``https://``, ``ws://`` or ``wss://``).
         headers: Extra headers of the connection (auth, tracing).
-        token: Shortcut for ``headers={"Authorization": f"Bearer {token}"}``.
+        token: Shortcut for ``headers={"Authorization": f"Bearer {token}"}``. Without one
+            (and no such header), a client of a loopback URL sends the token of this user's
+            ``kernelenv serve`` at that address, read from its server info file
+            (:mod:`kernelenv.server.discovery`), as Jupyter's clients find a Jupyter Server.
         connect_timeout_s: How long opening the connection may take.
         message_timeout_s: How long to wait for a reply (None: as long as the connection
             lives; keep-alive pings detect a dead server, the server bounds every step).
@@ -165,6 +169,10 @@ class CodingEnv:
         if self._launcher is not None and not self._launched:
             self.base_url = await self._launcher.start()
             self._launched = True
+        if "authorization" not in {name.lower() for name in self.headers}:
+            token = token_for(self.base_url)
+            if token is not None:
+                self.headers["Authorization"] = f"Bearer {token}"
         try:
             self._ws = await connect(
                 websocket_url(self.base_url),

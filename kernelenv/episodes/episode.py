@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidEpisodeIdError
 from ..models import CodeState, StepRecord
+from ..runtime.sizes import held_bytes
 from .notebook_state import DisplayIndex
 
 if TYPE_CHECKING:
@@ -18,6 +19,11 @@ if TYPE_CHECKING:
 # digits of any script, '_', '-' and '.', not starting with '.', at most 128 characters.
 EPISODE_ID_MAX_LENGTH = 128
 _EPISODE_ID = re.compile(r"(?!\.)[\w.-]+")
+
+# What an episode may keep in memory (its steps' code and observations): every step is kept
+# for export, grading, forks and retries, so without a cap an agent that prints a megabyte a
+# step grows its server without end. Past the cap, steps are refused until the next reset.
+DEFAULT_MAX_HISTORY_BYTES = 256 * 1024 * 1024
 
 
 def check_episode_id(episode_id: str) -> str:
@@ -62,6 +68,12 @@ class Episode:
     parent_episode_id: str | None = None
     inherited_steps: int = 0
     displays: DisplayIndex = field(default_factory=DisplayIndex)  # display ids over the steps
+    kept_bytes: int = 0  # what ``steps`` hold, about (see :func:`step_bytes`)
+
+    def keep(self, record: StepRecord, copies: int = 1) -> None:
+        """Add a finished step (kept ``copies`` times: a retry's answer is another)."""
+        self.steps.append(record)
+        self.kept_bytes += copies * step_bytes(record)
 
     def forked(self, episode_id: str) -> Episode:
         """A copy of this episode as a fork's starting point: new id, the steps so far inherited."""
@@ -75,4 +87,17 @@ class Episode:
             parent_episode_id=self.episode_id,
             inherited_steps=len(self.steps),
             displays=copy.deepcopy(self.displays),
+            kept_bytes=self.kept_bytes,
         )
+
+
+def step_bytes(record: StepRecord) -> int:
+    """About how many bytes a step holds: its code, texts, outputs and metadata (tool calls,
+    late output, display updates) as this process holds them (see :func:`held_bytes`)."""
+    observation = record.observation
+    error = observation.error
+    return held_bytes([
+        record.action.model_dump(mode="python"), observation.stdout, observation.stderr,
+        observation.return_value, observation.outputs, observation.metadata,
+        error.traceback if error is not None else None, error.evalue if error is not None else None,
+    ])  # fmt: skip

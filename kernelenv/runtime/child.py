@@ -28,6 +28,7 @@ import gc
 import os
 import signal
 import sys
+import threading
 import uuid
 
 # Objects of the parent's messaging, kept alive forever so no finalizer runs in the child.
@@ -112,11 +113,14 @@ def attach_and_run(
     app.connection_file = connection_file
     for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
         setattr(app, name, 0)
-    app.init_connection_file()
+    # The host wrote this file before asking for the kernel; if it is gone, the host gave the
+    # kernel up (and removed its folder). ipykernel's init_connection_file would instead fall
+    # back to TCP on its own ports and recreate the folder.
+    app.load_connection_file()
     if parent_poller:
         app.init_poller()
     app.init_sockets()
-    app.init_heartbeat()
+    _start_heartbeat(app)
     app.log_connection_info()
     if on_bound is not None:
         on_bound()
@@ -151,6 +155,44 @@ def attach_and_run(
     except KeyboardInterrupt:
         pass
     _exit_child(app)
+
+
+def _start_heartbeat(app, timeout_s: float = 10.0) -> None:
+    """ipykernel's ``init_heartbeat``, returning once the heartbeat socket is bound.
+
+    Its thread binds on its own, after ``init_heartbeat`` returns: the kernel would report
+    itself bound too early, and a failed bind (the folder removed by a host that gave the
+    kernel up) would be printed by the thread instead of raised here.
+    """
+    import zmq
+    from ipykernel.heartbeat import Heartbeat
+
+    class ReportingHeartbeat(Heartbeat):
+        def _bind_socket(self):  # noqa: ANN202
+            try:
+                return super()._bind_socket()
+            except Exception as exc:  # noqa: BLE001 - raised in the main thread below
+                self.bind_error = exc  # run() then waits on an unbound socket until _exit
+            finally:
+                self.bound.set()
+
+    curve = {}  # CurveZMQ keys: recent ipykernel 7 releases only
+    if hasattr(app, "curve_secretkey"):
+        curve = {"curve_publickey": app.curve_publickey, "curve_secretkey": app.curve_secretkey}
+    heartbeat = ReportingHeartbeat(
+        zmq.Context(),  # its own, as ipykernel's: the GIL must not block it
+        (app.transport, app.ip, app.hb_port),
+        **curve,
+    )
+    heartbeat.bound = threading.Event()
+    heartbeat.bind_error = None
+    app.heartbeat = heartbeat
+    app.hb_port = heartbeat.port
+    heartbeat.start()
+    if not heartbeat.bound.wait(timeout_s):
+        raise TimeoutError(f"the heartbeat socket was not bound within {timeout_s} s")
+    if heartbeat.bind_error is not None:
+        raise heartbeat.bind_error
 
 
 def _plug_kernel(app, kernel):
@@ -208,6 +250,9 @@ def _exit_child(app) -> None:
 
 def child_after_fork(*, new_session: bool = True) -> None:
     """Process hygiene every forked kernel does first."""
+    main = threading.main_thread()
+    if hasattr(main, "_set_native_id"):  # Python 3.11 keeps the parent's thread id after a fork
+        main._set_native_id()
     if new_session:
         os.setsid()  # own session and process group: killpg and message interrupts hit only it
     gc.enable()

@@ -32,10 +32,11 @@ from .limits import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ConnectionWatch,
     LateBacklog,
-    limit_receiving,
+    bounded_context,
     lost_marker,
 )
 from .outputs import DEFAULT_MAX_OUTPUT_BYTES, OutputCollector, StepDisplays, status_from_reply
+from .sizes import held_bytes
 from .streaming import OutputSink, OutputStreamer
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ class Kernel:
         fs: EpisodeFS | None = None,
     ) -> None:
         self.manager = manager
-        self.client = manager.client()
+        # The manager's context: a client left to make its own would, even when only
+        # garbage-collected (jupyter_client builds it on first access).
+        self.client = manager.client(context=manager.context)
         self.directory = directory
         self.kernel_id = kernel_id
         self.fs = fs
@@ -161,6 +164,7 @@ class Kernel:
             transport="ipc",
             ip=str(directory / "run" / "kernel"),
             connection_file=str(directory / "run" / "connection.json"),
+            context=bounded_context(max_message_bytes),
         )
         kernel = cls(manager, directory, kernel_id, fs)
         kernel.max_message_bytes = max_message_bytes
@@ -169,7 +173,6 @@ class Kernel:
             env = {**os.environ, **(extra_env or {})}
             env.pop("JPY_SESSION_NAME", None)
             await manager.start_kernel(cwd=str(kernel.work_dir), env=env)
-            kernel.client = manager.client()
 
         await kernel._become_ready(launch, start_timeout_s)
         return kernel
@@ -236,8 +239,10 @@ class Kernel:
     def _connect(self, max_message_bytes: int) -> None:
         """Open the client's channels, bounded as :mod:`kernelenv.runtime.limits` says."""
         self.max_message_bytes = self._late.max_message_bytes = max_message_bytes
-        limit_receiving(self.client.context, max_message_bytes)
-        self.client.start_channels()
+        # Shared, bounded (see bounded_context); no heartbeat channel: liveness is the
+        # process's (is_alive), and a heartbeat costs a thread and an event loop a kernel.
+        self.client = self.manager.client(context=bounded_context(max_message_bytes))
+        self.client.start_channels(hb=False)
         self._watch = ConnectionWatch(self.client)
 
     async def _wait_ready(self) -> None:
@@ -340,10 +345,12 @@ class Kernel:
             log.warning("shutting down kernel %s failed: %s", self.kernel_id, exc)
             with contextlib.suppress(Exception):
                 await self.manager.signal_kernel(signal.SIGKILL)
-        # Each manager made its own zmq context (shared with its client): close it now rather
-        # than leave it to garbage collection, which warns about it at an arbitrary moment.
-        with contextlib.suppress(Exception):
-            self.manager.context.destroy(linger=0)
+        # A manager given no context made its own: close it now rather than leave it to
+        # garbage collection, which warns about it at an arbitrary moment. The shared one
+        # (bounded_context) stays: the client's sockets on it are closed by now.
+        if getattr(self.manager, "_created_context", False):
+            with contextlib.suppress(Exception):
+                self.manager.context.destroy(linger=0)
         if self.fs is not None:  # before rmtree, which cannot remove a mount point
             try:
                 self.fs.close()
@@ -387,8 +394,8 @@ class Kernel:
         timed_out = budget.cancelled_caught
         interrupted_in_time = False
         if timed_out:
-            await self.interrupt()
             with anyio.move_on_after(interrupt_grace_s) as grace:
+                await self._interrupt_once_started(run)
                 await run.wait()
             interrupted_in_time = not grace.cancelled_caught and run.finished
         else:
@@ -408,6 +415,18 @@ class Kernel:
             outcome.observation.output_truncated = True
         outcome.displays = collector.displays
         return outcome
+
+    async def _interrupt_once_started(self, run: _Run) -> None:
+        """Interrupt the cell, but not before the kernel said it started it: an idle
+        ipykernel ignores SIGINT, so an interrupt that beats the cell would be lost (and the
+        cell killed with its kernel once the grace ran out)."""
+        while not run.started and not (
+            run.finished or run.died or run.broken is not None or run.iopub_lost
+        ):
+            with anyio.move_on_after(LIVENESS_POLL_S):
+                await run.wait()
+        if not run.finished:
+            await self.interrupt()
 
     async def _outcome(
         self,
@@ -550,7 +569,7 @@ class Kernel:
             self._late.drop(msg_type, size)
             return msg_type
         msg = decode_message(self.client.session, frames)
-        self._late.add(msg, size)
+        self._late.add(msg, max(size, held_bytes(msg["content"])))  # decoded, it may hold more
         return msg["msg_type"]
 
 
@@ -625,6 +644,8 @@ class _Run:
         self.reply: dict[str, Any] | None = None
         self.replied_at: float | None = None
         self.idle = False
+        # The kernel said "busy" for this request: the cell has started (or is about to).
+        self.started = False
         self.died = False
         # Why a message could not be read, once one could not (agent code broke the
         # kernel's messaging): the step cannot finish normally.
@@ -752,8 +773,11 @@ class _Run:
         elif parent != self.msg_id:
             self.kernel._late.add(msg, sum(len(frame) for frame in frames))
         elif msg["msg_type"] == "status":
-            if msg["content"].get("execution_state") == "idle":
+            state = msg["content"].get("execution_state")
+            if state == "idle":
                 self.idle = True
+            elif state == "busy":
+                self.started = True
         else:
             self.collector.feed(msg)
             if self.streamer is not None:

@@ -15,10 +15,12 @@ does not limit; a kernel that crafts many-part messages is held back only by its
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 import zmq
+import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,20 @@ def limit_receiving(context: zmq.Context, max_message_bytes: int) -> None:
     """Make every socket ``context`` creates from now on bounded as the module docstring says."""
     context.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     context.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+
+
+@functools.cache
+def bounded_context(max_message_bytes: int) -> zmq.asyncio.Context:
+    """The one ZMQ context of this process for kernel connections with this message limit.
+
+    jupyter_client makes a context per kernel manager and per client otherwise: two I/O and
+    two reaper threads and about twenty descriptors a kernel, which caps a server at a few
+    hundred sessions. Its socket limit is raised from libzmq's 1023 (five sockets a kernel).
+    """
+    context = zmq.asyncio.Context()
+    context.set(zmq.MAX_SOCKETS, context.get(zmq.SOCKET_LIMIT))
+    limit_receiving(context, max_message_bytes)
+    return context
 
 
 def lost_marker(max_message_bytes: int) -> str:

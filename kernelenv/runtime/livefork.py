@@ -44,6 +44,7 @@ from jupyter_client.provisioning import LocalProvisioner
 
 from ..errors import ForkError, KernelStartError
 from ..sandbox.cgroup import pid_alive
+from .limits import bounded_context
 
 if TYPE_CHECKING:
     from ..sandbox.cgroup import EpisodeCgroup
@@ -137,7 +138,9 @@ def _keep_dying_with_host(app) -> bool:
     def watch() -> None:
         import select
 
-        select.select([pidfd], [], [])
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.poll()
         os._exit(1)
 
     t = threading.Thread(target=watch, name="kfork-owner-watch", daemon=True)
@@ -278,7 +281,7 @@ class ForkedProcess:
                 self.returncode = os.waitstatus_to_exitcode(status)
                 return self.returncode
         if self._pidfd is not None:
-            if select.select([self._pidfd], [], [], 0)[0]:
+            if _pidfd_exited(self._pidfd):
                 self.returncode = -signal.SIGKILL
         elif not pid_alive(self.pid):
             self.returncode = -signal.SIGKILL
@@ -399,6 +402,7 @@ async def fork_kernel(
                 transport="ipc",
                 ip=str(directory / "run" / "kernel"),
                 connection_file=str(directory / "run" / "connection.json"),
+                context=bounded_context(parent.max_message_bytes),
             )
             manager.write_connection_file()  # a new key and new IPC paths
             ready = socket.socket(socket.AF_UNIX)
@@ -457,3 +461,12 @@ async def fork_kernel(
             ready.close()
             with contextlib.suppress(OSError):
                 (directory / "run" / "ready").unlink()
+
+
+def _pidfd_exited(pidfd: int) -> bool:
+    """Whether the process behind ``pidfd`` has exited (poll: descriptors may be past 1024).
+    Not template_provisioner's readable_within: this module runs in kernels, which should
+    not import pydantic with it."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))

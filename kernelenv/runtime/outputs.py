@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..models import CodeObservation, ErrorInfo, StepStatus
+from .sizes import held_bytes
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 
 DEFAULT_MAX_OUTPUT_BYTES = 1_000_000
+MAX_DISPLAY_ID_CHARS = 256  # ids are remembered over the episode; real ones are uuids
 
 # Observation metadata keys: the widget models a step created or changed, and the flag set
 # when some of that, or an update of an earlier step's display, was dropped by the byte cap.
@@ -52,7 +54,9 @@ def display_id_of(content: dict[str, Any]) -> str | None:
     """The ``transient.display_id`` of a message's content, if it has a usable one."""
     transient = content.get("transient")  # may be present and None
     display_id = transient.get("display_id") if isinstance(transient, dict) else None
-    return display_id if isinstance(display_id, str) and display_id else None
+    if not isinstance(display_id, str) or not 0 < len(display_id) <= MAX_DISPLAY_ID_CHARS:
+        return None  # none, or not one a frontend would make (they are uuids): not tracked
+    return display_id
 
 
 class OutputCollector:
@@ -77,6 +81,7 @@ class OutputCollector:
         self._full = False  # the cap is reached now: drop until the next clear_output
         self.execution_count: int | None = None
         self._bytes = 0
+        self._essentials: set[str] = set()  # kept past the cap already: execute_result, error
         self._clear_on_next_output = False
         self.displays = StepDisplays()
         self.widget_state: dict[str, dict[str, Any]] = {}
@@ -148,14 +153,16 @@ class OutputCollector:
     ) -> None:
         if size is None:
             size = _bundle_size(msg["content"])
-        essential = msg_type in ("execute_result", "error")
+        # A cell has one result and at most one error; more (sent by hand) get no privilege.
+        essential = msg_type in ("execute_result", "error") and msg_type not in self._essentials
+        if essential:
+            self._essentials.add(msg_type)
         if self._full and not essential:
             return
         output = output_from_msg(msg)
         if essential:
             # Results are kept whatever came before; only one larger than the cap is cut.
-            if size > self.max_output_bytes:
-                output = _cut_output(output, self.max_output_bytes)
+            if size > self.max_output_bytes and _cut_output(output, self.max_output_bytes):
                 self.truncated = True
         elif size > self._room():
             self._mark_truncated()
@@ -358,33 +365,45 @@ def output_from_msg(msg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bundle_size(content: dict[str, Any]) -> int:
-    size = 0
-    for value in (content.get("data") or {}).values():
-        size += len(value) if isinstance(value, str) else len(str(value))
-    for line in content.get("traceback") or ():
-        size += len(line)
-    return size
+    """What a message's content (or an output) holds: data, metadata, display id, traceback."""
+    return held_bytes(content)
 
 
 def _cut_utf8(text: str, limit: int) -> str:
     return text.encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
 
 
-def _cut_output(output: dict[str, Any], limit: int) -> dict[str, Any]:
+def _cut_output(output: dict[str, Any], limit: int) -> bool:
+    """Cut a result or error to about ``limit`` in place: long text/plain is cut with a marker,
+    other data and metadata holding more are dropped. Returns whether anything was."""
     marker = truncation_marker(limit)
+    cut = False
+    data = {}
+    for mime, value in (output.get("data") or {}).items():
+        if isinstance(value, str) and len(value) > limit:
+            cut = True
+            if mime == "text/plain":
+                data[mime] = _cut_utf8(value, limit) + marker
+        elif not isinstance(value, str) and held_bytes(value) > limit:
+            cut = True
+        else:
+            data[mime] = value
+    if held_bytes(data) > 2 * limit:  # many parts, each under the limit: keep the text
+        data = {mime: value for mime, value in data.items() if mime == "text/plain"}
+        cut = True
     if "data" in output:
-        output["data"] = {
-            mime: (_cut_utf8(value, limit) + marker if isinstance(value, str) else value)
-            for mime, value in output["data"].items()
-            if mime == "text/plain" or not isinstance(value, str) or len(value) <= limit
-        }
+        output["data"] = data
+    if held_bytes(output.get("metadata")) > limit:
+        output["metadata"] = {}
+        cut = True
     if "traceback" in output:
         kept, used = [], 0
         for line in output["traceback"]:
             used += len(line)
             if used > limit:
                 kept.append(marker.strip())
+                cut = True
                 break
             kept.append(line)
         output["traceback"] = kept
-    return output
+    return cut

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -19,9 +20,10 @@ import anyio
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ..errors import EnvClosedError, KernelStartError, PoolExhaustedError
-from ..sandbox.cgroup import pid_alive, reap_stale_cgroups
+from ..sandbox.cgroup import reap_stale_cgroups
 from ..sandbox.config import SandboxConfig, as_sandbox_config, scrub_env
-from ..sandbox.episode_fs import reap_stale_mounts
+from ..sandbox.bwrap import template_bwrap_args
+from ..sandbox.episode_fs import reap_stale_mounts, share_mount
 from ..sandbox.kernelspec import AGENT_KERNEL_ARGS, KERNEL_NAME, kernel_spec, write_kernel_spec
 from ..sandbox.template_provisioner import template_problem
 from .kernel import Kernel
@@ -34,6 +36,7 @@ ROOT_PREFIX = "kernelenv-"
 # Kernel starts that may fail in a row before acquire() raises instead of waiting on.
 MAX_START_FAILURES = 3
 OWNER_FILE = "owner.pid"
+OWNER_LOCK = "owner.lock"  # flocked by the owner while it lives (see reap_stale_roots)
 # Template starts that may fail in a row before the pool stops trying and stays cold.
 MAX_TEMPLATE_FAILURES = 3
 
@@ -59,10 +62,11 @@ class KernelPool:
             level name (``auto``, ``bwrap``, ``limits``, ``none``) or None for the default,
             the strongest level this machine supports (a fallback warns).
         hidden_paths: Directories a bwrap kernel sees empty (besides the pool's own root).
-        launch: ``template``: kernels are forked from a template process that has
-            done the imports, IPython's start-up and ``warmup_code`` once (a fresh kernel in
-            tens of ms); ``bwrap`` kernels always start cold. ``cold``: every kernel boots
-            its own interpreter (about half a CPU-second each).
+        launch: ``template`` (the default): kernels are forked from a template process that
+            has done the imports, IPython's start-up and ``warmup_code`` once (a fresh kernel
+            in tens of ms), each contained as a cold one at its level; while the template is
+            starting again after a crash, kernels start cold, with a logged warning.
+            ``cold``: every kernel boots its own interpreter (about half a CPU-second each).
     """
 
     def __init__(
@@ -77,7 +81,7 @@ class KernelPool:
         root_dir: str | os.PathLike[str] | None = None,
         sandbox: SandboxConfig | str | None = None,
         hidden_paths: Sequence[str | os.PathLike[str]] = (),
-        launch: LaunchMode = "cold",
+        launch: LaunchMode = "template",
     ) -> None:
         if size < 0:
             raise ValueError(f"pool size must be >= 0, got {size}")
@@ -106,12 +110,10 @@ class KernelPool:
         self._last_start_error: KernelStartError | None = None
         self._closed = False
         self._finalizer: weakref.finalize | None = None
-        # Templates serve levels none and limits (see the README for why bwrap starts cold).
+        self._owner_lock: Any = None  # the open owner.lock, held while the pool lives
         problem = template_problem(self.sandbox) if launch == "template" else None
         if problem is not None:
-            (log.info if self.sandbox.level == "bwrap" else log.warning)(
-                "kernel templates not used: %s", problem
-            )
+            log.warning("kernel templates not used: %s", problem)
         self.launch: LaunchMode = "cold" if problem is not None else launch
         self._template: KernelTemplate | None = None
         self._template_task: asyncio.Task[None] | None = None
@@ -171,6 +173,7 @@ class KernelPool:
         reap_stale_roots(self._root_parent)
         reap_stale_cgroups()
         self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=self._root_parent))
+        self._owner_lock = _claim(self.root)  # before the owner file: see reap_stale_roots
         (self.root / OWNER_FILE).write_text(str(os.getpid()))
         spec = kernel_spec(
             python=self.python,
@@ -184,6 +187,7 @@ class KernelPool:
             template_socket=(
                 str(self.root / "template" / "template.sock") if self.launch == "template" else None
             ),
+            template_root=str(self.root),
         )
         self.write_spec(spec)
         if self.launch == "template":
@@ -193,7 +197,7 @@ class KernelPool:
                 env = scrub_env(env, self.sandbox.secret_env_patterns)
             self._template = KernelTemplate(
                 self.root / "template", python=self.python, kernel_args=AGENT_KERNEL_ARGS,
-                env=env, warmup_code=self.warmup_code,
+                env=env, warmup_code=self.warmup_code, wrapper=self._template_wrapper(),
             )  # fmt: skip
         self._spec_manager = KernelSpecManager(kernel_dirs=[str(self.root / "kernelspecs")])
         self._ready = asyncio.Queue()
@@ -202,6 +206,19 @@ class KernelPool:
         self._finalizer = weakref.finalize(
             self, _emergency_cleanup, self.root, self._live, self._template
         )
+
+    def _template_wrapper(self) -> list[str]:
+        """At the bwrap level, the template runs in a sandbox of its own (see
+        :mod:`kernelenv.sandbox.namespaces`), seeing the pool's directory as a shared mount."""
+        if self.sandbox.level != "bwrap":
+            return []
+        assert self.root is not None
+        share_mount(self.root)
+        return template_bwrap_args(
+            self.python, pool_root=self.root, allow_network=self.sandbox.allow_network,
+            hidden=[str(p) for p in self.hidden_paths if p.is_dir()],
+            extra_readable=self.sandbox.extra_readable,
+        )  # fmt: skip
 
     def write_spec(self, spec: dict) -> None:
         """(Re)write the kernelspec kernels of this pool are started from."""
@@ -326,6 +343,8 @@ class KernelPool:
                 await self._template.aclose()
             reap_stale_mounts(self.root)  # any a failed shutdown left
             shutil.rmtree(self.root, ignore_errors=True)
+            if self._owner_lock is not None:
+                self._owner_lock.close()
             if self._finalizer is not None:
                 self._finalizer.detach()
 
@@ -446,18 +465,50 @@ def _emergency_cleanup(root: Path, live: set[Kernel], template: KernelTemplate |
 
 
 def reap_stale_roots(parent: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Remove pool directories left by processes that died without cleaning up."""
+    """Remove pool directories left by processes that died without cleaning up.
+
+    An owner is alive while it holds the flock on its directory's ``owner.lock``: a lock,
+    unlike a pid, means the same in every PID namespace (a pid from another namespace may
+    name no process here, or another one). A directory whose owner file is not written yet
+    is being created, and is left alone.
+    """
     removed = []
     for root in Path(parent or tempfile.gettempdir()).glob(ROOT_PREFIX + "*"):
         try:
             owner = int((root / OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if owner != os.getpid() and not pid_alive(owner):
-            reap_stale_mounts(root)  # before rmtree, which cannot remove a mount point
-            shutil.rmtree(root, ignore_errors=True)
-            removed.append(root)
+        if owner == os.getpid() or _owner_alive(root):
+            continue
+        reap_stale_mounts(root)  # before rmtree, which cannot remove a mount point
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(root)
     return removed
+
+
+def _claim(root: Path) -> Any:
+    """Take the owner lock of a new pool directory; it is released when this process dies."""
+    lock = open(root / OWNER_LOCK, "wb")  # noqa: SIM115 (held open for the pool's life)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return lock
+
+
+def _owner_alive(root: Path) -> bool:
+    try:
+        fd = os.open(root / OWNER_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False  # an owner file with no lock beside it: its owner died before claiming
+    except OSError:
+        return True  # cannot tell: keep it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 _subreaper = False

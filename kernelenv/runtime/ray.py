@@ -447,9 +447,11 @@ class RayKernelPool:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             hosts, self.hosts = list(self.hosts), []
+            # Only started actors can answer; one Ray never placed would keep this waiting.
             with anyio.move_on_after(30):
                 await asyncio.gather(
-                    *(host.actor.aclose.remote() for host in hosts), return_exceptions=True
+                    *(host.actor.aclose.remote() for host in hosts if host.info),
+                    return_exceptions=True,
                 )
             for host in hosts:
                 with contextlib.suppress(Exception):

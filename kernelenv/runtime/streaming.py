@@ -14,6 +14,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..models import CodeObservation, OutputCallback, OutputEvent
 from .outputs import output_from_msg
+from .sizes import held_bytes
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +211,4 @@ def _retrieve_exception(task: asyncio.Task[Any]) -> None:
 
 
 def _output_size(output: dict[str, Any] | None) -> int:
-    if not output:
-        return 0
-    size = len(str(output.get("text", "")).encode("utf-8", "surrogatepass"))
-    for value in (output.get("data") or {}).values():
-        size += len(value) if isinstance(value, str) else len(str(value))
-    for line in output.get("traceback") or ():
-        size += len(line)
-    return size
+    return held_bytes(output) if output else 0

@@ -12,21 +12,28 @@ IPython, jupyter_client, tornado, zmq, and the modules a first execute imports l
 shell's real execution path, the pool's own warm-up code, a socket-less ``IPythonKernel``,
 then ``gc.freeze()`` so the children's collectors never touch (and so copy) these objects.
 
-In each child, before any agent code: its own session and process group, death with the
-template (``PR_SET_PDEATHSIG``), its pids cgroup, resource limits, capabilities dropped and
-``no_new_privs``, the kernel's environment and working directory; then
+In each child, before any agent code: at the bwrap level its own namespaces and mounts under
+an init of its own, its own session and process group, death with the template
+(``PR_SET_PDEATHSIG``), its pids and memory cgroups, resource limits, Landlock at the limits
+level, capabilities dropped and ``no_new_privs``, the kernel's environment and working
+directory; then
 :func:`~kernelenv.runtime.child.attach_and_run` builds its sockets and threads.
 
 Protocol, on a Unix stream socket, one JSON object per line:
 
 - ``-> {"op": "spawn", "connection_file", "cwd", "env", "rlimits": {"AS": [soft, hard]},
-  "cgroup_procs": [paths], "drop_capabilities": bool}``
+  "cgroup_procs": [paths], "drop_capabilities": bool, "landlock": [rules] | null,
+  "namespaces": {...} | null}`` (``landlock``: the limits level's rules, see
+  :mod:`kernelenv.sandbox.landlock`; ``namespaces``: the bwrap level's, for a template that
+  runs inside bubblewrap, see :mod:`kernelenv.sandbox.namespaces`);
 - ``<- {"pid": N}`` from the template (N as the template sees it);
 - ``<- {"bound": N}`` from the child itself once its sockets are bound. The host reads it with
   ``SO_PASSCRED``, so Linux hands it the child's pid as the *host* sees it;
 - ``<- {"exit": N, "status": code}`` when the child exits (negative: killed by that signal).
 
 The connection is the child's lease: when the host closes it, the template SIGKILLs the child.
+When the owner dies, the template (told by ``PR_SET_PDEATHSIG`` with SIGTERM) kills every
+kernel and what is left in their cgroups before it exits.
 Only the template's parent may connect (checked with ``SO_PEERCRED``): a kernel cannot ask
 its template for more kernels outside its own cgroup. The template is a child subreaper:
 orphans of its kernels are re-parented to it and reaped.
@@ -38,6 +45,7 @@ import argparse
 import ctypes
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import resource
@@ -60,14 +68,19 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 READY_LINE = b"READY"
 _OWNER_PID = 0  # the process that started the template (set by main)
+# Each child's cgroup.procs files, until its lease is dropped: a child reaped earlier may have
+# left processes in its cgroups, which a host that dies next can no longer remove.
+_KERNEL_CGROUPS: dict[int, list[str]] = {}
+_REAPED: set[int] = set()  # children reaped whose lease is still held (their pid may be reused)
 
 # Imported lazily by a kernel's first execute_request or kernel_info, or while a child
-# attaches: imported here once instead of in every child.
+# attaches: imported here once instead of in every child. Not matplotlib_inline: imported
+# before the shell exists, it would not hook itself in, and figures would not be shown.
 DEFAULT_PREIMPORTS = (
     "ipykernel.comm", "ipykernel.comm.comm", "ipykernel.comm.manager", "comm", "comm.base_comm",
     "jupyter_client.jsonutil", "dateutil.parser", "ipykernel.jsonutil", "IPython.core.completer",
     "IPython.core.magics", "IPython.display", "ipykernel.subshell_manager",
-    "ipykernel.socket_pair", "ipykernel.subshell", "psutil", "matplotlib_inline.backend_inline",
+    "ipykernel.socket_pair", "ipykernel.subshell", "psutil",
     "ipykernel.debugger", "tornado.gen", "tornado.locks", "tornado.queues",
     "tornado.platform.asyncio", "faulthandler", "IPython.extensions.storemagic",
 )  # fmt: skip
@@ -81,6 +94,22 @@ WARMUP_CELLS = (
 )
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
+_SANDBOX_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sandbox")
+
+
+def _load_sandbox_module(name: str) -> object:
+    """A standard-library-only module of kernelenv.sandbox, loaded from its file: importing
+    the package would bring pydantic and the rest of kernelenv into every kernel."""
+    spec = importlib.util.spec_from_file_location(f"_kernelenv_{name}", os.path.join(_SANDBOX_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+# The bwrap level's namespaces (sandbox/namespaces.py) and the limits level's Landlock
+# (sandbox/landlock.py), loaded once in the template.
+namespaces = _load_sandbox_module("namespaces")
+landlock = _load_sandbox_module("landlock")
 
 
 def _prctl(option: int, arg: int = 0) -> None:
@@ -170,6 +199,8 @@ def contain_child(request: dict) -> None:
             pass
     for name, (soft, hard) in (request.get("rlimits") or {}).items():
         resource.setrlimit(getattr(resource, "RLIMIT_" + name), (soft, hard))
+    if request.get("landlock"):  # the limits level's file allow-list and signal scope
+        landlock.restrict(request["landlock"])  # type: ignore[attr-defined]
     if request.get("drop_capabilities"):
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         if os.geteuid() == 0:  # only root has capabilities to drop
@@ -177,10 +208,24 @@ def contain_child(request: dict) -> None:
 
 
 def spawn_child(app: object, request: dict, lease_fd: int, server_fds: list[int]) -> int:
-    """Fork a kernel for ``request``; returns its pid (in the template). Never returns in the child."""
+    """Fork a kernel for ``request``; returns its pid (in the template). Never returns in the child.
+
+    With ``request["namespaces"]`` (the bwrap level), the pid returned is that of the
+    episode's init (PID 1 of its namespace, the kernel's parent): the process whose exit
+    ends the episode.
+    """
+    sandboxed = request.get("namespaces")
+    if sandboxed:
+        report_r, report_w = os.pipe()
     pid = os.fork()
     if pid:
-        return pid
+        if not sandboxed:
+            return pid
+        os.close(report_w)
+        return _read_init_pid(report_r, pid)
+    if sandboxed:
+        os.close(report_r)
+        _enter_namespaces(request, report_w, lease_fd, server_fds)  # returns in the kernel
     code = 1
     try:
         child_after_fork()
@@ -205,7 +250,10 @@ def spawn_child(app: object, request: dict, lease_fd: int, server_fds: list[int]
             sys.modules["numpy.random"].seed()
 
         def bound() -> None:  # the host may connect now; the lease fd is the template's
-            os.write(lease_fd, json.dumps({"bound": os.getpid()}).encode() + b"\n")
+            try:
+                os.write(lease_fd, json.dumps({"bound": os.getpid()}).encode() + b"\n")
+            except OSError:  # the host gave this kernel up (closed, or gone): nobody to serve
+                os._exit(0)
             os.close(lease_fd)
 
         # The owner (the template's parent), as a cold kernel has it from JPY_PARENT_PID: a
@@ -217,10 +265,75 @@ def spawn_child(app: object, request: dict, lease_fd: int, server_fds: list[int]
         attach_and_run(app, request["connection_file"], first_time=False, on_bound=bound,
                        prebuilt_kernel=kernel, parent_poller=False)  # fmt: skip
     except BaseException:
+        _print_failure(request, lease_fd)
+    os._exit(code)
+
+
+def _print_failure(request: dict, lease_fd: int) -> None:
+    """Print a child's start failure, unless the host gave the kernel up meanwhile (a start
+    cancelled, a pool closing): it closed the lease, and then removes the kernel's folder
+    under the child's feet, so the failure is expected, and noise."""
+    try:
+        with socket.fromfd(lease_fd, socket.AF_UNIX, socket.SOCK_STREAM) as lease:  # a dup
+            closed = lease.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:  # open, nothing to read: the host still waits for this kernel
+        closed = False
+    except ConnectionResetError:  # closed by a host that had not read our "pid" line
+        closed = True
+    except OSError:  # the lease was handed over already (the kernel had bound): report
+        closed = False
+    if not closed:
         import traceback
 
         traceback.print_exc()
-    os._exit(code)
+
+
+def _read_init_pid(report_r: int, child: int) -> int:
+    """The init pid a sandboxed child reports (the child itself if it failed before that)."""
+    try:
+        poller = select.poll()
+        poller.register(report_r, select.POLLIN)
+        if poller.poll(10_000):
+            data = os.read(report_r, 64)
+            if data:
+                return int(data)
+        return child
+    finally:
+        os.close(report_r)
+
+
+def _enter_namespaces(request: dict, report_w: int, lease_fd: int, server_fds: list[int]) -> None:
+    """In the forked child: new namespaces and mounts, then init (PID 1) and the kernel under
+    it. Returns in the kernel; the child itself exits once init is forked."""
+    try:
+        namespaces.enter(request["namespaces"])  # type: ignore[attr-defined]
+        init = os.fork()  # the first process of the new PID namespace
+    except BaseException:
+        _print_failure(request, lease_fd)
+        os._exit(1)
+    if init:
+        os.write(report_w, str(init).encode())
+        os._exit(0)  # init is re-parented to the template (a subreaper), which reaps it
+    os.close(report_w)
+    try:
+        namespaces.mount_proc()  # type: ignore[attr-defined]
+        kernel = os.fork()
+    except BaseException:
+        _print_failure(request, lease_fd)
+        os._exit(1)
+    if kernel:  # init: holds none of the template's sockets, handles no signal
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for fd in server_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        namespaces.run_init(kernel)  # type: ignore[attr-defined]
+    global _OWNER_PID
+    _OWNER_PID = 1  # the owner is outside this PID namespace; init stands for it
 
 
 def _peer_allowed(conn: socket.socket) -> bool:
@@ -243,27 +356,35 @@ def serve(app: object, sock_path: str) -> None:
     os.set_blocking(wake_r, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, _owner_died)
     conns: dict[int, tuple[socket.socket, bytearray]] = {}
     lease: dict[int, int] = {}  # connection fd -> child pid
     by_pid: dict[int, socket.socket] = {}
     os.write(1, READY_LINE + b"\n")
     os.dup2(2, 1)  # nobody reads the pipe any more; children inherit stdout = stderr
+    # poll, not select: a template serving more than a thousand kernels holds a lease each.
+    poller = select.poll()
+    poller.register(server, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
     while True:
-        readable, _, _ = select.select([server, wake_r, *[c for c, _ in conns.values()]], [], [])
-        for r in readable:
-            if r is server:
+        for fd, _ in poller.poll():
+            if fd == server.fileno():
                 conn, _ = server.accept()
                 if not _peer_allowed(conn):
                     conn.close()
                     continue
                 conns[conn.fileno()] = (conn, bytearray())
-            elif r == wake_r:
+                poller.register(conn, select.POLLIN)
+            elif fd == wake_r:
                 try:
                     os.read(wake_r, 4096)
                 except BlockingIOError:
                     pass
-            else:
-                _serve_connection(app, r, conns, lease, by_pid, [server.fileno(), wake_r, wake_w])
+            elif fd in conns:
+                _serve_connection(app, conns[fd][0], conns, lease, by_pid,
+                                  [server.fileno(), wake_r, wake_w])  # fmt: skip
+                if fd not in conns:  # closed
+                    poller.unregister(fd)
         _reap(by_pid)
 
 
@@ -274,10 +395,10 @@ def _serve_connection(app, conn, conns, lease, by_pid, own_fds) -> None:  # noqa
         data = conn.recv(65536)
     except OSError:
         data = b""
-    if not data:  # lease dropped: the child goes too
+    if not data:  # lease dropped: the child goes too, with whatever it started
         pid = lease.pop(fd, None)
         if pid is not None:
-            _kill(pid, signal.SIGKILL)
+            _end_episode(pid)
             by_pid.pop(pid, None)
         del conns[fd]
         conn.close()
@@ -293,11 +414,58 @@ def _serve_connection(app, conn, conns, lease, by_pid, own_fds) -> None:  # noqa
         request = json.loads(line)
         if request.get("op") == "spawn" and fd not in lease:
             pid = spawn_child(app, request, fd, [*own_fds, *conns])
+            if pid in _REAPED:  # a reaped child's pid, reused: its old lease no longer names it
+                _REAPED.discard(pid)
+                for held, child in list(lease.items()):
+                    if child == pid:
+                        del lease[held]
             lease[fd] = pid
             by_pid[pid] = conn
-            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+            _KERNEL_CGROUPS[pid] = list(request.get("cgroup_procs") or [])
+            try:
+                conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+            except OSError:  # the host already gave up: the child goes, as on a dropped lease
+                _end_episode(pid)
+                by_pid.pop(pid, None)
+                lease.pop(fd, None)
+                del conns[fd]
+                conn.close()
+                return
         elif request.get("op") == "ping":
-            conn.sendall(b'{"pong": true}\n')
+            try:
+                conn.sendall(b'{"pong": true}\n')
+            except OSError:
+                pass
+
+
+def _owner_died(*_: object) -> None:
+    """The owner died (PR_SET_PDEATHSIG sends SIGTERM): take every kernel down with what it
+    started, then exit."""
+    for pid in list(_KERNEL_CGROUPS):
+        _end_episode(pid)
+    os._exit(0)
+
+
+def _end_episode(pid: int) -> None:
+    """Kill child ``pid`` and what it started: its process group (unless reaped already), and
+    the processes in its cgroups, which also hold those that left the group."""
+    if pid not in _REAPED:  # once reaped, its number (and group's) may be another's by now
+        _kill(pid, signal.SIGKILL)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for _ in range(3):  # a process may fork while the sweep runs
+        for procs in _KERNEL_CGROUPS.get(pid, ()):
+            try:
+                with open(procs) as f:
+                    pids = [int(line) for line in f if line.strip()]
+            except (OSError, ValueError):
+                continue
+            for member in pids:
+                _kill(member, signal.SIGKILL)
+    _KERNEL_CGROUPS.pop(pid, None)
+    _REAPED.discard(pid)
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -316,6 +484,8 @@ def _reap(by_pid: dict[int, socket.socket]) -> None:
         if pid == 0:
             return
         conn = by_pid.pop(pid, None)
+        if pid in _KERNEL_CGROUPS:
+            _REAPED.add(pid)
         if conn is not None:
             report = {"exit": pid, "status": os.waitstatus_to_exitcode(status)}
             try:
@@ -335,11 +505,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket", required=True)
     parser.add_argument("--preimport", default="", help="comma-separated modules to import")
     parser.add_argument("--warmup-file", help="a file of Python code run once in the template")
+    parser.add_argument("--in-sandbox", action="store_true",
+                        help="run by bubblewrap: the parent is its init (PID 1), not the owner")  # fmt: skip
     args = parser.parse_args(argv)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # SIGTERM, handled once serving (until then a default SIGTERM kills as well).
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     global _OWNER_PID
     _OWNER_PID = os.getppid()
-    if _OWNER_PID == 1:  # the owner died before pdeathsig was set
+    if _OWNER_PID == 1 and not args.in_sandbox:  # the owner died before pdeathsig was set
         os._exit(1)
     # Orphans of kernels (their background processes) are re-parented here and reaped.
     _prctl(PR_SET_CHILD_SUBREAPER, 1)

@@ -12,10 +12,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import KernelStartError
+from ..sandbox.watchdog import descendants
 from .template import READY_LINE
 
 # Runs the template without ``-m`` (which would put the template's own cwd on the children's
@@ -35,6 +37,8 @@ class KernelTemplate:
             ``PYTHONDONTWRITEBYTECODE`` apply to its children too).
         warmup_code: Code run once in the template; its imports and names are in every kernel.
         preimports: Modules imported in the template besides the defaults.
+        wrapper: A command the template runs under (the bwrap level's
+            :func:`~kernelenv.sandbox.bwrap.template_bwrap_args`).
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class KernelTemplate:
         env: Mapping[str, str],
         warmup_code: str | None = None,
         preimports: Sequence[str] = (),
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.directory = Path(directory)
         self.socket_path = self.directory / "template.sock"
@@ -54,6 +59,7 @@ class KernelTemplate:
         self.env = dict(env)
         self.warmup_code = warmup_code
         self.preimports = list(preimports)
+        self.wrapper = list(wrapper)
         self.process: subprocess.Popen[bytes] | None = None
         self._ready = False
 
@@ -92,6 +98,8 @@ class KernelTemplate:
             warmup_file = self.directory / "warmup.py"
             warmup_file.write_text(self.warmup_code)
             command += ["--warmup-file", str(warmup_file)]
+        if self.wrapper:
+            command = [*self.wrapper, *command, "--in-sandbox"]
         env = dict(self.env)
         if Path(self.python).absolute() != Path(sys.executable).absolute():
             # Another interpreter may not have kernelenv installed: the template needs it.
@@ -122,11 +130,20 @@ class KernelTemplate:
         self._ready = True
 
     def kill_now(self) -> None:
-        """Kill the template (its kernels die with it) without an event loop."""
+        """Kill the template and its kernels, without an event loop, and wait until they are
+        gone: the pool removes their folders next, which a kernel still starting would trip on
+        (kernels die with their template, but asynchronously)."""
         process = self.process
         if process is not None and process.poll() is None:
+            tree = descendants(process.pid) - {process.pid}
             with contextlib.suppress(OSError):
                 process.send_signal(signal.SIGKILL)
+            for pid in tree:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 2.0
+            while any(_running(pid) for pid in tree) and time.monotonic() < deadline:
+                time.sleep(0.005)
         if process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=5)
@@ -138,6 +155,15 @@ class KernelTemplate:
     async def aclose(self) -> None:
         """Stop the template; its kernels die with it. Safe to call twice."""
         await asyncio.to_thread(self.kill_now)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (neither gone nor a zombie waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 async def _read_line(stream: object) -> bytes:

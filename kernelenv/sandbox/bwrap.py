@@ -217,31 +217,10 @@ def bwrap_args(
         hidden: Folders shown empty where the allow-list would show them.
         extra_readable: More host paths bound read-only (data folders).
     """
-    binds = system_binds(interpreter_layout(python), extra_readable)
-    if binds.dropped_path_entries:
-        log.debug("not bound in the sandbox (on sys.path): %s", binds.dropped_path_entries)
-    args = [
-        "bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-        "--hostname", "kernelenv", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        "--proc", "/proc", "--dev", "/dev",
-    ]  # fmt: skip
-    if not allow_network:
-        args.append("--unshare-net")
-    for place, folder, size in (
-        ("/tmp", episode_tmp, tmp_bytes),
-        ("/dev/shm", episode_shm, shm_bytes),
-    ):
-        if folder is not None:
-            args += ["--bind", str(folder), place]
-        else:
-            args += ["--size", str(size), "--tmpfs", place]
-    for target, link in binds.symlinks:
-        args += ["--symlink", target, link]
-    for path in binds.ro:
-        args += ["--ro-bind", path, path]
-    masks = [*binds.masks, *(str(p) for p in hidden if binds.covers(p) and os.path.isdir(p))]
-    for path in dict.fromkeys(masks):
-        args += ["--tmpfs", path, "--remount-ro", path]
+    args = _sandbox_args(
+        python, allow_network=allow_network, hidden=hidden, extra_readable=extra_readable,
+        tmp=(episode_tmp, tmp_bytes), shm=(episode_shm, shm_bytes),
+    )  # fmt: skip
     if run_dir is not None:
         args += ["--bind", str(run_dir), str(run_dir)]
     if connection_file is not None:
@@ -258,4 +237,72 @@ def bwrap_args(
         "--setenv", "JPY_PARENT_PID", "1",
         "--chdir", str(work), "--",
     ]  # fmt: skip
+    return args
+
+
+def _sandbox_args(
+    python: str,
+    *,
+    allow_network: bool,
+    hidden: Sequence[str | Path],
+    extra_readable: Sequence[str],
+    tmp: tuple[str | Path | None, int],
+    shm: tuple[str | Path | None, int],
+    capabilities: Sequence[str] = (),
+) -> list[str]:
+    """What every bwrap sandbox here has: namespaces, /proc, /dev, /tmp and /dev/shm (a
+    folder, or a tmpfs of that size), the read-only allow-list and its masks."""
+    binds = system_binds(interpreter_layout(python), extra_readable)
+    if binds.dropped_path_entries:
+        log.debug("not bound in the sandbox (on sys.path): %s", binds.dropped_path_entries)
+    args = [
+        "bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        "--hostname", "kernelenv", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+    ]  # fmt: skip
+    for capability in capabilities:
+        args += ["--cap-add", capability]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    if not allow_network:
+        args.append("--unshare-net")
+    for place, (folder, size) in (("/tmp", tmp), ("/dev/shm", shm)):
+        if folder is not None:
+            args += ["--bind", str(folder), place]
+        else:
+            args += ["--size", str(size), "--tmpfs", place]
+    for target, link in binds.symlinks:
+        args += ["--symlink", target, link]
+    for path in binds.ro:
+        args += ["--ro-bind", path, path]
+    masks = [*binds.masks, *(str(p) for p in hidden if binds.covers(p) and os.path.isdir(p))]
+    for path in dict.fromkeys(masks):
+        args += ["--tmpfs", path, "--remount-ro", path]
+    return args
+
+
+def template_bwrap_args(
+    python: str,
+    *,
+    pool_root: str | Path,
+    allow_network: bool = False,
+    hidden: Sequence[str | Path] = (),
+    extra_readable: Sequence[str] = (),
+) -> list[str]:
+    """The ``bwrap`` command in front of a template serving the bwrap level.
+
+    The template's sandbox is a kernel's (the same allow-list, masks and namespaces) with the
+    pool's directory bound read-write, where every episode's folders are, and the two
+    capabilities its children need to make namespaces and mounts of their own
+    (:mod:`kernelenv.sandbox.namespaces`) before they drop every capability for good. The
+    pool's directory must be a shared mount (:func:`~kernelenv.sandbox.episode_fs.share_mount`)
+    so that the episodes' byte budgets, mounted later by the host, show here too.
+    """
+    root = str(Path(pool_root).absolute())
+    args = _sandbox_args(
+        python, allow_network=allow_network, extra_readable=extra_readable,
+        hidden=[p for p in hidden if str(Path(p).absolute()) != root],
+        tmp=(None, 16 * 1024**2), shm=(None, 1024**2),
+        capabilities=("CAP_SYS_ADMIN", "CAP_SETPCAP"),
+    )  # fmt: skip
+    args += ["--bind", root, root, "--remount-ro", "/dev", "--remount-ro", "/"]
+    args += ["--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--chdir", root, "--"]
     return args

@@ -20,10 +20,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from .namespaces import mount_points
+
 log = logging.getLogger(__name__)
 
 FS_SOURCE = "kernelenv-epfs"  # the mount's source name, as /proc/self/mountinfo shows it
-MS_NOSUID, MS_NODEV = 2, 4
+MS_NOSUID, MS_NODEV, MS_BIND, MS_SHARED = 2, 4, 4096, 1 << 20
 MNT_DETACH = 2
 
 
@@ -113,6 +115,20 @@ def _mount(target: str, options: str) -> None:
         raise OSError(errno, f"mounting the episode's tmpfs: {os.strerror(errno)}", target)
 
 
+def share_mount(path: str | os.PathLike[str]) -> None:
+    """Make ``path`` a mount point of its own, shared: mounts made below it later (episodes'
+    byte budgets) then also show in the mount namespaces copied from it (a bwrap template's).
+
+    Raises:
+        OSError: this process may not mount.
+    """
+    target = str(path).encode()
+    for source, flags in ((target, MS_BIND), (None, MS_SHARED)):
+        if _libc().mount(source, target, None, flags, None) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"making a shared mount: {os.strerror(errno)}", str(path))
+
+
 def umount(target: str | os.PathLike[str]) -> None:
     """Detach the mount at ``target`` (nothing happens if there is none).
 
@@ -140,13 +156,7 @@ def episode_fs_problem() -> str | None:
 
 def mounts_under(parent: str | os.PathLike[str]) -> list[Path]:
     """Mount points at or below ``parent`` (from /proc/self/mountinfo), deepest first."""
-    prefix = str(Path(parent).absolute()).rstrip("/")
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        # Octal escapes (a space is \040) in the mount point field.
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point == prefix or point.startswith(prefix + "/"):
-            found.append(Path(point))
+    found = [Path(p) for p in mount_points(str(Path(parent).absolute()))]
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 

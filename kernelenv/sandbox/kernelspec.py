@@ -48,6 +48,7 @@ def kernel_spec(
     sandbox: SandboxConfig | None = None,
     hidden_paths: Sequence[str] = (),
     template_socket: str | None = None,
+    template_root: str | None = None,
 ) -> dict:
     """The kernel.json dict for an agent kernel run by ``python`` (default: this interpreter).
 
@@ -59,8 +60,9 @@ def kernel_spec(
             None or level ``none`` starts the kernel uncontained.
         hidden_paths: Directories a bwrap kernel sees empty (a pool's root: the neighbours).
         template_socket: A template process's socket (see :mod:`kernelenv.runtime.template`):
-            kernels are forked from it (levels ``none`` and ``limits``); ``argv`` stays the
-            cold launch, used when the template is not running.
+            kernels are forked from it; ``argv`` stays the cold launch, used when the
+            template is not running.
+        template_root: The pool's directory, the host files a bwrap template sees.
     """
     spec = {
         "argv": [python or sys.executable, "-c", BOOT_CODE, "-f", "{connection_file}"]
@@ -80,8 +82,11 @@ def kernel_spec(
                 "sandbox": config.model_dump(mode="json"),
                 "hidden_paths": [str(p) for p in hidden_paths],
                 "template_socket": str(template_socket),
+                "template_root": str(template_root or ""),
             },
         }
+        if config.level == "bwrap":  # a cold fallback's signal would hit bubblewrap
+            spec["interrupt_mode"] = "message"
     elif sandbox is not None and sandbox.level != "none":
         spec["metadata"]["kernel_provisioner"] = {
             "provisioner_name": PROVISIONER_NAME,

@@ -50,6 +50,7 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
     _watchdog: ProcessWatchdog | None = None
     _watchdog_cap: int | None = None
     _level = "none"
+    _landlock_rules: list[str] | None = None  # the limits level's, once pre_launch made them
 
     @property
     def pids_cgroup(self) -> EpisodeCgroup | None:
@@ -174,6 +175,7 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
             hidden=list(self.hidden_paths),
             extra_readable=list(config.extra_readable),
         )
+        self._landlock_rules = rules
         if run_dir is not None and len(cmd) > 2 and cmd[1] == "-c":
             # A Python boot command (kernelenv's kernelspec): the kernel restricts itself
             # first thing, which saves the wrapper's interpreter start (tens of ms).

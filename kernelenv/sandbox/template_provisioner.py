@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from traitlets import Unicode
 
 from .config import SandboxConfig
+from .episode_fs import EpisodeFS
 from .provisioner import SandboxProvisioner
 from .watchdog import ProcessWatchdog
 
@@ -49,17 +50,10 @@ _MIB = 1024 * 1024
 
 def template_problem(config: SandboxConfig) -> str | None:
     """Why kernels with this (resolved) sandbox config cannot be forked from a template, or None."""
-    if config.level == "bwrap":
+    if config.level == "bwrap" and os.geteuid() != 0:
         return (
-            "a bwrap kernel needs namespaces of its own, which a template's children would "
-            "share (see the README); bwrap kernels start cold"
-        )
-    if config.level == "limits":
-        # The limits level now also means Landlock, a memory cgroup and a byte budget per
-        # episode, which a forked child does not apply yet: rather slower than weaker.
-        return (
-            "forked kernels do not apply the limits level's Landlock rules, memory cgroup and "
-            "byte budget yet; limits kernels start cold"
+            "a bwrap template's children make their own namespaces and mounts, which needs "
+            "root here; bwrap kernels start cold"
         )
     return None
 
@@ -145,7 +139,7 @@ class ForkedProcess:
 
     def _running(self) -> bool:
         if self._pidfd is not None:
-            return not select.select([self._pidfd], [], [], 0)[0]
+            return not readable_within(self._pidfd, 0)
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -154,7 +148,7 @@ class ForkedProcess:
 
     def _read_lease(self, timeout: float) -> None:
         lease = self._lease
-        if lease is None or not select.select([lease], [], [], timeout)[0]:
+        if lease is None or not readable_within(lease.fileno(), timeout):
             return
         try:
             data = lease.recv(4096)
@@ -170,6 +164,14 @@ class ForkedProcess:
             message = json.loads(line)
             if message.get("exit") == self.template_pid:
                 self.returncode = int(message["status"])
+
+
+def readable_within(fd: int, timeout_s: float) -> bool:
+    """Whether ``fd`` is readable (or hung up) within ``timeout_s``. poll, not select: a
+    server holding thousands of sessions has descriptors past select's 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout_s * 1000))
 
 
 async def spawn_from_template(
@@ -241,6 +243,9 @@ class TemplateProvisioner(SandboxProvisioner):
     """A :class:`SandboxProvisioner` whose launch is a fork of a template kernel process."""
 
     template_socket = Unicode(help="The template's Unix socket.").tag(config=True)
+    template_root = Unicode(
+        help="The pool's directory: all a bwrap template sees of the host's writable files."
+    ).tag(config=True)
 
     _forked: ForkedProcess | None = None
 
@@ -255,7 +260,7 @@ class TemplateProvisioner(SandboxProvisioner):
             return await super().launch_kernel(cmd, **kwargs)
         try:
             process = await spawn_from_template(self.template_socket, self._request(kwargs))
-        except (TemplateUnavailable, TimeoutError) as exc:
+        except (TemplateUnavailable, TimeoutError, OSError) as exc:
             log.warning("kernel template unavailable (%s): starting kernel %s cold (~0.5 s)",
                         exc, self.kernel_id)  # fmt: skip
             return await super().launch_kernel(cmd, **kwargs)
@@ -277,15 +282,16 @@ class TemplateProvisioner(SandboxProvisioner):
     def _request(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         config = self.config_model
         km = self.parent
+        env = dict(kwargs.get("env") or os.environ)
         request: dict[str, Any] = {
             "connection_file": os.path.abspath(km.connection_file),
             "cwd": kwargs.get("cwd"),
-            "env": dict(kwargs.get("env") or os.environ),
+            "env": env,
             "rlimits": {},
             "cgroup_procs": [str(p) for p in _procs_files(self._cgroup)],
-            "drop_capabilities": config.level == "limits",
+            "drop_capabilities": config.level != "none",
         }
-        if config.level == "limits":  # the same limits as limit_args() gives prlimit
+        if config.level != "none":  # the same limits as limit_args() gives prlimit
             limits = {"CORE": 0}
             if config.memory_mb is not None:
                 limits["AS"] = config.memory_mb * _MIB
@@ -296,7 +302,37 @@ class TemplateProvisioner(SandboxProvisioner):
             if config.open_files is not None:
                 limits["NOFILE"] = config.open_files
             request["rlimits"] = {name: [value, value] for name, value in limits.items()}
+        if config.level == "limits":
+            request["landlock"] = self._landlock_rules
+        elif config.level == "bwrap":
+            request["namespaces"] = self._namespaces(config, kwargs)
+            # The cgroup file system is not in the sandbox: the host moves the kernel.
+            request["cgroup_procs"] = []
+            env.update(HOME="/tmp", TMPDIR="/tmp")
         return request
+
+    def _namespaces(self, config: SandboxConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What a forked bwrap kernel binds of its own (see :mod:`.namespaces`): the same host
+        paths :func:`~kernelenv.sandbox.bwrap.bwrap_args` binds for a cold one."""
+        km = self.parent
+        root = Path(self.template_root)
+        cwd = Path(kwargs.get("cwd") or os.getcwd()).absolute()
+        run_dir = Path(km.ip).absolute().parent
+        fs = EpisodeFS.at(cwd)
+        rw = [run_dir, *([fs.root] if fs is not None else []), cwd]
+        outside = [str(p) for p in rw if not p.is_relative_to(root)]
+        if not self.template_root or outside:
+            raise TemplateUnavailable(0, f"{outside} not in the template's view ({root})")
+        return {
+            "hide": str(root),
+            "rw": [str(p) for p in rw],
+            "ro": [os.path.abspath(km.connection_file)],
+            "tmp": str(fs.tmp) if fs is not None else None,
+            "shm": str(fs.shm) if fs is not None else None,
+            "tmp_bytes": config.tmp_size_mb * _MIB,
+            "shm_bytes": config.shm_size_mb * _MIB,
+            "network": config.allow_network,
+        }
 
     async def cleanup(self, restart: bool = False) -> None:
         """Release the kernel's resources, and the lease on it."""

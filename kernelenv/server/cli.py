@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .config import ServerConfig
 
 from ..sandbox.config import SANDBOX_LEVELS
+from .discovery import running_servers, token_for, url_host
 
 # option -> ServerConfig field; unset options fall back to KERNELENV_* variables, then defaults.
 _OPTIONS = {
@@ -29,6 +30,7 @@ _OPTIONS = {
     "idle_timeout": "idle_timeout_s",
     "websocket_idle_timeout": "websocket_idle_timeout_s",
     "max_message_bytes": "max_message_bytes",
+    "max_history_mb": "max_history_mb",
     "sandbox": "sandbox",
     "kernel_launch": "kernel_launch",
     "journal_dir": "journal_dir",
@@ -40,6 +42,11 @@ _OPTIONS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``kernelenv serve`` (each also settable as ``KERNELENV_<FIELD>``)."""
+    parser.add_argument(
+        "action", nargs="?", choices=["list", "token"],
+        help="instead of serving: 'list' shows this user's running servers (URL and pid); "
+        "'token' prints the token of this user's server on --port (default 8000), for curl",
+    )
     parser.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
     parser.add_argument("--max-sessions", type=int, help="sessions allowed at once (default 64)")
@@ -79,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-connections", type=int, help="open connections served at once (default 256)"
     )
     parser.add_argument(
+        "--max-history-mb", type=int,
+        help="what one episode keeps of its steps, MiB (default 32); then its steps are "
+        "refused until a reset",
+    )
+    parser.add_argument(
         "--request-head-timeout", type=float,
         help="close a connection whose request headers take longer, s (default 10)",
     )
@@ -116,7 +128,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted."""
+    """Serve until interrupted (or, with ``list``, show the running servers)."""
+    if args.action == "list":
+        return list_servers()
+    if args.action == "token":
+        return print_token(args.port if args.port is not None else 8000)
     from .config import ServerConfig
     from .serve import serve
 
@@ -133,21 +149,48 @@ def run(args: argparse.Namespace) -> int:
     except TaskFormatError as exc:
         print(f"kernelenv serve: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"kernelenv serving on http://{_url_host(config.host)}:{config.port} "
-        f"(WebSocket /ws, HTTP /reset /step /state, docs /docs); Ctrl-C stops",
-        flush=True,
-    )
-    # The token goes to stdout (the user's terminal); the no-token warning to stderr (logs).
-    print(access_message(config), file=sys.stdout if config.token else sys.stderr, flush=True)
-    print(f"serving {tasks} tasks from {config.task_library().directory}", flush=True)
-    journal_dir = config.journal_path()
-    print(f"journaling episodes to {journal_dir}" if journal_dir else "journal off", flush=True)
-    serve(config, log_level=args.log_level)
+
+    def banner(url: str) -> None:  # once the port is bound: never a URL that serves nothing
+        print(f"kernelenv serving on {url} (WebSocket /ws, HTTP /reset /step /state); "
+              "Ctrl-C stops", flush=True)
+        # The token goes to stdout (the user's terminal); the no-token warning to stderr.
+        print(access_message(config, url), file=sys.stdout if config.token else sys.stderr,
+              flush=True)
+        if config.token:
+            print("kernelenv's CodingEnv on this machine finds the token by itself; "
+                  "`kernelenv serve list` shows running servers.", flush=True)
+        print(f"serving {tasks} tasks from {config.task_library().directory}", flush=True)
+        journal_dir = config.journal_path()
+        print(f"journaling episodes to {journal_dir}" if journal_dir else "journal off",
+              flush=True)
+
+    serve(config, on_listening=banner, log_level=args.log_level)
     return 0
 
 
-def access_message(config: ServerConfig) -> str:
+def list_servers() -> int:
+    """``kernelenv serve list``: this user's running servers, one a line (no tokens: a
+    client on this machine reads them itself)."""
+    servers = running_servers()
+    if not servers:
+        print("no kernelenv server of this user is running")
+    for info in servers:
+        print(f"{info['url']}  pid {info['pid']}")
+    return 0
+
+
+def print_token(port: int) -> int:
+    """``kernelenv serve token``: the token of this user's local server on ``port``."""
+    token = token_for(f"http://127.0.0.1:{port}")
+    if token is None:
+        print(f"kernelenv serve token: no server of this user with a token runs on port {port} "
+              "(`kernelenv serve list` shows them)", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+def access_message(config: ServerConfig, url: str | None = None) -> str:
     """What ``kernelenv serve`` prints about the token: the playground URL that carries it,
     or a loud warning when there is none."""
     if config.token is None:
@@ -155,7 +198,7 @@ def access_message(config: ServerConfig) -> str:
             "WARNING: serving with --no-token: any program or user that can reach this port "
             "runs code here. Use only on a trusted machine or network."
         )
-    url = f"http://{_url_host(config.host)}:{config.port}"
+    url = url or f"http://{url_host(config.host)}:{config.port}"
     return (
         f"Open the playground at {url}/web/?token={quote(config.token, safe='')}\n"
         f"Clients send the header 'Authorization: Bearer {config.token}' (keep it secret; "
@@ -163,7 +206,3 @@ def access_message(config: ServerConfig) -> str:
     )
 
 
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host

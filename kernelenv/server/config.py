@@ -73,6 +73,13 @@ class ServerConfig(BaseSettings):
         description="A client has this long to send a request's line and headers, and each "
         "body chunk; then its connection is closed.",
     )
+    max_history_mb: int = Field(
+        default=32,
+        ge=1,
+        description="What one episode keeps of its steps (code and observations), in MiB; "
+        "then its steps are refused until a reset. With max_sessions, this bounds the memory "
+        "episodes take in the server (64 x 32 MiB by default).",
+    )
     pool_size: int = Field(
         default=2, ge=0, description="Kernels kept started in advance, so reset does not wait."
     )
@@ -102,10 +109,9 @@ class ServerConfig(BaseSettings):
         "this machine supports, and warns when that is not bwrap.",
     )
     kernel_launch: Literal["template", "cold"] = Field(
-        default="cold",
+        default="template",
         description="How kernels start: forked from a template process that did the imports "
-        "and IPython's start-up once (tens of ms), or cold (about 0.5 s each). bwrap kernels "
-        "always start cold.",
+        "and IPython's start-up once (tens of ms), or cold (about 0.5 s each).",
     )
     journal: bool = Field(
         default=True,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -12,6 +16,7 @@ from fastapi import FastAPI
 from ..errors import KernelEnvError
 from .app import create_app
 from .config import ServerConfig
+from .discovery import url_host, write_server_info
 from .log_redaction import install_token_redaction
 from .slow_clients import head_timeout_protocol
 from .ws import READ_AHEAD
@@ -48,9 +53,64 @@ def uvicorn_config(
     return settings
 
 
-def serve(config: ServerConfig, **options: Any) -> None:
-    """Serve until interrupted (Ctrl-C or SIGTERM)."""
-    uvicorn.Server(uvicorn_config(config, **options)).run()
+def serve(
+    config: ServerConfig, on_listening: Callable[[str], None] | None = None, **options: Any
+) -> None:
+    """Serve until interrupted (Ctrl-C or SIGTERM), announced to local clients by a server
+    info file (:mod:`kernelenv.server.discovery`) while it listens.
+
+    Args:
+        config: The server's settings.
+        on_listening: Called with the server's URL once its port is bound.
+        **options: Further ``uvicorn.Config`` options (e.g. ``log_level``).
+    """
+    raise_open_file_limit()
+    _AnnouncedServer(uvicorn_config(config, **options), config, on_listening).run()
+
+
+class _AnnouncedServer(uvicorn.Server):
+    """A uvicorn server that writes its info file once its sockets are bound (not before: a
+    port taken by another program must not be announced) and removes it when it stops."""
+
+    def __init__(
+        self,
+        settings: uvicorn.Config,
+        config: ServerConfig,
+        on_listening: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(settings)
+        self.kernelenv_config = config
+        self.on_listening = on_listening
+        self.info_file: Path | None = None
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            port = next((s.getsockname()[1] for srv in self.servers for s in srv.sockets),
+                        self.kernelenv_config.port)
+            url = f"http://{url_host(self.kernelenv_config.host)}:{port}"
+            self.info_file = write_server_info(url, self.kernelenv_config.token)
+            if self.on_listening is not None:
+                self.on_listening(url)
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if self.info_file is not None:
+                with contextlib.suppress(OSError):
+                    self.info_file.unlink()
+
+
+def raise_open_file_limit() -> None:
+    """Lift this process's soft limit on open files to its hard limit: each session's kernel
+    holds about sixteen descriptors here (its ZMQ sockets, a pidfd, a lease), and the common
+    soft limit of 1024 would fail kernel starts past about sixty sessions. ``max_sessions`` and
+    ``max_connections`` still bound them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class ServerThread:

@@ -41,6 +41,7 @@ def default_env_factory(pool: KernelPool, config: ServerConfig) -> KernelEnv:
         pool=pool,
         step_timeout_s=config.step_timeout_s,
         max_step_timeout_s=config.max_step_timeout_s,
+        max_history_bytes=config.max_history_mb * 1024 * 1024,
         journal=journal,
         task_library=config.task_library(),
     )

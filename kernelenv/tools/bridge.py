@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from ..errors import ToolError, ToolSetupError
+from ..runtime.sizes import held_bytes
 from .registry import Tool, ToolCall, ToolContext, ToolRegistry
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ MAX_CONCURRENT_CALLS = 8
 REQUEST_LINE_TIMEOUT_S = 30.0
 # A recorded result longer than this (as JSON) is kept as a preview only.
 RECORDED_RESULT_CHARS = 4096
+# Calls recorded a step (each at most a few preview-sized pieces); later ones are counted only.
+MAX_RECORDED_CALLS = 1000
 # Unix socket paths are limited to 108 bytes by the kernel's sockaddr_un.
 MAX_SOCKET_PATH = 107
 
@@ -67,6 +70,7 @@ class ToolBridge:
         self._context: ToolContext | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._calls: list[ToolCall] = []
+        self._calls_dropped = 0
         self._attached_tools: dict[str, Tool] = {}
 
     async def open(self) -> None:
@@ -166,10 +170,12 @@ class ToolBridge:
         self._context = None
         self._attached_tools = {}
 
-    def take_calls(self) -> list[dict[str, Any]]:
-        """The calls made since the last take, as JSON dicts (for ``metadata["tool_calls"]``)."""
+    def take_calls(self) -> tuple[list[dict[str, Any]], int]:
+        """The calls made since the last take, as JSON dicts (for ``metadata["tool_calls"]``):
+        the first :data:`MAX_RECORDED_CALLS`, and how many more were made but not recorded."""
         calls, self._calls = self._calls, []
-        return [call.model_dump(mode="json") for call in calls]
+        dropped, self._calls_dropped = self._calls_dropped, 0
+        return [call.model_dump(mode="json") for call in calls], dropped
 
     async def aclose(self) -> None:
         """Stop serving and disconnect the MCP servers. Safe to call twice."""
@@ -256,6 +262,9 @@ class ToolBridge:
         reply_chars: int = 0,
         error: tuple[str, str] | None = None,
     ) -> None:
+        if len(self._calls) >= MAX_RECORDED_CALLS:
+            self._calls_dropped += 1
+            return
         truncated = reply_chars > RECORDED_RESULT_CHARS
         self._calls.append(
             ToolCall(
@@ -286,13 +295,17 @@ def _jsonable(value: Any) -> Any:
 
 
 def _preview(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The arguments as recorded: long strings (a file's content) cut to a preview."""
-    return {
-        name: f"{value[:RECORDED_RESULT_CHARS]}... [{len(value)} characters]"
-        if isinstance(value, str) and len(value) > RECORDED_RESULT_CHARS
-        else value
-        for name, value in arguments.items()
-    }
+    """The arguments as recorded: long strings (a file's content) cut to a preview, and any
+    other value holding more than that many bytes replaced by a note of its size."""
+    recorded: dict[str, Any] = {}
+    for name, value in arguments.items():
+        if isinstance(value, str) and len(value) > RECORDED_RESULT_CHARS:
+            recorded[name] = f"{value[:RECORDED_RESULT_CHARS]}... [{len(value)} characters]"
+        elif not isinstance(value, str) and (size := held_bytes(value)) > 4 * RECORDED_RESULT_CHARS:
+            recorded[name] = f"[a {type(value).__name__} of about {size} bytes, not recorded]"
+        else:
+            recorded[name] = value
+    return recorded
 
 
 # -- the kernel side ----------------------------------------------------------------------

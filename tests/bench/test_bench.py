@@ -144,3 +144,11 @@ def test_report_marks_unmeasured_rows_and_unmet_targets(tmp_path):
     text = report.write(results, tmp_path / "q.md")[0].read_text()
     assert "| ratio | 1.30 x | <= 1.15x | not judged in quick mode |" in text
     assert "**no**" not in text
+
+
+def test_percentiles_stay_in_order_when_samples_are_equal():
+    """Interpolating between equal samples rounds: 3 x 120.00000000000001 gave p10 above p50."""
+    for samples in ([0.12000000000000001] * 3, [0.12, 0.12000000000000001, 0.5], [0.2] * 40):
+        f = Figures.of(samples, scale=1000)
+        assert f.p10 <= f.p50 <= f.p90 <= f.p99, (samples, f)
+        assert min(samples) * 1000 <= f.p10 and f.p99 <= max(samples) * 1000

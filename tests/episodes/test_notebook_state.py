@@ -143,19 +143,19 @@ def test_fold_is_pure_and_ignores_damaged_updates():
 
 
 def test_display_updates_beyond_the_cap_are_dropped_and_flagged():
-    big = "x" * 600
+    big = "x" * 6000
     observations = run_episode(
         [[display("a", "d"), display("b", "d")], [display(big, "d", update=True)]],
-        max_bytes=1000,
+        max_bytes=10_000,
     )
-    # Two earlier outputs of 600 characters each: only one fits the step's 1000.
+    # Two earlier outputs of 6000 characters each: only one fits the step's 10000.
     assert len(observations[1].metadata[DISPLAY_UPDATES_KEY]) == 1
     assert observations[1].metadata[NOTEBOOK_STATE_TRUNCATED_KEY] is True
 
-    huge = "x" * 1200  # over the collector's own cap: the update cannot even be kept
+    huge = "x" * 12_000  # over the collector's own cap: the update cannot even be kept
     observations = run_episode(
         [[display("a", "d")], [display(huge, "d", update=True)], [display(huge, "new")]],
-        max_bytes=1000,
+        max_bytes=10_000,
     )
     assert DISPLAY_UPDATES_KEY not in observations[1].metadata
     assert observations[1].metadata[NOTEBOOK_STATE_TRUNCATED_KEY] is True

@@ -1,40 +1,27 @@
 """TRL's real ``GRPOTrainer`` runs a step with kernelenv's ``environment_factory`` (CPU, offline).
 
-torch and TRL live in their own cached virtual env, ``.venv-trl`` (gitignored), installed from
-the ``trl-test`` extra: torch is pinned to the CPU build (2.13.0), so pip never pulls CUDA.
-The first run installs it (minutes); later runs reuse it. The step itself runs in
-``trl_grpo_step.py`` there and reports what happened as JSON.
+torch and TRL live in their own virtual env, ``.venv-trl`` (gitignored), which ``make test``
+builds from the pins in requirements/trl.txt before pytest starts: torch is the CPU build
+(2.13.0), so pip never pulls CUDA. The step itself runs in ``trl_grpo_step.py`` there and
+reports what happened as JSON.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from peers import peer_python
 
-REPO = Path(__file__).resolve().parents[2]
-TRL_VENV = REPO / ".venv-trl"
 STEP = Path(__file__).resolve().parent / "trl_grpo_step.py"
 
 
 @pytest.fixture(scope="module")
 def trl_python() -> Path:
-    """The interpreter of a virtual env with torch (CPU), TRL and kernelenv (editable)."""
-    marker = TRL_VENV / ".installed-trl-test"
-    python = TRL_VENV / "bin" / "python"
-    if not marker.exists():
-        if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "-e", f"{REPO}[trl-test]"],
-            check=True, timeout=1800,
-        )
-        marker.touch()
-    return python
+    """The interpreter of ``.venv-trl``: torch (CPU), TRL and kernelenv (editable)."""
+    return peer_python("trl")
 
 
 @pytest.mark.slow

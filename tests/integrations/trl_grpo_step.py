@@ -3,9 +3,12 @@
 Run with the interpreter of the TRL venv: ``python trl_grpo_step.py OUT_DIR``. The model is a
 tiny Qwen2 built from a config (random weights) and the tokenizer is built here with the
 ``tokenizers`` library and TRL's own Qwen2.5 chat template, so nothing is downloaded. A random
-model does not call tools by itself, so the tool call is one added token that the generation
-is biased towards (``sequence_bias``): the completion is that call, which TRL parses, runs
-through ``KernelToolEnv.run_python`` and answers; ``get_reward`` then grades the task.
+model does not call tools by itself, so generation is biased (``sequence_bias``) into a call
+written as a Qwen model writes it: the ``<tool_call>`` token, the call's JSON (one added token,
+to keep the completion short), ``</tool_call>``, end of turn. The delimiters must be generated
+as their own token ids: transformers >= 5.25 parses token ids and ignores ``<tool_call>`` when
+it is spelled out by other tokens. TRL parses the call, runs it through
+``KernelToolEnv.run_python`` and answers; ``get_reward`` then grades the task.
 Prints a JSON report for the calling test.
 """
 
@@ -28,7 +31,7 @@ from trl.chat_template_utils import qwen2_5_chat_template  # noqa: E402
 from kernelenv.integrations.trl import KernelEnvFactory  # noqa: E402
 
 CODE = "def is_palindrome(t):\n    k = [c.lower() for c in t if c.isalnum()]\n    return k == k[::-1]\nprint('kernel pid', __import__('os').getpid())"
-TOOL_CALL = "<tool_call>\n" + json.dumps({"name": "run_python", "arguments": {"code": CODE}}) + "\n</tool_call>"
+CALL_JSON = "\n" + json.dumps({"name": "run_python", "arguments": {"code": CODE}}) + "\n"
 
 
 def tokenizer() -> PreTrainedTokenizerFast:
@@ -45,7 +48,7 @@ def tokenizer() -> PreTrainedTokenizerFast:
         "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
         "additional_special_tokens": ["<|im_start|>"],
     })
-    fast.add_tokens([TOOL_CALL, "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"])
+    fast.add_tokens([CALL_JSON, "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"])
     fast.chat_template = qwen2_5_chat_template
     return fast
 
@@ -59,7 +62,10 @@ def main(out_dir: str) -> None:
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     model = Qwen2ForCausalLM(config)
-    call_id = tok.convert_tokens_to_ids(TOOL_CALL)
+    open_id, json_id, close_id = tok.convert_tokens_to_ids(["<tool_call>", CALL_JSON, "</tool_call>"])
+    # Each bias outweighs the previous one, so the completion is exactly open, JSON, close, EOS.
+    call_bias = {(open_id,): 100.0, (open_id, json_id): 200.0, (json_id, close_id): 300.0,
+                 (close_id, tok.eos_token_id): 400.0}
     dataset = Dataset.from_list([
         {"prompt": [{"role": "user", "content": "Solve the task."}],
          "task_id": "functions_easy_palindrome"},
@@ -78,7 +84,7 @@ def main(out_dir: str) -> None:
             output_dir=out_dir, per_device_train_batch_size=2, num_generations=2,
             max_completion_length=8, max_steps=1, max_tool_calling_iterations=1,
             use_cpu=True, bf16=False, report_to=[], logging_steps=1, save_strategy="no",
-            generation_kwargs={"sequence_bias": {(call_id,): 100.0}},
+            generation_kwargs={"sequence_bias": call_bias},
         )
         trainer = GRPOTrainer(model=model, processing_class=tok, args=args,
                               train_dataset=dataset, environment_factory=factory)

@@ -58,3 +58,25 @@ async def test_interrupt_and_kill_of_a_gone_kernel_are_logged_not_raised(caplog,
     messages = [r.getMessage() for r in caplog.records if r.name == "kernelenv.runtime.kernel"]
     assert any(f"interrupting kernel {kernel.kernel_id} failed" in m for m in messages), messages
     assert any(f"killing kernel {kernel.kernel_id} failed" in m for m in messages), messages
+
+
+@pytest.mark.anyio
+async def test_an_interrupt_that_beats_the_cell_is_sent_again(no_leaks):
+    from kernelenv import KernelPool
+    from kernelenv.models import StepStatus
+
+    async with KernelPool(size=0) as pool:
+        kernel = await pool.acquire(timeout_s=60)
+        try:
+            await kernel.execute("x = 1", timeout_s=60)
+            # A budget so short that the interrupt leaves before the kernel has read the
+            # request: an idle ipykernel ignores it, so only a second one stops the cell
+            # (else the grace runs out and the kernel is replaced).
+            outcome = await kernel.execute(
+                "import time; time.sleep(30)", timeout_s=0.0001, interrupt_grace_s=15
+            )
+            assert outcome.observation.status is StepStatus.TIMEOUT
+            assert outcome.observation.metadata["kernel_replaced"] is False
+            assert (await kernel.execute("x", timeout_s=60)).observation.return_value == "1"
+        finally:
+            pool.release(kernel)

@@ -264,11 +264,15 @@ async def test_a_killed_host_takes_its_forks_down(level, tmp_path):
         host.send_signal(signal.SIGKILL)
         host.wait(timeout=10)
         deadline = time.monotonic() + 20
-        while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                  for p in report["pids"]) and time.monotonic() < deadline:
+        def running(pid: int) -> bool:  # a process may exit between two questions about it
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        while any(running(p) for p in report["pids"]) and time.monotonic() < deadline:
             await anyio.sleep(0.1)
-        left = [p for p in report["pids"]
-                if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        left = [p for p in report["pids"] if running(p)]
         for pid in left:
             psutil.Process(pid).kill()
         assert not left, f"kernels outlived their host: {left}"

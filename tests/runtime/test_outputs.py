@@ -144,19 +144,48 @@ def test_clear_output_after_a_cut_makes_room_again_and_the_cut_is_still_reported
 
 
 def test_display_updates_count_against_the_cap():
-    c = OutputCollector(max_output_bytes=1000)
+    c = OutputCollector(max_output_bytes=10_000)
     for _ in range(10):  # ten small outputs of one display id...
         c.feed(msg("display_data", data={"text/plain": "."}, metadata={},
                    transient={"display_id": "d"}))
-    # ...then one update that would make each of them big: 10 x 500 bytes is past the cap.
-    c.feed(msg("update_display_data", data={"text/plain": "x" * 500}, metadata={},
+    # ...then one update that would make each of them big: 10 x 2000 bytes is past the cap.
+    c.feed(msg("update_display_data", data={"text/plain": "x" * 2000}, metadata={},
                transient={"display_id": "d"}))
     assert c.truncated
-    assert sum(len(o.get("data", {}).get("text/plain", "")) for o in c.outputs) <= 1000
+    assert sum(len(o.get("data", {}).get("text/plain", "")) for o in c.outputs) <= 10_000
     assert "output truncated" in c.outputs[-1]["text"]
-    small = OutputCollector(max_output_bytes=1000)
+    small = OutputCollector(max_output_bytes=10_000)
     small.feed(msg("display_data", data={"text/plain": "."}, metadata={},
                    transient={"display_id": "d"}))
-    small.feed(msg("update_display_data", data={"text/plain": "y" * 500}, metadata={},
+    small.feed(msg("update_display_data", data={"text/plain": "y" * 2000}, metadata={},
                    transient={"display_id": "d"}))
-    assert not small.truncated and small.outputs[0]["data"]["text/plain"] == "y" * 500
+    assert not small.truncated and small.outputs[0]["data"]["text/plain"] == "y" * 2000
+
+
+def test_what_a_kernel_crafts_counts_as_what_it_holds_here():
+    """Counting characters let empty lists in metadata, many results and long display ids
+    through uncounted; the cap counts what the decoded content holds in this process."""
+    c = OutputCollector(max_output_bytes=1_000_000)
+    for _ in range(5):  # 1.8 MB of JSON each, 25 MB of Python lists: the first is dropped
+        c.feed(msg("display_data", data={}, metadata={"m": [[]] * 450_000}, transient={}))
+    assert c.truncated and not any(o.get("metadata", {}).get("m") for o in c.outputs)
+    results = OutputCollector(max_output_bytes=1_000_000)
+    for n in range(20):  # only a cell's own result is kept past the cap
+        results.feed(msg("execute_result", data={"text/plain": "y" * 900_000}, metadata={},
+                         execution_count=n))
+    assert len([o for o in results.outputs if o["output_type"] == "execute_result"]) <= 2
+    long_id = OutputCollector()
+    long_id.feed(msg("display_data", data={"text/plain": "."}, metadata={},
+                     transient={"display_id": "d" * 1_900_000}))
+    assert not long_id.displays.locations  # not a display id anyone would make: not tracked
+
+
+def test_a_cells_own_result_passes_the_cap_only_cut_to_it():
+    c = OutputCollector(max_output_bytes=100_000)
+    c.feed(msg("execute_result", execution_count=1, data={
+        "text/plain": "z" * 300_000, "application/json": [[]] * 100_000, "text/html": "<i>ok</i>",
+    }, metadata={"m": [[]] * 100_000}))
+    (result,) = c.outputs
+    assert c.truncated and result["metadata"] == {}
+    assert set(result["data"]) == {"text/plain", "text/html"}
+    assert len(result["data"]["text/plain"]) < 101_000 and "truncated" in result["data"]["text/plain"]

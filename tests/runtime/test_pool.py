@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from kernelenv import KernelEnv, KernelPool, PoolExhaustedError
-from kernelenv.runtime.pool import OWNER_FILE, ROOT_PREFIX, reap_stale_roots
+from kernelenv.runtime.pool import OWNER_FILE, OWNER_LOCK, ROOT_PREFIX, reap_stale_roots
 
 pytestmark = pytest.mark.anyio
 
@@ -83,19 +83,41 @@ async def test_warmup_code_runs_before_handover(no_leaks):
 
 
 def test_stale_pool_directories_of_dead_processes_are_reaped():
+    """An owner lives while it holds its directory's lock, whatever pid its file names (a pid
+    of another PID namespace means nothing here)."""
     parent = Path(tempfile.mkdtemp())
+    holder = None
     try:
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True).stdout.strip()
         stale = parent / f"{ROOT_PREFIX}stale"
         stale.mkdir()
+        (stale / OWNER_LOCK).touch()
         (stale / OWNER_FILE).write_text(dead)
+        # Alive: a process holds the lock, though the file names a pid that is gone here.
         alive = parent / f"{ROOT_PREFIX}alive"
         alive.mkdir()
-        (alive / OWNER_FILE).write_text(str(os.getppid()))
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import fcntl, sys; f = open(sys.argv[1], 'wb'); fcntl.flock(f, fcntl.LOCK_EX);"
+             " print('held', flush=True); sys.stdin.read()", str(alive / OWNER_LOCK)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert holder.stdout.readline().strip() == "held"
+        (alive / OWNER_FILE).write_text(dead)
+        being_made = parent / f"{ROOT_PREFIX}new"  # no owner file yet
+        being_made.mkdir()
         assert reap_stale_roots(parent) == [stale]
-        assert not stale.exists() and alive.exists()
+        assert not stale.exists() and alive.exists() and being_made.exists()
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        assert reap_stale_roots(parent) == [alive]  # its owner is gone now
     finally:
+        if holder is not None:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait()
+            holder.stdout.close()
         import shutil
 
         shutil.rmtree(parent)
@@ -113,8 +135,9 @@ def test_a_killed_owner_leaves_no_kernel_running():
         "    import psutil\n"
         "    outer = psutil.Process(env.kernel.pid)\n"
         "    for p in [outer, *outer.children(recursive=True)]:\n"
-        "        if 'launch_new_instance' in ' '.join(p.cmdline()):\n"
-        "            print(p.pid, flush=True)  # the kernel itself, as the host sees it\n"
+        "        command = ' '.join(p.cmdline())\n"
+        "        if 'launch_new_instance' in command or 'runtime.template' in command:\n"
+        "            print(p.pid, flush=True)  # the kernel itself (cold or forked), as the host sees it\n"
         "    os.kill(os.getpid(), 9)\n"
         "anyio.run(main)\n"
     )

@@ -49,14 +49,24 @@ async def ray_pool(ray_cluster):
 
 
 def kernels_of(actor_pid: int) -> list[psutil.Process]:
-    """The kernel processes an actor's worker process started."""
+    """The kernel processes an actor's worker process started (cold, or a template and the
+    kernels it forked)."""
     try:
-        return [
-            p for p in psutil.Process(actor_pid).children(recursive=True)
-            if "ipykernel" in " ".join(p.cmdline())
-        ]
+        descendants = psutil.Process(actor_pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+    return [p for p in descendants if any(word in _cmdline(p) for word in KERNEL_WORDS)]
+
+
+KERNEL_WORDS = ("ipykernel", "runtime.template")
+
+
+def _cmdline(process: psutil.Process) -> str:
+    """Its command line, or "" once it has exited (one process gone must not hide the rest)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
 
 
 def alive(process: psutil.Process) -> bool:

@@ -461,12 +461,18 @@ async def test_a_sigkilled_server_leaves_no_kernel_behind():
             assert after["stdout"] == "42\n"
             for ws in sockets:
                 await ws.send('{"type": "step", "data": {"code": "import time; time.sleep(120)"}}')
-            await anyio.sleep(1.0)  # the 8 cells are running
-            tree = psutil.Process(server.pid).children(recursive=True)
-            kernels = [p for p in tree if "launch_new_instance" in " ".join(_cmdline(p))]
+            # The 8 kernels are forked from the template (which shares their command).
+            deadline = time.monotonic() + 60
+            while True:
+                tree = psutil.Process(server.pid).children(recursive=True)
+                kernels = [p for p in tree if "runtime.template" in " ".join(_cmdline(p))]
+                if len(kernels) >= 8 or time.monotonic() > deadline:
+                    break
+                await anyio.sleep(0.1)
             assert len(kernels) >= 8
-            connection = next(arg for arg in _cmdline(kernels[0]) if arg.endswith(".json"))
-            server_root = Path(connection).parents[2]
+            command = _cmdline(kernels[0])
+            # The template's socket is in the server pool's directory.
+            server_root = Path(command[command.index("--socket") + 1]).parents[1]
             server.send_signal(signal.SIGKILL)
             server.wait(timeout=10)
             deadline = time.monotonic() + 15

@@ -3,6 +3,7 @@ bodies, budgets above the maximum, idle sockets, too many connections. Real serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
@@ -71,48 +72,106 @@ async def test_a_message_over_the_limit_closes_the_socket(server, server_sound):
 def test_pipelined_frames_are_not_read_ahead(server_sound):
     """Connections pipeline 1 MiB frames behind a long step: the server stops reading each
     socket after a few frames, so its memory stays bounded whatever the clients send."""
-    port, connections, frame_bytes, offered = free_port(), 6, 1 << 20, 48 << 20
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kernelenv", "serve", "--port", str(port), "--no-token",
-         "--pool-size", "2", "--no-journal", "--max-sessions", "8", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    sockets: list[socket.socket] = []
-    try:
-        _wait_healthy(base, process)
+    connections, frame_bytes, offered = 6, 1 << 20, 48 << 20
+    with served("--pool-size", "2", "--max-sessions", "8") as (process, base, port):
         server = psutil.Process(process.pid)
-        before = server.memory_info().rss
-        accepted = []
-        for _ in range(connections):
-            sock, protocol = _open_raw_websocket(port)
-            sockets.append(sock)
-            _send_frame(sock, protocol, {"type": "reset", "data": {}})
-            _send_frame(sock, protocol, {"type": "step", "data": {
-                "code": "import time; time.sleep(60)", "timeout_s": 60}})
-            padding = {"type": "state", "pad": ""}
-            padding["pad"] = "x" * (frame_bytes - len(json.dumps(padding)))
-            protocol.send_text(json.dumps(padding).encode())
-            frame = b"".join(protocol.data_to_send())  # one masked frame, sent again and again
-            accepted.append(_send_until_refused(sock, frame, offered))
-        grown = server.memory_info().rss - before
-        assert all(sent < offered for sent in accepted), accepted  # each socket stopped being read
-        # Per connection: READ_AHEAD + 1 frames waiting, one being parsed, decoding copies (about
-        # 5 MiB measured). Reading 16 frames ahead, the server grew by about 120 MiB here.
-        bound = connections * 8 * frame_bytes
-        assert grown < bound, f"server grew by {grown >> 20} MiB (bound {bound >> 20} MiB)"
-    finally:
-        for sock in sockets:
-            sock.close()
-    try:
+        sockets: list[socket.socket] = []
+        try:
+            before = server.memory_info().rss
+            accepted = []
+            for _ in range(connections):
+                sock, protocol = _open_raw_websocket(port)
+                sockets.append(sock)
+                _send_frame(sock, protocol, {"type": "reset", "data": {}})
+                # Long enough to outlast the sending; the closed sockets' sessions end with it
+                # (a socket the server stopped reading shows its close only then).
+                _send_frame(sock, protocol, {"type": "step", "data": {
+                    "code": "import time; time.sleep(25)", "timeout_s": 60}})
+                padding = {"type": "state", "pad": ""}
+                padding["pad"] = "x" * (frame_bytes - len(json.dumps(padding)))
+                protocol.send_text(json.dumps(padding).encode())
+                frame = b"".join(protocol.data_to_send())  # one masked frame, sent again and again
+                accepted.append(_send_until_refused(sock, frame, offered))
+            grown = server.memory_info().rss - before
+            # Each socket stopped being read.
+            assert all(sent < offered for sent in accepted), accepted
+            # Per connection: READ_AHEAD + 1 frames waiting, one being parsed, decoding copies
+            # (about 5 MiB measured). Reading 16 frames ahead, the server grew by about 120 MiB.
+            bound = connections * 8 * frame_bytes
+            assert grown < bound, f"server grew by {grown >> 20} MiB (bound {bound >> 20} MiB)"
+        finally:
+            for sock in sockets:
+                sock.close()
         deadline = time.monotonic() + 60
         while httpx.get(f"{base}/health").json()["active_sessions"]:
             assert time.monotonic() < deadline, "sessions of closed sockets were not released"
             time.sleep(0.1)
         server_sound(base)
-    finally:
-        process.terminate()
-        process.wait(30)
+
+
+async def test_an_episode_printing_a_megabyte_a_step_does_not_grow_the_server(server_sound):
+    """Every step is kept for export, grading and retries: past --max-history-mb, steps are
+    refused until a reset, so one episode cannot fill the server's memory."""
+    steps = 60
+    with served("--pool-size", "1", "--max-history-mb", "4") as (process, base, _):
+        server = psutil.Process(process.pid)
+        async with connect(base.replace("http", "ws") + "/ws", max_size=None) as ws:
+            await ws.send(json.dumps({"type": "reset", "data": {}}))
+            await ws.recv()
+            before = server.memory_info().rss
+            statuses = []
+            for _ in range(steps):  # 1 MB of output a step: without the cap, 2 MB kept a step
+                await ws.send(json.dumps({"type": "step", "data": {"code": "print('x' * 10**6)"}}))
+                data = json.loads(await ws.recv())["data"]
+                statuses.append((data["metadata"]["kernelenv"]["status"], data["done"]))
+            grown = server.memory_info().rss - before
+            assert statuses[0] == ("ok", False)
+            assert statuses[-1] == ("aborted", True)
+            assert statuses.count(("ok", False)) <= 3  # 4 MiB: two or three steps of 2 MB
+            assert grown < 32 << 20, f"server grew by {grown >> 20} MiB over {steps} steps"
+            await ws.send(json.dumps({"type": "reset", "data": {}}))  # a new episode steps again
+            await ws.recv()
+            await ws.send(json.dumps({"type": "step", "data": {"code": "6 * 7"}}))
+            data = json.loads(await ws.recv())["data"]
+            assert data["metadata"]["kernelenv"]["return_value"] == "42"
+        server_sound(base)
+
+
+CRAFTED_DISPLAYS = """
+k = get_ipython().kernel
+for _ in range(5):  # 1.8 MB of JSON each, 25 MB of Python lists once decoded
+    k.session.send(k.iopub_socket, 'display_data',
+                   {'data': {}, 'metadata': {'m': [[]] * 450000}, 'transient': {}},
+                   parent=k.get_parent())
+"""
+CRAFTED_TOOL_CALLS = """
+for _ in range(5):  # each call's argument: 2 MB of JSON, 28 MB of Python lists once decoded
+    try:
+        fetch_orders(cursor=[[]] * 500000)
+    except Exception:
+        pass
+"""
+
+
+@pytest.mark.parametrize("attack", ["displays", "tool_calls"])
+async def test_crafted_outputs_and_tool_calls_count_what_they_hold(attack, server_sound):
+    """Found by an outside attack: caps counted characters, so empty lists in an output's
+    metadata or in a tool call's arguments were kept uncounted (3.4 GB in 20 steps)."""
+    code = CRAFTED_DISPLAYS if attack == "displays" else CRAFTED_TOOL_CALLS
+    reset = {} if attack == "displays" else {"task_id": "multi_step_easy_pagination"}
+    with served("--pool-size", "1", "--max-history-mb", "8") as (process, base, _):
+        server = psutil.Process(process.pid)
+        async with connect(base.replace("http", "ws") + "/ws", max_size=None) as ws:
+            await ws.send(json.dumps({"type": "reset", "data": reset}))
+            await ws.recv()
+            before = server.memory_info().rss
+            for _ in range(6):
+                await ws.send(json.dumps({"type": "step", "data": {"code": code}}))
+                data = json.loads(await ws.recv())["data"]
+                assert data["metadata"]["kernelenv"]["status"] in ("ok", "aborted")
+            grown = server.memory_info().rss - before
+            assert grown < 96 << 20, f"server grew by {grown >> 20} MiB over 6 steps"
+        server_sound(base)
 
 
 def test_slow_request_heads_are_disconnected(server, server_sound):
@@ -200,6 +259,24 @@ async def test_connections_past_the_limit_get_503(server_sound):
 # -- raw WebSocket helpers ------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def served(*options: str) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
+    """A ``kernelenv serve`` process on loopback (no token, no journal) for the block."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kernelenv", "serve", "--port", str(port), "--no-token",
+         "--no-journal", "--log-level", "warning", *options],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, process)
+        yield process, base, port
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -245,3 +322,18 @@ def _send_until_refused(sock: socket.socket, frame: bytes, limit: int) -> int:
         sent += n
         offset = (offset + n) % len(frame)
     return sent
+
+
+def test_the_server_lifts_its_open_file_limit_to_the_hard_one():
+    """A session holds about sixteen descriptors in the server: the usual soft limit of 1024
+    would fail kernel starts past some sixty sessions."""
+    code = (
+        "import resource\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
+        "from kernelenv.server.serve import raise_open_file_limit\n"
+        "raise_open_file_limit()\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "True", run.stderr

@@ -3,7 +3,7 @@
 The test extra keeps mcp 1.x (OpenEnv 0.10 needs mcp<2, and its tests share the main venv);
 users may install either major (the ``mcp`` extra allows both). This runs ``test_mcp.py`` —
 ``kernelenv mcp`` driven by the SDK's own client, and the client tools against a small SDK
-server — in ``.venv-mcp2`` (gitignored, kept between runs), where kernelenv is installed
+server — in ``.venv-mcp2`` (gitignored, built by ``make test`` from requirements/mcp2.txt), where kernelenv is installed
 editable beside mcp 2.x.
 """
 
@@ -11,31 +11,18 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from peers import peer_python
 
 REPO = Path(__file__).resolve().parents[2]
-MCP2_REQUIREMENT = "mcp>=2,<3"
-MCP2_VENV = REPO / ".venv-mcp2"
 
 
 @pytest.fixture(scope="module")
 def mcp2_python() -> Path:
-    """The interpreter of a virtual env with mcp 2.x and kernelenv (editable)."""
-    marker = MCP2_VENV / ".installed-mcp2"
-    python = MCP2_VENV / "bin" / "python"
-    if not marker.exists():
-        if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(MCP2_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "-e", str(REPO), MCP2_REQUIREMENT, "pytest", "pytest-timeout", "psutil", "matplotlib"],
-            check=True, timeout=900,
-        )
-        marker.touch()
-    return python
+    """The interpreter of ``.venv-mcp2``: mcp 2.x and kernelenv (editable)."""
+    return peer_python("mcp2")
 
 
 def test_mcp_tests_pass_with_sdk_2(mcp2_python):

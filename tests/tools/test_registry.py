@@ -251,3 +251,20 @@ def test_registry_rejects_duplicates_and_bad_names():
     with pytest.raises(ValueError, match="not a Python identifier"):
         registry.register(lambda: 3, name="two words")
     assert registry.names == ["one"] and "one" in registry and len(registry) == 1
+
+
+async def test_a_step_records_at_most_so_many_calls_and_no_big_arguments(tool_env):
+    """Recorded calls stay in the episode's history: an agent calling in a loop, or passing
+    a large structure (25 MB once decoded from 1.8 MB of JSON), cannot fill it with them."""
+    obs = await tool_env.step(
+        "for _ in range(1005):\n"
+        "    slow_echo('x')\n"
+        "describe([[]] * 10000)"
+    )
+    assert obs.status is StepStatus.OK, obs.stderr
+    calls = obs.metadata["tool_calls"]
+    assert len(calls) == 1000 and obs.metadata["tool_calls_not_recorded"] == 6
+    big = await tool_env.step("describe([[]] * 10000)")
+    (call,) = big.metadata["tool_calls"]
+    assert call["arguments"]["label"].startswith("[a list of about ")
+    assert "tool_calls_not_recorded" not in big.metadata

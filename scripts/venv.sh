@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds one of the test suite's virtual envs: scripts/venv.sh NAME MODE [PYTHON]
+#
+#   NAME  test (.venv), demo (.venv, the package alone), trl (.venv-trl), mcp2 (.venv-mcp2), openenv (.venv-openenv),
+#         smolagents (.venv-smolagents)
+#   MODE  locked: install exactly the pins of requirements/NAME.txt (what `make test` does)
+#         latest: install the newest releases the declared ranges allow (`make test-latest`)
+#         lock:   as latest, then write the installed versions to requirements/NAME.txt
+#
+# The pins go in as pip constraints through PIP_CONSTRAINT, so that they hold for build
+# dependencies (hatchling, in pip's isolated build env) as well as for what is installed.
+set -euo pipefail
+name=$1
+mode=$2
+python=${3:-python3}
+cd "$(dirname "$0")/.."
+
+case $name in
+  test)       venv=.venv;             spec=(-e '.[test]') ;;
+  # `make demo`: the package alone, in the same venv and from the same pins as `test`.
+  demo)       venv=.venv;             spec=(-e .) ;;
+  trl)        venv=.venv-trl;         spec=(-e '.[trl-test]') ;;
+  mcp2)       venv=.venv-mcp2;        spec=(-e '.[mcp2-test]') ;;
+  # Peers the tests drive, never dependencies of kernelenv: OpenEnv's published package (it
+  # pins mcp<2) and smolagents (the bench's OpenEnv coding_env interpreter).
+  openenv)    venv=.venv-openenv;     spec=('openenv==0.10.0') ;;
+  smolagents) venv=.venv-smolagents;  spec=('smolagents>=1.20,<2') ;;
+  *) echo "scripts/venv.sh: unknown env '$name'" >&2; exit 2 ;;
+esac
+lock=requirements/${name/#demo/test}.txt
+# The build backend is pinned too: an editable install builds kernelenv with it.
+tools=(pip 'hatchling>=1.21')
+
+[ -x "$venv/bin/python" ] || bash scripts/make-venv.sh "$python" "$venv"
+pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
+
+case $mode in
+  locked)
+    [ -f "$lock" ] || { echo "$lock is missing: run 'make lock'" >&2; exit 1; }
+    export PIP_CONSTRAINT="$PWD/$lock"
+    "${pip[@]}" install "${tools[@]}"
+    "${pip[@]}" install "${spec[@]}"
+    ;;
+  latest|lock)
+    export PIP_CONSTRAINT=""
+    "${pip[@]}" install --upgrade "${tools[@]}"
+    "${pip[@]}" install --upgrade --upgrade-strategy eager "${spec[@]}"
+    ;;
+  *) echo "scripts/venv.sh: MODE is locked, latest or lock" >&2; exit 2 ;;
+esac
+
+if [ "$mode" = lock ]; then
+  {
+    echo "# Exact versions for $venv ('scripts/venv.sh $name locked'). Made by 'make lock';"
+    echo "# installed as constraints, so they pin build dependencies too. Do not edit by hand."
+    "$venv/bin/python" -m pip freeze --all --exclude-editable --disable-pip-version-check \
+      | grep -v -i -E '^(kernelenv|setuptools|wheel)==' | LC_ALL=C sort -f
+  } >"$lock"
+  echo "wrote $lock ($(grep -c '==' "$lock") pins)"
+fi
