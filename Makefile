@@ -18,16 +18,21 @@ STAMPS = $(VENV)/.locked-test $(foreach p,$(PEERS),.venv-$(p)/.locked)
 demo: $(VENV)/.locked-demo
 	$(BIN)/kernelenv demo
 
-# At the common open-file limit of 1024, as users' processes run (`kernelenv serve` lifts its own).
+# At the common open-file limit of 1024, as users' processes run (`kernelenv serve` lifts its own),
+# in two workers (pytest-xdist), a test file to a worker: most of a test's time is spent waiting
+# for kernels and servers. PYTEST_WORKERS=0 runs in this process.
+PYTEST_WORKERS ?= 2
+PYTEST = ulimit -Sn 1024; $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+
 test: system-deps $(STAMPS)
-	ulimit -Sn 1024; $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 # The suite against the newest releases pyproject.toml's ranges allow (the venvs are upgraded
 # in place; `make test` afterwards puts the pins back). Run it before `make lock`.
 test-latest: system-deps
 	@for env in test $(PEERS); do bash scripts/venv.sh $$env latest $(PYTHON) || exit 1; done
 	rm -f $(STAMPS)
-	ulimit -Sn 1024; $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 # Refresh requirements/*.txt: the newest allowed releases, installed and written down.
 lock:

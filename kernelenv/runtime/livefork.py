@@ -43,6 +43,9 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
 from ..errors import ForkError, KernelStartError
+
+# sizeof(sockaddr_un.sun_path) - 1 on Linux: the longest path a Unix socket can bind.
+MAX_IPC_PATH_BYTES = 107
 from ..sandbox.cgroup import pid_alive
 from .limits import bounded_context
 
@@ -394,6 +397,15 @@ async def fork_kernel(
             # Short names: IPC socket paths must fit in 107 bytes, also under a long TMPDIR.
             kernel_id = f"f{uuid.uuid4().hex[:8]}"
             directory = base / kernel_id
+            # A longer one would fail the child's bind, which its host would only see as a
+            # child that never connects: say why now instead.
+            endpoint = f"{directory / 'run' / 'kernel'}-65535"
+            if len(os.fsencode(endpoint)) > MAX_IPC_PATH_BYTES:
+                raise ForkError(
+                    f"a fork's IPC socket path would be {len(os.fsencode(endpoint))} bytes, over "
+                    f"the {MAX_IPC_PATH_BYTES} a Unix socket allows ({endpoint}); start the "
+                    "pool under a shorter TMPDIR"
+                )
             (directory / "run").mkdir(parents=True)
             shutil.copytree(parent.work_dir, directory / "work", symlinks=True)
             manager = AsyncKernelManager(

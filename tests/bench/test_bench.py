@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -38,15 +41,15 @@ def processes_using(path: Path) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, list, list]:
+def quick_run(tmp_path_factory) -> Iterator[tuple[subprocess.CompletedProcess, Path, list, list]]:
     """Runs the quick benchmark as a user would; returns its process, output and leftovers.
 
     The run gets a TMPDIR of its own, so every kernel, server and pool directory it starts
-    can be found afterwards, even though they are not this process's children.
+    can be found afterwards, even though they are not this process's children. A short one,
+    as a user's: forks' IPC socket paths under it must fit in 107 bytes.
     """
     base = tmp_path_factory.mktemp("bench")
-    tmpdir = base / "tmp"
-    tmpdir.mkdir()
+    tmpdir = Path(tempfile.mkdtemp(prefix="kb-"))
     out = base / "results" / "latest.md"
     proc = subprocess.run(
         [sys.executable, "-m", "kernelenv", "bench", "--quick", "--output", str(out)],
@@ -58,7 +61,9 @@ def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, list
         time.sleep(0.1)
     for process in left:  # never leave them to the next test, even when failing
         process.kill()
-    return proc, out, left, [d.name for d in tmpdir.glob("kernelenv-*")]
+    dirs_left = [d.name for d in tmpdir.glob("kernelenv-*")]
+    yield proc, out, left, dirs_left
+    shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def test_quick_mode_completes_and_cleans_up(quick_run):

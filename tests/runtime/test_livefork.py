@@ -288,3 +288,26 @@ async def test_a_killed_host_takes_its_forks_down(level, tmp_path):
             host.kill()
             host.wait()
         host.stdout.close()
+
+
+async def test_a_fork_too_deep_for_its_sockets_is_a_clear_error(no_leaks):
+    """A Unix socket path holds 107 bytes: a pool folder deep enough for its kernels but not
+    for their forks (which live inside the parent's folder) gets a ForkError that says so,
+    not a child that never connects."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    level = "bwrap" if bwrap_problem() is None else "limits"
+    top = Path(tempfile.mkdtemp(prefix="kl-"))
+    deep = top / ("p" * (52 - len(str(top)) - 1))  # the pool's folder: 52 + 19 bytes long
+    deep.mkdir()
+    try:
+        async with KernelPool(size=0, sandbox=level, root_dir=deep) as pool:
+            async with KernelEnv(pool=pool) as env:
+                await env.reset()
+                with pytest.raises(ForkError, match="IPC socket path would be .* bytes"):
+                    await env.fork(1)
+                assert (await env.step("6 * 7")).return_value == "42"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
