@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("kernelenv.bench.command", "benchmark kernelenv beside its floor and its peers"),
     "replay": ("kernelenv.episodes.cli", "re-run a notebook in a fresh kernel, report divergences"),
     "recover": ("kernelenv.episodes.cli", "write the notebooks of episodes a dead server was running"),
+    "journal": ("kernelenv.episodes.cli", "prune the episode journal (age, file count, bytes)"),
     "mcp": ("kernelenv.server.mcp_stdio", "serve the environment as an MCP server over stdio"),
 }
 

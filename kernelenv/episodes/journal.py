@@ -34,6 +34,7 @@ from nbformat import NotebookNode
 from ..errors import JournalError
 from ..models import CodeObservation, parse_action
 from .export import EpisodeInfo, TimedStep, episode_info, episode_notebook, wall_clock_offset
+from .retention import PRUNE_INTERVAL_S, Retention, prune
 
 if TYPE_CHECKING:
     from ..models import StepRecord
@@ -59,15 +60,17 @@ def default_journal_dir() -> Path:
     return user_state_path("kernelenv") / "journal"
 
 
-def shared_journal(directory: str | os.PathLike[str], *, fsync: bool = False) -> Journal:
+def shared_journal(
+    directory: str | os.PathLike[str], *, fsync: bool = False, retention: Retention | None = None
+) -> Journal:
     """The one :class:`Journal` of this process for ``directory`` (a server's sessions share it)."""
-    return _shared_journal(str(Path(directory).absolute()), fsync)
+    return _shared_journal(str(Path(directory).absolute()), fsync, retention)
 
 
 @functools.cache
-def _shared_journal(directory: str, fsync: bool) -> Journal:
+def _shared_journal(directory: str, fsync: bool, retention: Retention | None) -> Journal:
     log.info("journaling episodes to %s", directory)
-    return Journal(directory, fsync=fsync)
+    return Journal(directory, fsync=fsync, retention=retention)
 
 
 class Journal:
@@ -88,6 +91,9 @@ class Journal:
             (about 6 ms a step on a virtual disk). Without it a record is still written and
             flushed before the step returns, which is enough to survive the process being
             killed (SIGKILL): the data is then in the operating system's hands.
+        retention: What the directory keeps (:class:`~kernelenv.episodes.retention.Retention`:
+            age, file count, bytes); pruned as episodes end, at most once a minute, never
+            touching a running episode's file. None keeps everything.
 
     Raises:
         JournalError: with ``fsync=True``, from ``begin`` or ``record_step`` (and so from the
@@ -96,9 +102,17 @@ class Journal:
             ``metadata["journal_error"]`` says so.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        fsync: bool = False,
+        retention: Retention | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.fsync = fsync
+        self.retention = retention
+        self._pruned_at = float("-inf")
         self._files: dict[str, IO[str]] = {}
         self._steps: dict[str, int] = {}
         self._unsynced_dirs: set[Path] = set()
@@ -159,6 +173,26 @@ class Journal:
             log.error("journal %s: end of %s not recorded: %s", self.directory, episode_id, exc)
         finally:
             self._close(episode_id)
+        await self.prune_if_due()
+
+    async def prune_if_due(self) -> None:
+        """Apply the retention, unless that was done less than a minute ago."""
+        now = time.monotonic()
+        if self.retention is None or now - self._pruned_at < PRUNE_INTERVAL_S:
+            return
+        self._pruned_at = now
+        running = [self.path_of(episode_id) for episode_id in list(self._files)]
+        try:
+            removed = await anyio.to_thread.run_sync(
+                functools.partial(
+                    prune, self.directory, self.retention, suffix=JOURNAL_SUFFIX, keep=running
+                )
+            )
+        except OSError as exc:
+            log.error("journal %s: pruning failed: %s", self.directory, exc)
+            return
+        if removed:
+            log.info("journal %s: %d old episode files removed", self.directory, len(removed))
 
     def close(self) -> None:
         """Close every open file without marking episodes ended (they stay recoverable)."""

@@ -180,10 +180,14 @@ class SandboxConfig(BaseModel):
         return self
 
 
+SANDBOX_VARIABLE = "KERNELENV_SANDBOX"
+
+
 def as_sandbox_config(value: SandboxConfig | str | None) -> SandboxConfig:
-    """A :class:`SandboxConfig` from a config, a level name, or None (the default config)."""
+    """A :class:`SandboxConfig` from a config, a level name, or None: the default config, at
+    the level ``$KERNELENV_SANDBOX`` names if set (as for ``kernelenv serve``), else auto."""
     if value is None:
-        return SandboxConfig()
+        return SandboxConfig(level=os.environ.get(SANDBOX_VARIABLE) or "auto")
     if isinstance(value, SandboxConfig):
         return value
     if isinstance(value, str):

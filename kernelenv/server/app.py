@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from .. import __version__
@@ -16,7 +17,7 @@ from ..tasks.library import answer_key_dirs
 from . import episode_routes, http_routes, mcp_routes, task_routes, ws
 from .config import ServerConfig
 from .docs_routes import add_docs_routes
-from .error_replies import http_error_reply
+from .error_replies import http_error_reply, request_validation_reply
 from .guard import RequestGuard
 from .limits import BodySizeLimit
 from .sessions import EnvFactory, SessionManager, default_env_factory
@@ -78,6 +79,7 @@ def create_app(
     app.add_middleware(RequestGuard, config=config)
     app.add_exception_handler(KernelEnvError, http_error_reply)
     app.add_exception_handler(ValidationError, http_error_reply)
+    app.add_exception_handler(RequestValidationError, request_validation_reply)
     app.include_router(http_routes.router)
     app.include_router(ws.router)
     app.include_router(mcp_routes.router)

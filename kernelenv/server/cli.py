@@ -36,6 +36,9 @@ _OPTIONS = {
     "journal_dir": "journal_dir",
     "journal": "journal",
     "journal_fsync": "journal_fsync",
+    "journal_max_age_days": "journal_max_age_days",
+    "journal_max_files": "journal_max_files",
+    "journal_max_mb": "journal_max_mb",
     "tasks": "tasks_dir",
 }
 
@@ -117,6 +120,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--journal-fsync", action="store_true", default=None,
         help="fsync every journaled step, so it survives a crash of the machine too "
         "(costs one fsync a step; without it steps survive the server being killed)",
+    )
+    parser.add_argument(
+        "--journal-max-age-days", type=float,
+        help="journal files older than this are removed (default 14; 0: no age bound)",
+    )
+    parser.add_argument(
+        "--journal-max-files", type=int,
+        help="the journal keeps the newest this many episode files (default 10000; 0: all)",
+    )
+    parser.add_argument(
+        "--journal-max-mb", type=int,
+        help="the journal keeps the newest files up to this many MiB (default 1024; 0: no bound)",
     )
     parser.add_argument(
         "--tasks", metavar="DIR",

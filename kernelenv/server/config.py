@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ..sandbox.config import SandboxLevel
 
 if TYPE_CHECKING:
+    from ..episodes.retention import Retention
     from ..tasks.library import TaskLibrary
 
 
@@ -127,6 +128,18 @@ class ServerConfig(BaseSettings):
         description="fsync each journaled step, so it also survives a crash of the machine "
         "(a few ms a step); without it, steps still survive the server being killed.",
     )
+    # The journal's retention (pruned as episodes end; 0 lifts a bound): an RL run's millions
+    # of episodes must not become millions of files.
+    journal_max_age_days: float = Field(
+        default=14, ge=0, description="Journal files older than this go (0: no age bound)."
+    )
+    journal_max_files: int = Field(
+        default=10_000, ge=0, description="The journal keeps the newest this many files (0: all)."
+    )
+    journal_max_mb: int = Field(
+        default=1024, ge=0, description="The journal keeps the newest files up to this many MiB "
+        "(0: no bound).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServerConfig:
@@ -153,6 +166,16 @@ class ServerConfig(BaseSettings):
         from ..tasks.library import library_at
 
         return library_at(self.tasks_dir)
+
+    def journal_retention(self) -> Retention:
+        """What the journal keeps, from the ``journal_max_*`` settings."""
+        from ..episodes.retention import Retention
+
+        return Retention(
+            max_age_s=self.journal_max_age_days * 86400 or None,
+            max_files=self.journal_max_files or None,
+            max_bytes=(self.journal_max_mb << 20) or None,
+        )
 
     def journal_path(self) -> Path | None:
         """The journal's directory, or None when journaling is off."""

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -47,8 +48,19 @@ def classify_error(exc: BaseException) -> tuple[ErrorCode, int]:
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """Pydantic's error list in plain JSON (no URLs, no exception objects)."""
-    return json.loads(exc.json(include_url=False))
+    """Pydantic's error list in plain JSON (no URLs, no exception objects, and not the input:
+    a client's own data is not echoed back, and NaN in it would make the reply unsendable)."""
+    return json.loads(exc.json(include_url=False, include_input=False))
+
+
+async def request_validation_reply(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 for a request that fails its model, in FastAPI's own shape but without
+    the input (its default handler echoes it, and answers 500 when it holds NaN)."""
+    errors = [
+        {key: error[key] for key in ("type", "loc", "msg") if key in error}
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
 def validation_message(exc: ValidationError, what: str) -> str:

@@ -35,7 +35,10 @@ def default_env_factory(pool: KernelPool, config: ServerConfig) -> KernelEnv:
     """A plain :class:`KernelEnv` on the server's shared pool, journaled if configured."""
     journal_dir = config.journal_path()
     journal = (
-        shared_journal(journal_dir, fsync=config.journal_fsync) if journal_dir is not None else None
+        shared_journal(journal_dir, fsync=config.journal_fsync,
+                       retention=config.journal_retention())
+        if journal_dir is not None
+        else None
     )
     return KernelEnv(
         pool=pool,

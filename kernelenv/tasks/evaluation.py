@@ -52,6 +52,11 @@ class AttemptResult(BaseModel):
 
     index: int = Field(description="The completion's position in the completions file.")
     task_id: str = Field(description="The task, as the completions file named it.")
+    library_task_id: str | None = Field(
+        default=None,
+        description="The library's id of that task: attempts naming one task two ways "
+        "(HumanEval/3, humaneval_3) count as one task in the summary.",
+    )
     passed: bool = Field(description="The score reached the task's pass score.")
     score: float = Field(description="The grade's score in [0, 1].")
     status: str = Field(
@@ -142,7 +147,7 @@ def summarize(results: Sequence[AttemptResult], duration_s: float) -> EvalSummar
     """Totals, pass rate, pass@k and throughput of some results (pure)."""
     per_task: dict[str, list[bool]] = defaultdict(list)
     for result in results:
-        per_task[result.task_id].append(result.passed)
+        per_task[result.library_task_id or result.task_id].append(result.passed)
     fewest = min((len(v) for v in per_task.values()), default=0)
     ks = [k for k in (1, 2, 5, 10, 20, 50, 100) if k <= fewest]
     passed = sum(r.passed for r in results)
@@ -195,6 +200,7 @@ async def grade_completion(
     return AttemptResult(
         index=completion.index,
         task_id=completion.task_id,
+        library_task_id=task.id,
         passed=passed,
         score=score,
         status=status,

@@ -214,3 +214,70 @@ async def test_fsync_journal_raises_when_its_directory_is_gone(shared_pool, tmp_
         finally:
             await env.close()
     assert issubclass(JournalError, OSError)
+
+
+# -- retention ---------------------------------------------------------------------------
+
+
+def _journal_files(directory, ages_s):
+    """Files of the given ages (seconds), 1 KiB each, newest last; returns their paths."""
+    import os
+    import time
+
+    now = time.time()
+    paths = []
+    for number, age in enumerate(ages_s):
+        path = directory / f"episode-{number}.jsonl"
+        path.write_bytes(b"x" * 1024)
+        os.utime(path, (now - age, now - age))
+        paths.append(path)
+    return paths
+
+
+def test_prune_keeps_the_newest_within_age_count_and_bytes(tmp_path):
+    from kernelenv.episodes.retention import Retention, prune
+
+    old, older, mid, new, newest = _journal_files(tmp_path, [500, 600, 300, 20, 10])
+    outside = tmp_path.parent / "outside.jsonl"
+    outside.write_text("not the journal's")
+    (tmp_path / "link.jsonl").symlink_to(outside)  # never followed, never removed
+    assert prune(tmp_path, Retention()) == []  # no bound: everything stays
+    assert set(prune(tmp_path, Retention(max_age_s=400))) == {old, older}
+    assert prune(tmp_path, Retention(max_files=2), keep=[mid]) == [new]  # mid is running
+    assert prune(tmp_path, Retention(max_bytes=1024)) == [mid]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["episode-4.jsonl", "link.jsonl"]
+    assert outside.read_text() == "not the journal's"
+
+
+def test_journal_prune_cli(tmp_path):
+    _journal_files(tmp_path, [30, 20, 10])
+    run = subprocess.run(
+        [sys.executable, "-m", "kernelenv", "journal", "prune", "--dir", str(tmp_path),
+         "--max-files", "1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "removed 2 journal files" in run.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["episode-2.jsonl"]
+
+
+async def test_a_server_prunes_its_journal_as_episodes_end(tmp_path, monkeypatch):
+    """Many short episodes on a server with --journal-max-files 2: at most the newest two
+    files stay (the running episode's among them)."""
+    import httpx
+
+    from kernelenv.episodes import journal
+    from kernelenv.server import ServerConfig, ServerThread
+
+    monkeypatch.setattr(journal, "PRUNE_INTERVAL_S", 0.0)  # every end, for the test
+    config = ServerConfig(port=0, pool_size=1, no_token=True, journal_dir=str(tmp_path),
+                          journal_max_files=2)
+    with ServerThread(config) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
+            for number in range(5):
+                episode = f"rl-{number}"
+                assert (await http.post("/reset", json={"episode_id": episode})).status_code == 200
+                step = {"episode_id": episode, "action": {"code": f"{number} * 2"}}
+                assert (await http.post("/step", json=step)).status_code == 200
+                assert (await http.post("/close", json={"episode_id": episode})).status_code == 200
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["rl-3.jsonl", "rl-4.jsonl"]

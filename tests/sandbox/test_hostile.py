@@ -11,19 +11,19 @@ show the same probe does see the hole there (the threat model in the README).
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
-import subprocess
-import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import httpx
 import psutil
 import pytest
+from local_server import start_plain_server, stop
 from websockets.asyncio.client import connect
 
 from kernelenv import KernelEnv, KernelPool, SandboxConfig, StepStatus
@@ -419,31 +419,15 @@ async def test_reading_the_servers_environment(pool, episode):
 # -- the server killed with SIGKILL --------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def test_a_sigkilled_server_leaves_no_kernel_behind():
     if not bwrap_available():
         pytest.skip("bubblewrap is not usable here")
-    port = _free_port()
-    server = subprocess.Popen(  # noqa: ASYNC220  (starting it does not block)
-        [sys.executable, "-m", "kernelenv", "serve", "--port", str(port), "--pool-size", "2",
-         "--sandbox", "bwrap", "--no-token", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL,
+    runtime = Path(tempfile.mkdtemp(prefix="kr-"))
+    server, info = start_plain_server(
+        runtime, "--pool-size", "2", "--sandbox", "bwrap", "--no-token"
     )  # fmt: skip
     try:
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base) as http:
-            for _ in range(300):
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await anyio.sleep(0.1)
+        base = info["url"]
         sockets = []
         try:
             for _ in range(8):
@@ -498,7 +482,8 @@ async def test_a_sigkilled_server_leaves_no_kernel_behind():
     finally:
         if server.poll() is None:
             server.kill()
-            server.wait()
+        stop(server)
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def _server_cgroups(pid: int) -> list[Path]:

@@ -76,6 +76,21 @@ def test_the_default_is_the_strongest_level():
     assert KernelPool(size=0).sandbox.level == "bwrap"
 
 
+@pytest.mark.anyio
+async def test_kernelenv_sandbox_sets_the_python_apis_default_level(monkeypatch, no_leaks):
+    """``KERNELENV_SANDBOX`` is not for the server alone: a pool made with no sandbox argument
+    (as ``KernelEnv()`` makes its own) takes its level from it too."""
+    monkeypatch.setenv("KERNELENV_SANDBOX", "limits")
+    async with KernelPool(size=0) as pool, KernelEnv(pool=pool) as env:
+        assert pool.sandbox.level == "limits"
+        await env.reset()
+        obs = await env.step("import resource; resource.getrlimit(resource.RLIMIT_AS)[0]")
+        assert obs.return_value == str(pool.sandbox.memory_mb << 20)
+    monkeypatch.setenv("KERNELENV_SANDBOX", "nonsense")
+    with pytest.raises(ValueError, match="level"):
+        KernelPool(size=0)
+
+
 def test_secrets_are_scrubbed_from_the_environment():
     env = {
         "PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -17,7 +18,6 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from kernelenv.client.launchers import free_port
 from kernelenv.server import ServerConfig, ServerThread
 from kernelenv.server.guard import RequestGuard
 
@@ -235,20 +235,22 @@ def test_docs_routes_need_the_token(server, server_sound):
 def test_tokens_stay_out_of_the_access_log(tmp_path: Path, server_sound):
     """``kernelenv serve`` with its own generated token: the URL it prints carries the token,
     and the access log lines of requests carrying it in their query do not."""
-    port = free_port()
     log_path = tmp_path / "server.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kernelenv", "serve", "--port", str(port), "--pool-size", "0",
+        process = subprocess.Popen(  # port 0: the banner names the port it bound
+            [sys.executable, "-m", "kernelenv", "serve", "--port", "0", "--pool-size", "0",
              "--no-journal", "--log-level", "info"],
             stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "KERNELENV_RUNTIME_DIR": str(tmp_path / "runtime")},
         )  # fmt: skip
     try:
-        base = f"http://127.0.0.1:{port}"
         token = None
         for _ in range(600):
             printed = log_path.read_text()
-            if "/web/?token=" in printed and _healthy(base):
+            if "/web/?token=" in printed:
+                base = printed.split("kernelenv serving on ", 1)[1].split()[0]
+                port = int(base.rsplit(":", 1)[1])
+                assert _healthy(base)
                 token = printed.split("/web/?token=", 1)[1].split()[0]
                 break
             assert process.poll() is None, printed

@@ -119,6 +119,9 @@ async def test_step_timeout_comes_back_as_an_observation(env):
         ({"type": "step", "data": {"code": "1", "bogus": 1}}, "VALIDATION_ERROR", "bogus"),
         ({"type": "step", "data": "print(1)"}, "VALIDATION_ERROR", "must be a JSON object"),
         ({"type": "reset", "data": {"seed": "abc"}}, "VALIDATION_ERROR", "seed"),
+        # NaN in a frame: its error must still be sendable (it was a reset connection).
+        ({"type": "step", "data": {"code": "1", "timeout_s": float("nan")}}, "VALIDATION_ERROR",
+         "timeout_s"),
     ],
 )
 async def test_bad_frames_get_an_error_and_the_session_goes_on(raw, frame, code, needle):
@@ -195,6 +198,10 @@ async def test_http_episodes_live_across_requests(http):
         ("post", "/step", {"content": b"{oops", "headers": {"content-type": "application/json"}},
          422, "JSON"),
         ("post", "/reset", {"json": {"seed": "abc"}}, 422, "seed"),
+        # NaN (which Python's JSON accepts) answered 500 when the 422 echoed it back.
+        ("post", "/step", {"content": b'{"episode_id": "x", "action": {"code": "1"}, '
+                                      b'"timeout_s": NaN}',
+                           "headers": {"content-type": "application/json"}}, 422, "timeout_s"),
         ("post", "/reset", {"content": b"x" * (MAX_MESSAGE_BYTES + 1),
                             "headers": {"content-type": "application/json"}}, 413, "limit"),
         ("get", "/state", {}, 422, "episode_id"),

@@ -9,19 +9,21 @@ import select
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from local_server import start_plain_server, stop
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from kernelenv.client.launchers import free_port
 from kernelenv.server import ServerConfig, ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -260,34 +262,14 @@ async def test_connections_past_the_limit_get_503(server_sound):
 
 
 @contextlib.contextmanager
-def served(*options: str) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
+def served(*options: str) -> Iterator[tuple[subprocess.Popen, str, int]]:
     """A ``kernelenv serve`` process on loopback (no token, no journal) for the block."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kernelenv", "serve", "--port", str(port), "--no-token",
-         "--no-journal", "--log-level", "warning", *options],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base, process)
-        yield process, base, port
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "kernelenv serve exited"
+    with tempfile.TemporaryDirectory(prefix="kr-") as runtime:
+        process, info = start_plain_server(Path(runtime), "--no-token", *options)
         try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("kernelenv serve did not become healthy")
+            yield process, info["url"], int(info["url"].rsplit(":", 1)[1])
+        finally:
+            stop(process)
 
 
 def _open_raw_websocket(port: int) -> tuple[socket.socket, ClientProtocol]:

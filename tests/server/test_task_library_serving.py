@@ -4,17 +4,15 @@ graded through ``/grader``, listed by ``/tasks`` and MCP, and hidden from agent 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from local_server import start_plain_server, stop
 
-from kernelenv.client.launchers import free_port
 from kernelenv.sandbox.config import bwrap_available
 from kernelenv.tasks.library import TaskLibrary
 
@@ -43,29 +41,15 @@ asyncio.run(main(*sys.argv[1:]))
 
 
 @pytest.fixture(scope="module")
-def served(imported_library) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "KERNELENV_POOL_SIZE": "2"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kernelenv", "serve", "--no-token", "--tasks", str(imported_library),
-         "--port", str(port), "--no-journal", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    base_url = f"http://127.0.0.1:{port}"
+def served(imported_library, tmp_path_factory) -> Iterator[str]:
+    runtime = tmp_path_factory.mktemp("runtime")
+    process, info = start_plain_server(
+        runtime, "--pool-size", "2", "--no-token", "--tasks", str(imported_library)
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base_url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
-        yield base_url
+        yield info["url"]
     finally:
-        process.terminate()
-        output, _ = process.communicate(timeout=30)
+        output = stop(process)
     assert "serving 4 tasks from" in output
 
 
@@ -104,7 +88,7 @@ def test_openenv_client_runs_a_served_task_graded_by_grader(
 def test_serve_refuses_a_missing_tasks_folder(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "kernelenv", "serve", "--no-token", "--tasks", str(tmp_path / "nope"),
-         "--port", str(free_port()), "--no-journal"],
+         "--port", "0", "--no-journal"],
         capture_output=True, text=True, timeout=60,
     )
     assert run.returncode == 2 and "no such folder of task notebooks" in run.stderr

@@ -41,6 +41,8 @@ CASES = [
     ("humaneval_1", "def doubled(xs):\n    return [2 * x for x in xs]\n", False, 0.0, "ok",
      "0/5"),  # a list is not the tuple the tests expect
     ("mbpp_12", "def min_max(xs):\n    return min(xs), max(xs)\n", True, 1.0, "ok", "3/3"),
+    # HumanEval/0 again, by its library id: still one task for pass@k.
+    ("humaneval_0", "    return b + a\n", True, 1.0, "ok", "4/4"),
 ]
 
 
@@ -61,10 +63,12 @@ def test_eval_cli_gives_each_completion_its_verdict(imported_library, tmp_path, 
         assert feedback in row["feedback"], row
         assert row["duration_s"] > 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["attempts"] == len(CASES) and summary["passed"] == 3
-    assert summary["tasks"] == 3 and summary["pass_rate"] == pytest.approx(0.3)
+    assert summary["attempts"] == len(CASES) and summary["passed"] == 4
+    assert summary["tasks"] == 3 and summary["pass_rate"] == pytest.approx(4 / 11)
     assert set(summary["pass_at_k"]) == {"pass@1"}  # one task has a single completion
-    assert summary["statuses"] == {"ok": 7, "kernel_died": 2, "timeout": 1}
+    assert summary["statuses"] == {"ok": 8, "kernel_died": 2, "timeout": 1}
+    assert {row["library_task_id"] for row in rows if row["task_id"] == "HumanEval/0"} == {
+        "humaneval_0"}
 
 
 @pytest.mark.anyio
