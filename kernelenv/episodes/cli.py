@@ -151,16 +151,18 @@ def run_recover(args: argparse.Namespace) -> int:
 
 
 def add_arguments_journal(parser: argparse.ArgumentParser) -> None:
+    from .retention import DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_FILES, DEFAULT_MAX_MB
+
     parser.add_argument("action", choices=["prune"], help="prune: remove the oldest files")
     parser.add_argument(
         "--dir", help="the journal directory (default: $KERNELENV_JOURNAL_DIR, else the server's)"
     )
-    parser.add_argument("--max-age-days", type=float, default=14.0,
-                        help="remove files older than this (default 14; 0: no age bound)")
-    parser.add_argument("--max-files", type=int, default=10_000,
-                        help="keep the newest this many files (default 10000; 0: all)")
-    parser.add_argument("--max-mb", type=int, default=1024,
-                        help="keep the newest files up to this many MiB (default 1024; 0: all)")
+    parser.add_argument("--max-age-days", type=float, default=DEFAULT_MAX_AGE_DAYS,
+                        help="remove files older than this (default %(default)g; 0: no age bound)")
+    parser.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES,
+                        help="keep the newest this many files (default %(default)d; 0: all)")
+    parser.add_argument("--max-mb", type=int, default=DEFAULT_MAX_MB,
+                        help="keep the newest files up to this many MiB (default %(default)d; 0: all)")
 
 
 def run_journal(args: argparse.Namespace) -> int:
@@ -169,14 +171,11 @@ def run_journal(args: argparse.Namespace) -> int:
     from .retention import Retention, prune
 
     directory = Path(args.dir) if args.dir else default_journal_dir()
-    if min(args.max_age_days, args.max_files, args.max_mb) < 0:
-        print("kernelenv journal: bounds cannot be negative", file=sys.stderr)
+    try:
+        retention = Retention.from_settings(args.max_age_days, args.max_files, args.max_mb)
+    except ValueError as exc:
+        print(f"kernelenv journal: {exc}", file=sys.stderr)
         return 2
-    retention = Retention(
-        max_age_s=args.max_age_days * 86400 or None,
-        max_files=args.max_files or None,
-        max_bytes=(args.max_mb << 20) or None,
-    )
     removed = prune(directory, retention, suffix=JOURNAL_SUFFIX)
     print(f"removed {len(removed)} journal files from {directory}")
     return 0

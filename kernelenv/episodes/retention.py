@@ -17,6 +17,10 @@ from pathlib import Path
 
 # How often a journal prunes itself as episodes end.
 PRUNE_INTERVAL_S = 60.0
+# A server's defaults (and `kernelenv journal prune`'s).
+DEFAULT_MAX_AGE_DAYS = 14.0
+DEFAULT_MAX_FILES = 10_000
+DEFAULT_MAX_MB = 1024
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,17 @@ class Retention:
     max_age_s: float | None = None
     max_files: int | None = None
     max_bytes: int | None = None
+
+    @classmethod
+    def from_settings(cls, max_age_days: float, max_files: int, max_mb: int) -> Retention:
+        """From the settings' units, where 0 lifts a bound (as ``--journal-max-*`` say)."""
+        if min(max_age_days, max_files, max_mb) < 0:
+            raise ValueError("journal bounds cannot be negative")
+        return cls(
+            max_age_s=max_age_days * 86400 or None,
+            max_files=max_files or None,
+            max_bytes=(max_mb << 20) or None,
+        )
 
     @property
     def unbounded(self) -> bool:

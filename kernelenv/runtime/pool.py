@@ -502,9 +502,7 @@ def _owner_alive(root: Path) -> bool:
         return True  # cannot tell: keep it
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
+    except OSError:  # held (BlockingIOError), or cannot tell: keep it
         return True
     finally:
         os.close(fd)

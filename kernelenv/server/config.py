@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ..episodes.retention import DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_FILES, DEFAULT_MAX_MB
 from ..sandbox.config import SandboxLevel
 
 if TYPE_CHECKING:
@@ -131,14 +132,16 @@ class ServerConfig(BaseSettings):
     # The journal's retention (pruned as episodes end; 0 lifts a bound): an RL run's millions
     # of episodes must not become millions of files.
     journal_max_age_days: float = Field(
-        default=14, ge=0, description="Journal files older than this go (0: no age bound)."
+        default=DEFAULT_MAX_AGE_DAYS, ge=0,
+        description="Journal files older than this go (0: no age bound).",
     )
     journal_max_files: int = Field(
-        default=10_000, ge=0, description="The journal keeps the newest this many files (0: all)."
+        default=DEFAULT_MAX_FILES, ge=0,
+        description="The journal keeps the newest this many files (0: all).",
     )
     journal_max_mb: int = Field(
-        default=1024, ge=0, description="The journal keeps the newest files up to this many MiB "
-        "(0: no bound).",
+        default=DEFAULT_MAX_MB, ge=0,
+        description="The journal keeps the newest files up to this many MiB (0: no bound).",
     )
 
     @model_validator(mode="after")
@@ -171,10 +174,8 @@ class ServerConfig(BaseSettings):
         """What the journal keeps, from the ``journal_max_*`` settings."""
         from ..episodes.retention import Retention
 
-        return Retention(
-            max_age_s=self.journal_max_age_days * 86400 or None,
-            max_files=self.journal_max_files or None,
-            max_bytes=(self.journal_max_mb << 20) or None,
+        return Retention.from_settings(
+            self.journal_max_age_days, self.journal_max_files, self.journal_max_mb
         )
 
     def journal_path(self) -> Path | None:

@@ -60,8 +60,9 @@ def running_servers() -> list[dict[str, Any]]:
         try:
             info = json.loads(path.read_text())
             pid = int(info["pid"])
-            str(info["url"])
         except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not isinstance(info.get("url"), str):
             continue
         if not pid_alive(pid):
             with contextlib.suppress(OSError):
