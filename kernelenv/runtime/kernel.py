@@ -302,6 +302,11 @@ class Kernel:
         except Exception as exc:  # noqa: BLE001 - survivable: the kernel is replaced anyway
             log.warning("killing kernel %s failed: %r", self.kernel_id, exc)
 
+    @property
+    def hosting_forks(self) -> bool:
+        """Whether live forks in its sandbox keep it running (see :meth:`keep_for`)."""
+        return bool(self._guests) and not self._closed
+
     def keep_for(self, guest: Kernel) -> None:
         """Keep this kernel until ``guest`` (a fork living in its sandbox) is shut down."""
         self._guests.add(guest)

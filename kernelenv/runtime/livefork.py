@@ -13,9 +13,11 @@ A fork refuses (the reason goes back to the host) when it could not be faithful:
 other than ipykernel's own (a child has only the forking thread), native threads other than
 ZMQ's and an idle BLAS pool (one could hold a lock), or child processes of the kernel.
 
-Host side, :func:`fork_kernel` gives each child a directory, a connection file and a copy of
-the parent's working directory, asks the parent to fork and returns the children as ready
-:class:`~kernelenv.runtime.kernel.Kernel` objects managed by pid.
+Host side, :func:`fork_kernel` gives each child a directory and a connection file, made through
+descriptors that a link planted by the agent cannot redirect (:mod:`kernelenv.sandbox.host_paths`),
+asks the parent to fork (each child copies the parent's working directory itself, inside the
+sandbox) and returns the children as ready :class:`~kernelenv.runtime.kernel.Kernel` objects
+managed by pid.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import json
 import os
 import select
 import shutil
@@ -43,11 +46,18 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
 from ..errors import ForkError, KernelStartError
+from ..sandbox.cgroup import pid_alive
+from ..sandbox.host_paths import (
+    fd_path,
+    make_new_dir,
+    open_subdir,
+    open_trusted_dir,
+    write_new_file,
+)
+from .limits import bounded_context
 
 # sizeof(sockaddr_un.sun_path) - 1 on Linux: the longest path a Unix socket can bind.
 MAX_IPC_PATH_BYTES = 107
-from ..sandbox.cgroup import pid_alive
-from .limits import bounded_context
 
 if TYPE_CHECKING:
     from ..sandbox.cgroup import EpisodeCgroup
@@ -89,7 +99,9 @@ def fork_problem() -> str | None:
     if extra:
         names = ", ".join(sorted(t.name for t in extra))
         return f"user threads are running ({names}); a fork would copy only this one"
-    py_native = {t.native_id for t in threading.enumerate()}
+    # This thread by its id now: in a kernel that is itself a fork, the main thread's
+    # recorded native_id is still the one it had in the process it was forked from.
+    py_native = {t.native_id for t in threading.enumerate()} | {threading.get_native_id()}
     unknown = []
     for tid in os.listdir("/proc/self/task"):
         if int(tid) in py_native:
@@ -170,13 +182,17 @@ def _blas_pool_threads() -> int:
 
 def fork_here(
     connection_files: list[str], cwds: list[str | None] | None = None,
-    ready_sockets: list[str | None] | None = None,
+    ready_sockets: list[str | None] | None = None, copy_from: str | None = None,
 ) -> dict:  # fmt: skip
-    """Fork this kernel once per connection file. Returns {"pids": [...]} or {"refused": why}.
+    """Fork this kernel once per connection file. Returns {"pids": [...]} or {"refused": why};
+    a child that failed before starting has the reason as a string in place of its pid.
 
     ``ready_sockets``: Unix sockets the host listens on; each child connects to its own once
     bound, so the host learns the child's pid in the host's PID namespace (SO_PEERCRED), which
     differs from ours inside bubblewrap.
+    ``copy_from``: a folder each child copies to its ``cwd`` first (the parent's working
+    directory). The copy runs here, in this kernel's sandbox and with its rights, never on the
+    host: links in it are kept as links and lead nowhere the kernel could not go already.
     """
     from ipykernel.kernelapp import IPKernelApp
 
@@ -197,6 +213,12 @@ def fork_here(
         if pid == 0:  # intermediate
             try:
                 os.close(r)
+                if copy_from and cwd:
+                    try:
+                        shutil.copytree(copy_from, cwd, symlinks=True)
+                    except (OSError, shutil.Error) as exc:  # a full budget, files that changed
+                        os.write(w, _copy_failure(exc).encode())
+                        os._exit(0)
                 grandchild = os.fork()
                 if grandchild:
                     if ready:  # the host learns "bound" from the ready socket: answer now
@@ -245,8 +267,17 @@ def fork_here(
         while chunk := os.read(r, 64):
             data += chunk
         os.close(r)
-        pids.append(int(data) if data else None)
+        pids.append(None if not data else int(data) if data.isdigit() else data.decode(errors="replace"))
     return {"pids": pids}
+
+
+def _copy_failure(exc: OSError | shutil.Error) -> str:
+    """Why the working directory could not be copied, in a line."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        errors = exc.args[0]  # (source, target, why) per file
+        return (f"cannot copy the working directory: {len(errors)} files failed, for example "
+                f"{str(errors[0][2])[:300]}")
+    return f"cannot copy the working directory: {str(exc)[:300]}"
 
 
 # -- host side ---------------------------------------------------------------------------------
@@ -380,7 +411,9 @@ async def fork_kernel(
     """Fork ``parent`` ``n`` times; returns the children, started and ready.
 
     Each child gets ``base/<id>/run`` (connection file, IPC sockets) and ``base/<id>/work``, a
-    copy of the parent's working directory, where it starts. With ``max_processes`` or
+    copy of the parent's working directory (made by the child), where it starts. ``base``'s
+    parent must be a folder only the host controls; ``base`` itself and everything below it
+    may be in the agent's reach and are made without following links. With ``max_processes`` or
     ``memory_bytes`` each child gets cgroups of its own (it starts in its parent's) capping its
     processes and its memory.
 
@@ -392,6 +425,11 @@ async def fork_kernel(
 
     prepared = []
     children: list[Kernel] = []
+    # ``base`` may be in the agent's reach (the parent's byte budget): everything below its
+    # parent is made through descriptors, never by following a path (see host_paths).
+    base_fd = open_subdir(parent_fd := open_trusted_dir(base.parent), base.name, create=True)
+    os.close(parent_fd)
+    made: list[str] = []  # fork folders to remove if the fork fails
     try:
         for _ in range(n):
             # Short names: IPC socket paths must fit in 107 bytes, also under a long TMPDIR.
@@ -406,27 +444,18 @@ async def fork_kernel(
                     f"the {MAX_IPC_PATH_BYTES} a Unix socket allows ({endpoint}); start the "
                     "pool under a shorter TMPDIR"
                 )
-            (directory / "run").mkdir(parents=True)
-            shutil.copytree(parent.work_dir, directory / "work", symlinks=True)
-            manager = AsyncKernelManager(
-                kernel_name=parent.manager.kernel_name,
-                kernel_spec_manager=parent.manager.kernel_spec_manager,
-                transport="ipc",
-                ip=str(directory / "run" / "kernel"),
-                connection_file=str(directory / "run" / "connection.json"),
-                context=bounded_context(parent.max_message_bytes),
-            )
-            manager.write_connection_file()  # a new key and new IPC paths
-            ready = socket.socket(socket.AF_UNIX)
-            ready.bind(str(directory / "run" / "ready"))
-            ready.listen(1)
-            ready.setblocking(False)
-            prepared.append((kernel_id, directory, manager, ready))
+            made.append(kernel_id)
+            manager, ready, run_fd = _prepare_child(parent, base_fd, kernel_id, directory)
+            prepared.append((kernel_id, directory, manager, ready, run_fd))
+        # Each child copies the parent's working directory itself, inside the sandbox, where a
+        # link the agent planted leads nowhere the agent could not already go; the host's
+        # event loop waits on the reply meanwhile.
         expression = (
             "__import__('kernelenv.runtime.livefork', fromlist=['fork_here']).fork_here("
-            f"{[m.connection_file for _, _, m, _ in prepared]!r}, "
-            f"{[str(d / 'work') for _, d, _, _ in prepared]!r}, "
-            f"{[str(d / 'run' / 'ready') for _, d, _, _ in prepared]!r})"
+            f"{[m.connection_file for _, _, m, _, _ in prepared]!r}, "
+            f"{[str(d / 'work') for _, d, _, _, _ in prepared]!r}, "
+            f"{[str(d / 'run' / 'ready') for _, d, _, _, _ in prepared]!r}, "
+            f"copy_from={str(parent.work_dir)!r})"
         )
         reply = await parent.evaluate(expression, timeout_s=timeout_s)
         if reply.get("status") != "ok":
@@ -437,7 +466,9 @@ async def fork_kernel(
         if "refused" in result:
             raise ForkError(f"this episode cannot be forked faithfully: {result['refused']}")
         loop = asyncio.get_running_loop()
-        for (kernel_id, directory, manager, ready), pid in zip(prepared, result["pids"]):
+        for (kernel_id, directory, manager, ready, _), pid in zip(prepared, result["pids"]):
+            if isinstance(pid, str):
+                raise ForkError(f"a forked kernel failed to start: {pid}")
             if pid is None:
                 raise ForkError("a forked kernel failed to start")
             connection, _ = await asyncio.wait_for(loop.sock_accept(ready), timeout_s)
@@ -462,17 +493,72 @@ async def fork_kernel(
     except BaseException:
         with contextlib.suppress(Exception):
             await asyncio.gather(*(child.shutdown() for child in children))
-        for _, directory, manager, _ in prepared:
+        for _, _, manager, _, _ in prepared:
             kill_now = getattr(manager.provisioner, "kill_now", None)
             if kill_now is not None:
                 kill_now()
-            shutil.rmtree(directory, ignore_errors=True)
+        for kernel_id in made:
+            shutil.rmtree(kernel_id, dir_fd=base_fd, ignore_errors=True)
         raise
     finally:
-        for _, directory, _, ready in prepared:
+        for _, _, _, ready, run_fd in prepared:
             ready.close()
             with contextlib.suppress(OSError):
-                (directory / "run" / "ready").unlink()
+                os.unlink("ready", dir_fd=run_fd)
+            os.close(run_fd)
+        os.close(base_fd)
+
+
+def _prepare_child(
+    parent: Kernel, base_fd: int, kernel_id: str, directory: Path
+) -> tuple[AsyncKernelManager, socket.socket, int]:
+    """Make ``kernel_id/run`` in ``base_fd`` with the child's connection file and the socket it
+    connects to once bound; returns its manager, that socket and the folder's descriptor.
+
+    Raises:
+        ForkError: something planted a link or a file where ours go.
+    """
+    run_fd = ready = None
+    try:
+        child_fd = make_new_dir(base_fd, kernel_id)
+        try:
+            run_fd = make_new_dir(child_fd, "run")
+        finally:
+            os.close(child_fd)
+        manager = AsyncKernelManager(
+            kernel_name=parent.manager.kernel_name,
+            kernel_spec_manager=parent.manager.kernel_spec_manager,
+            transport="ipc",
+            ip=str(directory / "run" / "kernel"),
+            connection_file=str(directory / "run" / "connection.json"),
+            context=bounded_context(parent.max_message_bytes),
+        )
+        # A new key and new IPC paths, written by us: jupyter_client's own writer removes and
+        # re-creates the file by path, which a link planted in between would redirect.
+        info = _connection_info(manager)
+        manager.load_connection_info(info)
+        write_new_file(run_fd, "connection.json", json.dumps(info).encode())
+        ready = socket.socket(socket.AF_UNIX)
+        ready.bind(fd_path(run_fd, "ready"))  # bind never follows a link
+        ready.listen(1)
+        ready.setblocking(False)
+        return manager, ready, run_fd
+    except OSError as exc:
+        if ready is not None:
+            ready.close()
+        if run_fd is not None:
+            os.close(run_fd)
+        raise ForkError(f"cannot make the fork's folder: {exc.strerror} ({exc.filename})") from exc
+
+
+def _connection_info(manager: AsyncKernelManager) -> dict[str, Any]:
+    """Fresh connection info for an IPC kernel at ``manager.ip``: a new key, ports 1 to 5
+    (the fork's folder is new, so no socket of those names exists yet)."""
+    return {
+        "transport": "ipc", "ip": manager.ip, "key": str(uuid.uuid4()),
+        "signature_scheme": "hmac-sha256", "kernel_name": manager.kernel_name,
+        "shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5,
+    }
 
 
 def _pidfd_exited(pidfd: int) -> bool:

@@ -105,6 +105,7 @@ class KernelPool:
         self._starting = 0
         self._waiting = 0
         self._live: set[Kernel] = set()
+        self._hosting: set[Kernel] = set()  # released, kept for their forks (hosting_count)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._start_failures = 0
         self._last_start_error: KernelStartError | None = None
@@ -312,7 +313,10 @@ class KernelPool:
         return children
 
     def release(self, kernel: Kernel) -> None:
-        """Give a kernel back: it is shut down and its directory removed, in the background."""
+        """Give a kernel back: it is shut down and its directory removed, in the background
+        (once its last live fork is, if it has any: see :attr:`hosting_count`)."""
+        if kernel.hosting_forks:
+            self._hosting.add(kernel)
         self._spawn(self._retire(kernel))
 
     async def _retire(self, kernel: Kernel) -> None:
@@ -320,6 +324,16 @@ class KernelPool:
             await kernel.shutdown()
         finally:
             self._live.discard(kernel)
+
+    @property
+    def hosting_count(self) -> int:
+        """Released kernels still running because live forks of theirs live in their sandbox.
+
+        They hold a kernel's memory like an episode does, so a server counts them against its
+        session limit: else closing each parent of a chain of forks would keep them all alive.
+        """
+        self._hosting = {kernel for kernel in self._hosting if kernel.hosting_forks}
+        return len(self._hosting)
 
     async def aclose(self) -> None:
         """Stop every kernel the pool started and remove its directory. Safe to call twice."""

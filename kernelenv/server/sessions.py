@@ -105,8 +105,8 @@ class SessionManager:
         Raises:
             CapacityReachedError: ``max_sessions`` sessions are already open.
         """
-        if len(self._sessions) >= self.config.max_sessions:
-            raise CapacityReachedError(len(self._sessions), self.config.max_sessions)
+        if self._occupied() >= self.config.max_sessions:
+            raise CapacityReachedError(self._occupied(), self.config.max_sessions)
         session = Session(env=self.env_factory(self.pool, self.config), kind=kind)
         session.env.fork_hook = self.adopt_forks
         self._sessions.add(session)
@@ -118,8 +118,12 @@ class SessionManager:
         Raises:
             CapacityReachedError: they do not.
         """
-        if len(self._sessions) + n > self.config.max_sessions:
-            raise CapacityReachedError(len(self._sessions), self.config.max_sessions)
+        if self._occupied() + n > self.config.max_sessions:
+            raise CapacityReachedError(self._occupied(), self.config.max_sessions)
+
+    def _occupied(self) -> int:
+        """Open sessions, plus closed fork parents whose kernels still run for their forks."""
+        return len(self._sessions) + getattr(self.pool, "hosting_count", 0)
 
     def adopt_forks(self, children: list[KernelEnv]) -> None:
         """File the children of a live fork as HTTP sessions, each under its episode id.

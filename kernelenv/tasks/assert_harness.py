@@ -5,7 +5,7 @@ function's results with expected values. Run as written in the attempt's kernel 
 the expected values where the attempt's code can reach them (its frames, ``__eq__``), so an
 imported task splits them like every kernelenv task:
 
-1. At import, the reference solution runs the tests once, in a subprocess, with a recording
+1. At import, the reference solution runs the tests once, in a sandboxed kernel, with a recording
    wrapper as the candidate: the arguments of every call are kept (as tagged JSON, see
    :data:`CODEC`), and so is the number of assertions that exercised the candidate.
 2. The ``collect`` cell, in the attempt's kernel, calls the attempt's function on those recorded
@@ -149,11 +149,9 @@ def _kx_run_tests(starter, setup, tests, entry_point, call_check, candidate, tal
     return None
 '''
 
-# The recorder of step 1: reads the problem as JSON on stdin, prints the recording as JSON.
+# The recorder of step 1: ``_kx_record(problem)`` runs the reference under the tests (in a
+# sandboxed kernel, see importers.record_reference) and returns the recording as plain data.
 RECORDER = CODEC + RUNNER + r'''
-import sys
-
-
 def _kx_record(problem):
     solution = {"__name__": "__kx_solution__"}
     exec(compile(problem["setup"], "<setup>", "exec"), solution)
@@ -180,10 +178,6 @@ def _kx_record(problem):
     return {"calls": calls, "asserts": tally.counted, "passed": tally.passed,
             "unencodable": unencodable, "stopped": stopped}
 
-
-_kx_out = sys.stdout
-sys.stdout = sys.stderr  # the reference's prints must not mix with the recording
-print(_kx_json.dumps(_kx_record(_kx_json.load(sys.stdin))), file=_kx_out)
 '''
 
 # The collect cell's body (after _KX_ENTRY_POINT, _KX_CALLS and _KX_CALL_TIMEOUT_S are set).

@@ -40,13 +40,15 @@ def _library_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_import_arguments(actions: argparse._SubParsersAction) -> None:
+    from ..sandbox.config import SANDBOX_LEVELS
     from .importers import FORMATS
 
     importing = actions.add_parser(
         "import", help="turn a dataset file (JSON lines) into a folder of task notebooks",
         description="Turn each record of a HumanEval, MBPP or other JSON-lines file into a task "
-        "notebook. The reference runs its tests once (in a subprocess) to record their calls; "
-        "records whose reference fails its own tests are skipped and reported.",
+        "notebook. The reference runs its tests once to record their calls, in a fresh sandboxed "
+        "kernel (a dataset is untrusted code); records whose reference fails its own tests are "
+        "skipped and reported.",
     )
     importing.add_argument("format", choices=FORMATS, help="the dataset's layout")
     importing.add_argument("file", help="a .jsonl or .jsonl.gz file")
@@ -58,6 +60,9 @@ def _add_import_arguments(actions: argparse._SubParsersAction) -> None:
                            help="budget of the hidden collect and grader cells, s")
     importing.add_argument("--max-steps", type=int, default=30, help="steps per episode")
     importing.add_argument("--jobs", type=int, default=2, help="records recorded at once")
+    importing.add_argument("--sandbox", choices=SANDBOX_LEVELS,
+                           help="containment of the kernels running the dataset's code "
+                           "(default: the strongest this machine supports)")
     importing.add_argument("--show-tests", type=int, default=1,
                            help="mbpp: assertions shown in the prompt (they name the function)")
     generic = importing.add_argument_group("jsonl field names")
@@ -168,7 +173,7 @@ def _import(args: argparse.Namespace) -> int:
         try:
             report = import_dataset(
                 args.format, args.file, args.out, fields=fields, shown_tests=args.show_tests,
-                difficulty=args.difficulty, limits=limits, jobs=args.jobs,
+                difficulty=args.difficulty, limits=limits, jobs=args.jobs, sandbox=args.sandbox,
                 progress=lambda where, problem: bar.update(1),
             )
         except (DatasetFormatError, ValueError) as exc:

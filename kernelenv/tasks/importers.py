@@ -3,19 +3,22 @@
 Each record becomes one notebook of the ``functions`` family (see tasks/README.md): the prompt
 the agent sees, the reference solution, and the record's tests as hidden ``collect`` and
 ``grader`` cells that count every assertion (see :mod:`kernelenv.tasks.assert_harness`). The
-reference runs the tests once at import, in a subprocess, to record the calls the tests make.
+reference runs the tests once at import to record the calls the tests make.
+
+A dataset is code from the internet: its reference solution and tests run only in kernels of a
+:class:`~kernelenv.runtime.pool.KernelPool` at the default sandbox level (a fresh kernel per
+record, the host's secrets scrubbed from its environment, a time limit, and everything it started
+killed with it), never in the importing process or a plain subprocess of it.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import gzip
 import json
 import os
 import re
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +28,10 @@ from typing import Any
 import nbformat
 from nbformat import v4
 
-from ..errors import DatasetFormatError
+from ..errors import DatasetFormatError, KernelEnvError
+from ..models import StepStatus
+from ..runtime.pool import KernelPool
+from ..sandbox.config import SandboxConfig
 from .assert_harness import CODEC, RECORDER, RUNNER
 from .assert_harness import COLLECT as COLLECT_CODE
 from .assert_harness import GRADER as GRADER_CODE
@@ -274,8 +280,13 @@ def jsonl_problem(record: dict[str, Any], fields: JsonlFields) -> Problem:
 # -- recording and notebooks --------------------------------------------------------------
 
 
-def record_reference(problem: Problem, *, timeout_s: float = RECORD_TIMEOUT_S) -> Recording:
-    """Run the reference solution under the tests in a subprocess; record its calls.
+async def record_reference(
+    problem: Problem, pool: KernelPool, *, timeout_s: float = RECORD_TIMEOUT_S
+) -> Recording:
+    """Run the reference solution under the tests in a fresh kernel of ``pool``; record its calls.
+
+    The recording comes back as the value of an expression (JSON text), not as printed output,
+    so the reference's own prints neither mix with it nor get cut by the output cap.
 
     Raises:
         DatasetFormatError: the reference crashed, hung, or its tests recorded nothing.
@@ -285,20 +296,26 @@ def record_reference(problem: Problem, *, timeout_s: float = RECORD_TIMEOUT_S) -
         "setup": problem.setup, "entry_point": problem.entry_point,
         "call_check": problem.call_check,
     })
-    with tempfile.TemporaryDirectory(prefix="kernelenv-import-") as workdir:
-        try:
-            done = subprocess.run(
-                [sys.executable, "-I", "-c", RECORDER],
-                input=payload, capture_output=True, text=True, timeout=timeout_s, cwd=workdir,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise DatasetFormatError(f"the reference ran past {timeout_s:g} s") from exc
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DatasetFormatError(f"the reference failed under its tests: {last}")
+    code = RECORDER + f"\n_kx_recording = _kx_json.dumps(_kx_record(_kx_json.loads({payload!r})))\n"
+    kernel = await pool.acquire(timeout_s=pool.start_timeout_s)
     try:
-        recording = Recording(**json.loads(done.stdout.strip().splitlines()[-1]))
-    except (IndexError, ValueError, TypeError) as exc:  # the reference exited early, say
+        outcome = await kernel.execute(code, timeout_s=timeout_s, silent=True)
+        observation = outcome.observation
+        if observation.status is StepStatus.TIMEOUT:
+            raise DatasetFormatError(f"the reference ran past {timeout_s:g} s")
+        if observation.status is not StepStatus.OK:
+            error = observation.error
+            why = f"{error.ename}: {error.evalue}" if error else observation.status.value
+            raise DatasetFormatError(f"the reference failed under its tests: {why}")
+        reply = await kernel.evaluate("_kx_recording", timeout_s=timeout_s)
+    except KernelEnvError as exc:
+        raise DatasetFormatError(f"the reference's kernel failed: {exc}") from exc
+    finally:
+        pool.release(kernel)  # never reused: the next record gets a fresh kernel
+    try:
+        text = ast.literal_eval(reply["data"]["text/plain"])
+        recording = Recording(**json.loads(text))
+    except (KeyError, ValueError, TypeError, SyntaxError) as exc:  # the reference exited early
         raise DatasetFormatError("the reference's test run recorded nothing") from exc
     if not recording.asserts:
         raise DatasetFormatError("the tests make no assertion about the function")
@@ -420,12 +437,15 @@ def import_dataset(
     difficulty: str = "medium",
     limits: TaskLimits | None = None,
     jobs: int = 2,
+    sandbox: SandboxConfig | str | None = None,
     progress: Callable[[str, str | None], None] | None = None,
 ) -> ImportReport:
     """Write one task notebook per usable record of a dataset file into ``out``.
 
-    Records whose reference fails its own tests (or that are malformed) are skipped and
-    reported with their ``file:line``; ``progress(where, problem_or_None)`` is called per record.
+    Each record's reference runs in a fresh kernel at ``sandbox`` (None: the default level),
+    ``jobs`` at a time. Records whose reference fails its own tests (or that are malformed) are
+    skipped and reported with their ``file:line``; ``progress(where, problem_or_None)`` is
+    called per record. Blocking; safe to call where an event loop runs (a notebook).
 
     Raises:
         DatasetFormatError: the file itself is unreadable or malformed.
@@ -434,20 +454,6 @@ def import_dataset(
     out.mkdir(parents=True, exist_ok=True)
     report = ImportReport()
     seen: dict[str, str] = {}
-
-    def one(item: tuple[str, Problem | DatasetFormatError]) -> tuple[str, Path | str]:
-        where, problem = item
-        if isinstance(problem, DatasetFormatError):
-            return where, str(problem)
-        try:
-            recording = record_reference(problem)
-            notebook = build_notebook(problem, recording, difficulty=difficulty, limits=limits)
-        except DatasetFormatError as exc:
-            return where, f"{problem.source_id}: {exc}"
-        target = out / f"{problem.task_id}.ipynb"
-        nbformat.write(notebook, target)
-        return where, target
-
     items = []
     for where, problem in problems_of(format_name, path, fields=fields, shown_tests=shown_tests):
         if isinstance(problem, Problem):
@@ -458,12 +464,45 @@ def import_dataset(
             else:
                 seen[problem.task_id] = where
         items.append((where, problem))
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as workers:
-        for where, outcome in workers.map(one, items):
-            if isinstance(outcome, Path):
-                report.written.append(outcome)
-            else:
-                report.skipped.append((where, outcome))
-            if progress is not None:
-                progress(where, None if isinstance(outcome, Path) else outcome)
+
+    outcomes: dict[str, Path | str] = {}
+
+    def settle(where: str, outcome: Path | str) -> None:
+        outcomes[where] = outcome
+        if progress is not None:
+            progress(where, None if isinstance(outcome, Path) else outcome)
+
+    async def one(pool: KernelPool, slots: asyncio.Semaphore, where: str, problem: Problem) -> None:
+        try:
+            async with slots:
+                recording = await record_reference(problem, pool)
+            notebook = build_notebook(problem, recording, difficulty=difficulty, limits=limits)
+        except DatasetFormatError as exc:
+            settle(where, f"{problem.source_id}: {exc}")
+            return
+        target = out / f"{problem.task_id}.ipynb"
+        nbformat.write(notebook, target)
+        settle(where, target)
+
+    async def run_all() -> None:
+        problems = [(where, p) for where, p in items if isinstance(p, Problem)]
+        for where, problem in items:
+            if isinstance(problem, DatasetFormatError):
+                settle(where, str(problem))
+        if not problems:
+            return
+        workers = max(1, jobs)
+        slots = asyncio.Semaphore(workers)
+        async with KernelPool(size=workers, sandbox=sandbox) as pool:
+            await asyncio.gather(*(one(pool, slots, where, p) for where, p in problems))
+
+    # On a thread of its own: the caller may already run an event loop (a notebook).
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(asyncio.run, run_all()).result()
+    for where, _ in items:
+        outcome = outcomes[where]
+        if isinstance(outcome, Path):
+            report.written.append(outcome)
+        else:
+            report.skipped.append((where, outcome))
     return report

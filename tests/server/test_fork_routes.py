@@ -110,3 +110,37 @@ async def test_mcp_fork_tool(http):
     finally:
         for episode_id in ["mcp-parent", *children]:
             await http.post("/close", json={"episode_id": episode_id})
+
+
+async def test_a_fork_of_a_fork_over_http_and_closed_parents_still_count(http, server):
+    parent = (await http.post("/reset", json={})).json()["episode_id"]
+    opened = [parent]
+    try:
+        await step(http, parent, "x = 1")
+        child = (await http.post("/fork", json={"episode_id": parent, "n": 1})).json()
+        opened += child["episode_ids"]
+        await step(http, opened[1], "x += 1")
+        reply = await http.post("/fork", json={"episode_id": opened[1], "n": 1})
+        assert reply.status_code == 200, reply.text  # a fork of a fork
+        grandchild = reply.json()["episode_ids"][0]
+        opened.append(grandchild)
+        assert (await step(http, grandchild, "print(x)"))["stdout"] == "2\n"
+        # Closed, the parent and the child keep running for the grandchild in their sandboxes:
+        # they still take their places under max_sessions (6), else a chain of forks whose
+        # parents close would hold kernels without bound.
+        for episode_id in opened[:2]:
+            assert (await http.post("/close", json={"episode_id": episode_id})).status_code == 200
+        others = []
+        while True:
+            reply = await http.post("/reset", json={})
+            if reply.status_code != 200:
+                assert reply.status_code == 503, reply.text
+                break
+            others.append(reply.json()["episode_id"])
+            assert len(others) <= server.config.max_sessions
+        assert len(others) == server.config.max_sessions - 3
+        opened += others
+        assert (await step(http, grandchild, "print(x + 1)"))["stdout"] == "3\n"
+    finally:
+        for episode_id in opened:
+            await http.post("/close", json={"episode_id": episode_id})

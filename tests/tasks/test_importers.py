@@ -13,6 +13,7 @@ import pytest
 from nbclient import NotebookClient
 
 from kernelenv.errors import DatasetFormatError
+from kernelenv.runtime.pool import KernelPool
 from kernelenv.tasks import assert_harness
 from kernelenv.tasks.importers import (
     JsonlFields,
@@ -73,14 +74,16 @@ def test_a_record_without_a_field_is_reported(humaneval_records):
     assert task_id_of(7, "mbpp_") == "mbpp_7"
 
 
-def test_generic_jsonl_with_its_own_field_names():
+@pytest.mark.anyio
+async def test_generic_jsonl_with_its_own_field_names():
     record = {"id": "p1", "question": "Square a number.", "answer_code": "def sq(x):\n    return x * x",
               "asserts": ["assert sq(3) == 9", "assert sq(-2) == 4"]}
     fields = JsonlFields(id="id", prompt="question", solution="answer_code", tests="asserts",
                          prefix="mine_")
     problem = jsonl_problem(record, fields)
     assert (problem.task_id, problem.entry_point, problem.call_check) == ("mine_p1", "sq", False)
-    recording = record_reference(problem)
+    async with KernelPool(size=1) as pool:
+        recording = await record_reference(problem, pool)
     assert (recording.asserts, recording.passed) == (2, 2)
     assert recording.calls == [[[3], {"dict": []}], [[-2], {"dict": []}]]  # args, kwargs
 
