@@ -13,13 +13,17 @@ import time
 from pathlib import Path
 
 
-def start_plain_server(runtime: Path, *args: str) -> tuple[subprocess.Popen, dict]:
+def start_plain_server(
+    runtime: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, dict]:
     """Start ``kernelenv serve --port 0 ARGS`` with ``KERNELENV_RUNTIME_DIR=runtime`` (and its
-    own random token unless ARGS say otherwise); return the process and its server info
-    (``url``, ``pid``, ``token``) once it listens. Its output goes to a file (never a pipe
-    nobody reads, which would block it); :func:`stop` returns it."""
+    own random token unless ARGS or ``env`` say otherwise); return the process and its server
+    info (``url``, ``pid``, ``token``) once it listens. Its output (stdout and stderr) goes to
+    a file (never a pipe nobody reads, which would block it); :func:`stop` returns it."""
+    given = env or {}
     env = {**os.environ, "KERNELENV_RUNTIME_DIR": str(runtime), "KERNELENV_POOL_SIZE": "1"}
     env.pop("KERNELENV_TOKEN", None)
+    env.update(given)
     log = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "kernelenv", "serve", "--port", "0", "--no-journal",

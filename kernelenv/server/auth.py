@@ -43,7 +43,7 @@ def token_problem(conn: HTTPConnection, token: str | None) -> str | None:
     if presented is None:
         return (
             "missing token: send 'Authorization: Bearer <token>' (the token is printed by "
-            "`kernelenv serve` at start, or set with --token / KERNELENV_TOKEN)"
+            "`kernelenv serve` at start, or set with KERNELENV_TOKEN / --token-file)"
         )
     if not secrets.compare_digest(presented.encode(), token.encode()):
         return "invalid token"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -13,12 +14,18 @@ if TYPE_CHECKING:
 from ..sandbox.config import SANDBOX_LEVELS
 from .discovery import running_servers, token_for, url_host
 
+TOKEN_ON_COMMAND_LINE = (
+    "--token is refused: a command line is readable by every process on this machine "
+    "(/proc/<pid>/cmdline), agent code included. Set KERNELENV_TOKEN in the environment, or "
+    "write the token into a file readable by you alone and pass --token-file PATH."
+)
+
 # option -> ServerConfig field; unset options fall back to KERNELENV_* variables, then defaults.
 _OPTIONS = {
     "host": "host",
     "port": "port",
     "max_sessions": "max_sessions",
-    "token": "token",
+    "token_file": "token_file",
     "no_token": "no_token",
     "allow_origin": "allowed_origins",
     "allow_host": "allowed_hosts",
@@ -54,10 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
     parser.add_argument("--max-sessions", type=int, help="sessions allowed at once (default 64)")
     parser.add_argument(
-        "--token",
-        help="the token clients must send (better: KERNELENV_TOKEN); default: a random one, "
-        "printed at start",
+        "--token-file", metavar="PATH",
+        help="a file whose first line is the token clients must send (or set KERNELENV_TOKEN); "
+        "default: a random one, printed at start",
     )
+    # Refused (see run): a token on the command line is readable by every local process.
+    parser.add_argument("--token", help=argparse.SUPPRESS)
     parser.add_argument(
         "--no-token", action="store_true", default=None,
         help="serve WITHOUT a token: anyone who can reach the port runs code (trusted setups only)",
@@ -148,6 +157,11 @@ def run(args: argparse.Namespace) -> int:
         return list_servers()
     if args.action == "token":
         return print_token(args.port if args.port is not None else 8000)
+    if args.token is not None:
+        print(f"kernelenv serve: {TOKEN_ON_COMMAND_LINE}", file=sys.stderr)
+        return 2
+    from pydantic import ValidationError
+
     from .config import ServerConfig
     from .serve import serve
 
@@ -156,7 +170,13 @@ def run(args: argparse.Namespace) -> int:
         for option, field in _OPTIONS.items()
         if getattr(args, option) is not None
     }
-    config = ServerConfig(**given)
+    try:
+        config = ServerConfig(**given)
+    except ValidationError as exc:
+        print(f"kernelenv serve: {exc}", file=sys.stderr)
+        return 2
+    # Read once: kernels, templates and other children never inherit it.
+    os.environ.pop("KERNELENV_TOKEN", None)
     from ..errors import TaskFormatError
 
     try:
@@ -217,7 +237,7 @@ def access_message(config: ServerConfig, url: str | None = None) -> str:
     return (
         f"Open the playground at {url}/web/?token={quote(config.token, safe='')}\n"
         f"Clients send the header 'Authorization: Bearer {config.token}' (keep it secret; "
-        "set your own with --token or KERNELENV_TOKEN)."
+        "set your own with KERNELENV_TOKEN or --token-file)."
     )
 
 

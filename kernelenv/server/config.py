@@ -43,6 +43,11 @@ class ServerConfig(BaseSettings):
         "WebSocket may also carry it as '?token=' or the 'kernelenv.bearer.<token>' "
         "subprotocol). Unset: a random token is made at start (see no_token).",
     )
+    token_file: str | None = Field(
+        default=None,
+        description="A file holding the token (its first line), so the token is on no command "
+        "line (where every process of the machine reads it in /proc/<pid>/cmdline).",
+    )
     no_token: bool = Field(
         default=False,
         description="Serve without any token: anyone who can reach the port runs code. Only "
@@ -146,6 +151,10 @@ class ServerConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> ServerConfig:
+        if self.token_file is not None:
+            if self.token is not None:
+                raise ValueError("give either a token or token_file, not both")
+            self.token = read_token_file(self.token_file)
         if self.no_token and self.token is not None:
             raise ValueError("give either a token or no_token, not both")
         if self.token is None and not self.no_token:
@@ -185,3 +194,15 @@ class ServerConfig(BaseSettings):
         from ..episodes.journal import default_journal_dir
 
         return Path(self.journal_dir) if self.journal_dir else default_journal_dir()
+
+
+def read_token_file(path: str) -> str:
+    """The token in the first line of ``path`` (surrounding whitespace removed)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.readline().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the token file {path}: {exc.strerror}") from exc
+    if not token:
+        raise ValueError(f"the token file {path} is empty: write the token on its first line")
+    return token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import resource
 import threading
 import time
@@ -65,6 +66,7 @@ def serve(
         **options: Further ``uvicorn.Config`` options (e.g. ``log_level``).
     """
     raise_open_file_limit()
+    hide_process_memory()
     _AnnouncedServer(uvicorn_config(config, **options), config, on_listening).run()
 
 
@@ -111,6 +113,19 @@ def raise_open_file_limit() -> None:
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+PR_SET_DUMPABLE = 4
+
+
+def hide_process_memory() -> None:
+    """Make this process non-dumpable: its ``/proc/<pid>/environ``, ``mem``, ``fd`` and
+    ``maps`` (the token is in its memory, maybe in its environment) then need
+    CAP_SYS_PTRACE, even for processes of the same user, such as kernels at the ``limits``
+    level (their capabilities are dropped). Kernels are not affected: exec makes a process
+    dumpable again."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 class ServerThread:

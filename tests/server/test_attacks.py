@@ -1,0 +1,193 @@
+"""Attacks of issue #24 run against a real ``kernelenv serve`` and real kernels, as an attacker
+with the README and the code would run them. After each, the server answers /health, a new
+episode runs ``1+1`` (``server_sound``) and nothing is left behind (the server's processes end
+with it; its folders are removed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from local_server import start_plain_server, stop
+
+from kernelenv.sandbox.episode_fs import episode_fs_problem
+from kernelenv.sandbox.landlock import landlock_abi
+
+
+@pytest.fixture
+def runtime() -> Iterator[Path]:
+    """The servers' runtime directory (their info files), outside any kernel's view."""
+    path = Path(tempfile.mkdtemp(prefix="ka-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Server:
+    """A ``kernelenv serve`` subprocess and an HTTP client holding its token."""
+
+    def __init__(self, runtime: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process, self.info = start_plain_server(runtime, *args, env=env)
+        self.url = self.info["url"]
+        self.token = self.info["token"]
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=120)
+        self.output: str | None = None
+
+    def reset(self) -> str:
+        reply = self.http.post("/reset", json={})
+        assert reply.status_code == 200, reply.text
+        return reply.json()["episode_id"]
+
+    def step(self, episode_id: str, code: str, timeout_s: float = 60) -> dict:
+        reply = self.http.post(
+            "/step",
+            json={"episode_id": episode_id, "action": {"code": code}, "timeout_s": timeout_s},
+        )
+        assert reply.status_code == 200, reply.text
+        return reply.json()["observation"]
+
+    def stop(self) -> str:
+        """Stop the server (Ctrl-C); its output, stdout and stderr together."""
+        if self.output is None:
+            self.http.close()
+            self.output = stop(self.process)
+        return self.output
+
+
+@pytest.fixture
+def serve(runtime: Path) -> Iterator:
+    """``serve(*args, env=...)``: a started :class:`Server`, stopped after the test."""
+    servers: list[Server] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+        servers.append(Server(runtime, *args, env=env))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def _limits_confined() -> bool:
+    """Whether a ``limits`` kernel is confined by Landlock (it needs the episode's byte
+    budget, which a root server mounts)."""
+    return landlock_abi() >= 1 and episode_fs_problem() is None
+
+
+# -- A: secrets never in reach of agent code ---------------------------------------------------
+
+
+def test_a_token_on_the_command_line_is_refused(runtime: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kernelenv", "serve", "--port", "0", "--token", "secret-1"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "KERNELENV_RUNTIME_DIR": str(runtime)},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "KERNELENV_TOKEN" in result.stderr and "--token-file" in result.stderr
+    assert not list(runtime.glob("server-*.json"))  # it never served
+
+
+def test_the_token_comes_from_a_file_and_is_on_no_command_line(
+    runtime: Path, serve, server_sound
+) -> None:
+    token = uuid.uuid4().hex
+    token_file = runtime / "token"
+    token_file.write_text(token + "\n")
+    server = serve("--token-file", str(token_file))
+    assert server.token == token
+    assert token.encode() not in Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
+    server_sound(server.url, token)
+    assert server.http.get("/state", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_an_empty_token_file_is_a_clear_error(runtime: Path) -> None:
+    empty = runtime / "token"
+    empty.write_text("\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "kernelenv", "serve", "--port", "0", "--token-file", str(empty)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "KERNELENV_RUNTIME_DIR": str(runtime)},
+    )  # fmt: skip
+    assert result.returncode == 2 and "is empty" in result.stderr
+
+
+# Agent code scanning every process: command lines, environments, memory maps, descriptors,
+# the connection files named on command lines, and the servers' info files.
+PROC_SCAN = """
+import glob, json, os
+token = {token!r}.encode()
+seen, environ_read, files_read, listed = [], [], [], []
+me = os.getpid()
+for proc in glob.glob('/proc/[0-9]*'):
+    pid = int(proc.rsplit('/', 1)[1])
+    for name in ('cmdline', 'environ', 'maps', 'status'):
+        try:
+            data = open(f'{{proc}}/{{name}}', 'rb').read()
+        except OSError:
+            continue
+        if name == 'cmdline':
+            listed.append(pid)
+        if token in data:
+            seen.append(f'{{proc}}/{{name}}')
+        if name == 'environ' and pid != me:
+            environ_read.append(pid)
+        if name == 'cmdline' and pid != me:
+            for arg in data.split(b'\\0'):
+                if arg.endswith((b'.json', b'.sock', b'.rules')):
+                    try:
+                        open(arg, 'rb').read()
+                        files_read.append(arg.decode())
+                    except OSError:
+                        pass
+    try:
+        for fd in os.listdir(f'{{proc}}/fd'):
+            os.readlink(f'{{proc}}/fd/{{fd}}')
+            if pid != me:
+                environ_read.append(pid)
+                break
+    except OSError:
+        pass
+for info in glob.glob({runtime!r} + '/*'):
+    try:
+        if token in open(info, 'rb').read():
+            seen.append(info)
+    except OSError:
+        pass
+print(json.dumps({{'seen': seen, 'other_pids_read': sorted(set(environ_read)),
+                  'files_read': files_read, 'listed': listed}}))
+"""
+
+
+def test_at_limits_agent_code_learns_neither_the_token_nor_other_kernels(
+    runtime: Path, serve, server_sound
+) -> None:
+    if not _limits_confined():
+        pytest.skip("Landlock with the episode byte budget (a root server) is needed here")
+    token = uuid.uuid4().hex
+    server = serve("--sandbox", "limits", env={"KERNELENV_TOKEN": token})
+    assert server.token == token
+    victim = server.reset()
+    assert server.step(victim, "secret = 41 + 1\nsecret")["metadata"]["kernelenv"]["status"] == "ok"
+    attacker = server.reset()
+    observation = server.step(attacker, PROC_SCAN.format(token=token, runtime=str(runtime)))
+    assert observation["metadata"]["kernelenv"]["status"] == "ok", observation
+    found = json.loads(observation["stdout"])
+    assert server.process.pid in found["listed"]  # the scan saw the server
+    assert found["seen"] == [], found  # the token: in no command line, environment or file
+    # No other process's environment or descriptors (the server's, the victim kernel's,
+    # the template's), and no connection file, template socket or rules file of another.
+    assert found["other_pids_read"] == [], found
+    assert found["files_read"] == [], found
+    # The victim's kernel is untouched.
+    assert server.step(victim, "secret")["metadata"]["kernelenv"]["return_value"] == "42"
+    server_sound(server.url, token)
