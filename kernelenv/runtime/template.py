@@ -16,7 +16,7 @@ In each child, before any agent code: at the bwrap level its own namespaces and 
 an init of its own, its own session and process group, death with the template
 (``PR_SET_PDEATHSIG``), its pids and memory cgroups, resource limits, Landlock at the limits
 level, capabilities dropped and ``no_new_privs``, the kernel's environment and working
-directory; then
+directory, stdin, stdout and stderr on /dev/null (the template's are the server's); then
 :func:`~kernelenv.runtime.child.attach_and_run` builds its sockets and threads.
 
 Protocol, on a Unix stream socket, one JSON object per line:
@@ -188,6 +188,17 @@ def drop_capabilities() -> None:
         raise OSError(err, f"capset: {os.strerror(err)}")
 
 
+def detach_stdio() -> None:
+    """Point fds 0, 1 and 2 at /dev/null. The template's are the server's (its terminal, its
+    log): agent code must not write fake log lines or terminal escapes into them. Failures
+    of a child before this point (no agent code has run) still reach the server's log."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+
+
 def contain_child(request: dict) -> None:
     """Apply a spawn request's containment to this (forked) process, before any agent code."""
     procs_files = request.get("cgroup_procs") or []
@@ -255,6 +266,7 @@ def spawn_child(app: object, request: dict, lease_fd: int, server_fds: list[int]
             except OSError:  # the host gave this kernel up (closed, or gone): nobody to serve
                 os._exit(0)
             os.close(lease_fd)
+            detach_stdio()  # before ipykernel captures fds 1 and 2, and before any agent code
 
         # The owner (the template's parent), as a cold kernel has it from JPY_PARENT_PID: a
         # live fork of this kernel watches it (so forks die with the owner), and with it set
@@ -331,6 +343,7 @@ def _enter_namespaces(request: dict, report_w: int, lease_fd: int, server_fds: l
                 os.close(fd)
             except OSError:
                 pass
+        detach_stdio()  # the kernel could write to them through /proc/1/fd
         namespaces.run_init(kernel)  # type: ignore[attr-defined]
     global _OWNER_PID
     _OWNER_PID = 1  # the owner is outside this PID namespace; init stands for it

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import signal
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,10 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Wrap the kernel command: cgroup join, resource limits, then bubblewrap or Landlock."""
         kwargs = await super().pre_launch(**kwargs)
+        # At every level: the server's stdout and stderr (its terminal, its log) are no place
+        # for a kernel to write fake log lines or terminal escapes into. Output reaches the
+        # host through the Jupyter protocol alone.
+        kwargs["stdout"] = kwargs["stderr"] = subprocess.DEVNULL
         config = self.config_model
         self._level = config.level
         if config.level == "none":

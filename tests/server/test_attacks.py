@@ -191,3 +191,72 @@ def test_at_limits_agent_code_learns_neither_the_token_nor_other_kernels(
     # The victim's kernel is untouched.
     assert server.step(victim, "secret")["metadata"]["kernelenv"]["return_value"] == "42"
     server_sound(server.url, token)
+
+
+# -- D: kernels get no descriptor of the server's ----------------------------------------------
+
+FAKE_LOG = "INFO:     kernelenv-fake-log-line \x1b[2J\x1b[31m"
+# Agent code writing to every descriptor it holds or can open through /proc (its own, those
+# behind ipykernel's output capture, and, past the kernel itself, its parent's and PID 1's).
+FD_WRITES = """
+import os, sys
+mark = {mark!r}.encode()
+written = []
+def write(fd, where):
+    try:
+        os.write(fd, mark + b'\\n')
+        written.append(where)
+    except OSError:
+        pass
+for name in os.listdir('/proc/self/fd'):
+    try:
+        target = os.readlink(f'/proc/self/fd/{{name}}')
+    except OSError:
+        continue
+    if not target.startswith(('socket:', 'anon_inode:')):
+        write(int(name), target)
+for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+    fd = getattr(stream, '_original_stdstream_copy', None)
+    if fd is not None:
+        write(fd, 'original ' + str(fd))
+for pid in {others}:
+    try:
+        names = os.listdir(f'/proc/{{pid}}/fd')
+    except OSError:
+        continue
+    for name in names:
+        try:
+            fd = os.open(f'/proc/{{pid}}/fd/{{name}}', os.O_WRONLY | os.O_NOCTTY)
+        except OSError:
+            continue
+        write(fd, f'/proc/{{pid}}/fd/{{name}}')
+        os.close(fd)
+print(len(written), 'written')
+"""
+
+
+@pytest.mark.parametrize(
+    "level, launch",
+    [("none", "template"), ("limits", "template"), ("limits", "cold"), ("bwrap", "template"),
+     ("bwrap", "cold")],
+)  # fmt: skip
+def test_kernels_cannot_write_into_the_servers_output(
+    level: str, launch: str, serve, server_sound
+) -> None:
+    from kernelenv.sandbox.config import bwrap_available
+
+    if level == "bwrap" and not bwrap_available():
+        pytest.skip("bubblewrap is not usable here")
+    server = serve("--sandbox", level, "--kernel-launch", launch, "--log-level", "info")
+    episode = server.reset()
+    # At none the kernel is the server's user with its capabilities: other processes'
+    # descriptors are in its reach by design (the README's threat model); its own are tried.
+    others = "()" if level == "none" else "(os.getppid(), 1)"
+    observation = server.step(episode, FD_WRITES.format(mark=FAKE_LOG, others=others))
+    assert observation["metadata"]["kernelenv"]["status"] == "ok", observation
+    assert "written" in observation["stdout"]
+    server_sound(server.url, server.token)
+    output = server.stop()
+    assert "kernelenv serving on" in output  # the capture holds the server's output
+    assert "kernelenv-fake-log-line" not in output
+    assert "\x1b[2J" not in output
