@@ -344,3 +344,61 @@ def test_a_long_cell_shows_its_output_as_it_streams(open_page) -> None:
     expect(stdout).to_have_count(1)
     expect(stdout).to_contain_text("signal seen")
     expect(stdout).to_contain_text("tick 9")
+
+
+def test_output_frames_can_neither_navigate_nor_reach_the_network(open_page) -> None:
+    """Outputs that try to take their frame (or the page) to an attacker's page, or to reach
+    the network, reach nothing: a listener on loopback gets no request."""
+    import http.server
+    import threading
+
+    requests: list[str] = []
+
+    class Listener(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            requests.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<form>re-enter your token <input name=token></form>")
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    listener = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Listener)
+    thread = threading.Thread(target=listener.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.server_address[1]}"
+    attempts = {
+        "script": f"<script>location.href = '{url}/script';</script>",
+        "meta": f"<meta http-equiv='refresh' content='0;url={url}/meta'>",
+        "open": f"<script>window.open('{url}/open');</script>",
+        "top": f"<script>try {{ top.location = '{url}/top'; }} catch (e) {{}}</script>",
+        "form": f"<form id=f action='{url}/form' method=post><input name=a value=1></form>"
+                "<script>document.getElementById('f').submit();</script>",
+        "fetch": f"<script>fetch('{url}/fetch').catch(() => {{}});</script>",
+        "image": f"<img src='{url}/image'>",
+        "frame": f"<iframe src='{url}/frame'></iframe>",
+        "link": f"<a id=a href='{url}/link' target=_top>x</a><script>a.click();</script>",
+    }  # fmt: skip
+    code = "from IPython.display import HTML, display\n" + "".join(
+        f"display(HTML({html!r}))\n" for html in attempts.values()
+    )
+    try:
+        page = open_page()
+        wait_for_episode(page)
+        run_cell(page, code)
+        cell = last_cell(page)
+        expect(cell.locator("iframe[data-mime='text/html']")).to_have_count(len(attempts))
+        page.wait_for_timeout(3000)  # room for the attempts (none may get through)
+        # The playground still works, on its own page.
+        assert page.url.endswith("/web/")
+        run_cell(page, "print('still here')")
+        expect(last_cell(page).locator("[data-name=stdout]")).to_have_text("still here\n")
+        assert requests == [], f"requests reached the listener: {requests}"
+    finally:
+        listener.shutdown()
+        listener.server_close()
+        thread.join()

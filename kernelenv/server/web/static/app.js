@@ -618,11 +618,17 @@ function renderBundle(data) {
   }
 }
 
-// The frame's own policy forbids network access; its sandbox gives it an opaque origin, so
-// its scripts cannot see the page, the token or the server. Its one message is its height.
+// The frame's policy forbids network access; its sandbox gives it an opaque origin, so its
+// scripts cannot see the page, the token or the server, and it may neither open windows,
+// submit forms nor navigate the page. Given as the iframe's csp attribute too (CSP Embedded
+// Enforcement), the policy binds every document the frame holds: a navigation of the frame
+// itself (a script, a meta refresh) to a page that does not take the policy is blocked.
+// Its one message is its height.
+const FRAME_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; " +
+  "script-src 'unsafe-inline'; font-src data:; form-action 'none'; frame-src 'none'; " +
+  "base-uri 'none'";
 const FRAME_HEAD = [
-  "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; ",
-  "img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; font-src data:\">",
+  `<meta http-equiv="Content-Security-Policy" content="${FRAME_POLICY}">`,
   "<style>body{margin:0;font:14px system-ui,sans-serif;overflow:auto}",
   "table{border-collapse:collapse}th,td{padding:2px 8px;border-bottom:1px solid #ddd;",
   "text-align:right}</style>",
@@ -634,13 +640,15 @@ const FRAME_TAIL = [
 ].join("");
 
 function htmlFrame(html) {
-  return el("iframe", {
+  const frame = el("iframe", {
     className: "mime html",
     sandbox: "allow-scripts",
-    srcdoc: `<!doctype html><html><head>${FRAME_HEAD}</head><body>${html}${FRAME_TAIL}</body></html>`,
     title: "HTML output",
     "data-mime": "text/html",
   });
+  frame.setAttribute("csp", FRAME_POLICY); // before it loads anything (on insertion)
+  frame.srcdoc = `<!doctype html><html><head>${FRAME_HEAD}</head><body>${html}${FRAME_TAIL}</body></html>`;
+  return frame;
 }
 
 window.addEventListener("message", (event) => {
