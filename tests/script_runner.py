@@ -91,7 +91,8 @@ def _run(
     path.write_text(source)
     run_env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1", **(env or {})}
     # The venv's scripts (kernelenv, python) first, as in an activated venv.
-    run_env["PATH"] = f"{python.parent}{os.pathsep}{run_env.get('PATH', '')}"
+    bin_dir = os.path.abspath(workdir / python.parent)  # python may be relative to workdir
+    run_env["PATH"] = f"{bin_dir}{os.pathsep}{run_env.get('PATH', '')}"
     process = subprocess.Popen(
         [str(python), str(path)],
         cwd=workdir,
