@@ -56,7 +56,6 @@ system-deps:
 	@bash scripts/install-system-deps.sh
 
 $(VENV)/.locked-demo: pyproject.toml requirements/test.txt
-	@echo "installing kernelenv into $(VENV) from the pins in requirements/test.txt (once)"
 	bash scripts/venv.sh demo locked $(PYTHON)
 	touch $@
 
