@@ -88,7 +88,7 @@ async def main() -> None:
     memory = await idle_memory(args.kernels)
     print(f"idle kernels: {args.kernels}, processes {memory['processes']}, "
           f"USS total {memory['total_MiB']:.0f} MiB, per kernel {memory['per_kernel_MiB']:.1f} "
-          f"MiB (largest process {memory['largest_MiB']:.0f} MiB: the template)")
+          f"MiB (largest process {memory['largest_MiB']:.0f} MiB)")
     rates = [await throughput(args.episodes, args.concurrency, 4) for _ in range(3)]
     print(f"fresh episodes/s (reset + 1 step + close, {args.concurrency} at once, pool of 4): "
           f"median {statistics.median(rates):.1f} of {[round(r, 1) for r in rates]}")
