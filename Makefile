@@ -1,4 +1,4 @@
-# The two set-up commands of the README: `make demo` and `make test`.
+# The set-up commands of the README: `make demo`, `make test` and `make docs`.
 # Both create their virtual environments on first use, from the exact pins in requirements/
 # (scripts/venv.sh; scripts/make-venv.sh also installs Python's venv module where Debian ships it
 # apart). Every install happens here, before pytest starts, never inside a test.
@@ -13,7 +13,7 @@ BIN     = $(VENV)/bin
 PEERS = trl mcp2 openenv smolagents
 STAMPS = $(VENV)/.locked-test $(foreach p,$(PEERS),.venv-$(p)/.locked)
 
-.PHONY: demo test test-latest lock bench system-deps clean
+.PHONY: demo test test-latest lock bench docs docs-build system-deps clean
 
 demo: $(VENV)/.locked-demo
 	$(BIN)/kernelenv demo
@@ -40,6 +40,15 @@ lock:
 	rm -f $(STAMPS)
 	bash scripts/install-system-deps.sh --lock
 
+# The documentation site (mkdocs.yml, docs/): built with warnings as errors, then served with
+# live reload; docs-build only builds it into site/ (tests/test_docs.py does the same in CI).
+DOCS_ADDRESS ?= 127.0.0.1:8001
+docs: docs-build
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr $(DOCS_ADDRESS)
+
+docs-build: $(VENV)/.locked-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: $(VENV)/.locked-test .venv-smolagents/.locked
 	$(BIN)/kernelenv bench
 
@@ -47,7 +56,6 @@ system-deps:
 	@bash scripts/install-system-deps.sh
 
 $(VENV)/.locked-demo: pyproject.toml requirements/test.txt
-	@echo "installing kernelenv into $(VENV) from the pins in requirements/test.txt (once)"
 	bash scripts/venv.sh demo locked $(PYTHON)
 	touch $@
 
@@ -60,4 +68,4 @@ $(VENV)/.locked-test: pyproject.toml requirements/test.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) .venv-* .pytest_cache test-artifacts
+	rm -rf $(VENV) .venv-* .pytest_cache test-artifacts site

@@ -31,20 +31,26 @@ lock=requirements/${name/#demo/test}.txt
 # The build backend is pinned too: an editable install builds kernelenv with it.
 tools=(pip 'hatchling>=1.21')
 
-[ -x "$venv/bin/python" ] || bash scripts/make-venv.sh "$python" "$venv"
+[ -x "$venv/bin/python" ] || { echo "creating $venv ($python)"; bash scripts/make-venv.sh "$python" "$venv"; }
 pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
+# The install of a fresh venv takes a minute: pip says which package it is at (its "Collecting"
+# lines, a name a line; scripts/pip-progress.sh), the rest of its output is left out.
+pip_progress=("$venv/bin/python" -m pip --disable-pip-version-check --progress-bar off)
 
 case $mode in
   locked)
     [ -f "$lock" ] || { echo "$lock is missing: run 'make lock'" >&2; exit 1; }
     export PIP_CONSTRAINT="$PWD/$lock"
+    echo "installing ${spec[*]} into $venv, at the versions pinned in $lock ($(grep -c '==' "$lock") pins):"
     "${pip[@]}" install "${tools[@]}"
-    "${pip[@]}" install "${spec[@]}"
+    "${pip_progress[@]}" install "${spec[@]}" | bash scripts/pip-progress.sh
     ;;
   latest|lock)
     export PIP_CONSTRAINT=""
+    echo "installing ${spec[*]} into $venv, at the newest versions pyproject.toml allows:"
     "${pip[@]}" install --upgrade "${tools[@]}"
-    "${pip[@]}" install --upgrade --upgrade-strategy eager "${spec[@]}"
+    "${pip_progress[@]}" install --upgrade --upgrade-strategy eager "${spec[@]}" \
+      | bash scripts/pip-progress.sh
     ;;
   *) echo "scripts/venv.sh: MODE is locked, latest or lock" >&2; exit 2 ;;
 esac

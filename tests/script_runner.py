@@ -55,8 +55,10 @@ def run_script(
     name: str = "script.py",
     env: dict[str, str] | None = None,
     limit_s: float = EXIT_LIMIT_S,
+    python: Path | None = None,
 ) -> ScriptRun:
-    """Write ``source`` to ``workdir/name`` and run it with this interpreter from ``workdir``.
+    """Write ``source`` to ``workdir/name`` and run it from ``workdir`` with ``python`` (by
+    default this interpreter), its venv's scripts first on ``PATH``.
 
     The script gets a temporary directory of its own (``TMPDIR``), so its pool directories and
     every process it started (kernels, servers) can be told apart from everyone else's.
@@ -69,7 +71,8 @@ def run_script(
     # socket's path must stay under 108 bytes.
     tmpdir = Path(tempfile.mkdtemp(prefix="ke-"))
     try:
-        return _run(source, workdir, tmpdir, name=name, env=env, limit_s=limit_s)
+        return _run(source, workdir, tmpdir, name=name, env=env, limit_s=limit_s,
+                    python=Path(python or sys.executable))
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -82,14 +85,16 @@ def _run(
     name: str,
     env: dict[str, str] | None,
     limit_s: float,
+    python: Path,
 ) -> ScriptRun:
     path = workdir / name
     path.write_text(source)
     run_env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1", **(env or {})}
     # The venv's scripts (kernelenv, python) first, as in an activated venv.
-    run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
+    bin_dir = os.path.abspath(workdir / python.parent)  # python may be relative to workdir
+    run_env["PATH"] = f"{bin_dir}{os.pathsep}{run_env.get('PATH', '')}"
     process = subprocess.Popen(
-        [sys.executable, str(path)],
+        [str(python), str(path)],
         cwd=workdir,
         env=run_env,
         stdout=subprocess.PIPE,

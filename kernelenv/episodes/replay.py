@@ -527,12 +527,13 @@ async def replay_notebook(
 ) -> ReplayReport:
     """Replay a whole notebook and collect the report (:func:`replay_trajectory` in one call).
 
+    ``options``, ``strict_images``, ``cwd``, ``copy_cwd``, ``skip_tag``, ``allow_errors`` and
+    ``timeout_s`` are those of :func:`replay_trajectory`.
+
     Args:
         notebook: A notebook path, a loaded notebook, or a :class:`Trajectory`.
         env: The env to replay in (default: a new one whose own :class:`KernelPool` starts
             exactly one kernel, on demand).
-        options, strict_images, cwd, copy_cwd, skip_tag, allow_errors, timeout_s: See
-            :func:`replay_trajectory`.
         grade: Re-grade the replayed episode against its task (see ``KernelEnv.grade``).
         progress: Show a progress bar (``None``: only on a terminal).
 

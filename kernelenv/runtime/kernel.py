@@ -250,7 +250,10 @@ class Kernel:
         got_reply = got_welcome = False
         while not (got_reply and got_welcome):
             if not await self.manager.is_alive():
-                raise KernelStartError(f"kernel {self.kernel_id} died during start-up")
+                raise KernelStartError(
+                    f"kernel {self.kernel_id} died during start-up "
+                    f"(exit code {self.exit_code()}; it printed why on stderr)"
+                )
             if not got_reply:
                 with contextlib.suppress(queue.Empty):
                     msg = await self.client.get_shell_msg(timeout=0.05)

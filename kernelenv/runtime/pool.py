@@ -88,7 +88,9 @@ class KernelPool:
         if launch not in ("template", "cold"):
             raise ValueError(f"launch must be 'template' or 'cold', not {launch!r}")
         self.size = size
-        self.python = python or sys.executable
+        # abspath, not realpath: `../.venv/bin/python` must stay the venv's interpreter, and a
+        # path with `..` in it does not exist inside a bwrap sandbox (only what it names is bound).
+        self.python = os.path.abspath(python or sys.executable)
         self.start_timeout_s = start_timeout_s
         self.warmup_code = warmup_code
         self.extra_env = dict(extra_env or {})

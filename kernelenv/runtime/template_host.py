@@ -101,7 +101,7 @@ class KernelTemplate:
         if self.wrapper:
             command = [*self.wrapper, *command, "--in-sandbox"]
         env = dict(self.env)
-        if Path(self.python).absolute() != Path(sys.executable).absolute():
+        if os.path.abspath(self.python) != os.path.abspath(sys.executable):
             # Another interpreter may not have kernelenv installed: the template needs it.
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH")) if p

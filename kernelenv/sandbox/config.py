@@ -224,7 +224,8 @@ def bwrap_problem() -> str | None:
     # The real command line (allow-list, read-only root), so that a missing library shows
     # here and not as kernels that die at start.
     try:
-        probe = [*_bwrap_argv(sys.executable, work="/tmp"), sys.executable, "-c", "pass"]
+        python = os.path.abspath(sys.executable)  # as kernels get it (see KernelPool)
+        probe = [*_bwrap_argv(python, work="/tmp"), python, "-c", "pass"]
         probe[0] = bwrap
         result = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

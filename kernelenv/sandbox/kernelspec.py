@@ -7,6 +7,7 @@ kernels from it (episodes, grading, replay, nbclient) starts the same kind of ke
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -65,7 +66,7 @@ def kernel_spec(
         template_root: The pool's directory, the host files a bwrap template sees.
     """
     spec = {
-        "argv": [python or sys.executable, "-c", BOOT_CODE, "-f", "{connection_file}"]
+        "argv": [os.path.abspath(python or sys.executable), "-c", BOOT_CODE, "-f", "{connection_file}"]
         + list(AGENT_KERNEL_ARGS),
         "display_name": display_name,
         "language": "python",

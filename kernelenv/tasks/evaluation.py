@@ -194,6 +194,11 @@ async def grade_completion(
         status, score, passed, feedback = (
             observation.status.value, grade.score, grade.passed, grade.feedback
         )
+        if observation.error is not None and not passed:
+            # The completion's own error first: a SyntaxError leaves no function to test, and
+            # "No function named ... was defined" alone would hide why.
+            error = observation.error
+            feedback = f"the completion raised {error.ename}: {error.evalue}. {feedback}"
     except KernelEnvError as exc:
         status, score, passed = "infrastructure_error", 0.0, False
         feedback = f"{type(exc).__name__}: {exc}"

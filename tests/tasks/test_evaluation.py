@@ -43,6 +43,9 @@ CASES = [
     ("mbpp_12", "def min_max(xs):\n    return min(xs), max(xs)\n", True, 1.0, "ok", "3/3"),
     # HumanEval/0 again, by its library id: still one task for pass@k.
     ("humaneval_0", "    return b + a\n", True, 1.0, "ok", "4/4"),
+    # The completion's own error, not only that nothing could be tested.
+    ("humaneval_1", "def doubled(xs)\n    return xs\n", False, 0.0, "error",
+     "the completion raised SyntaxError: "),
 ]
 
 
@@ -64,9 +67,9 @@ def test_eval_cli_gives_each_completion_its_verdict(imported_library, tmp_path, 
         assert row["duration_s"] > 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["attempts"] == len(CASES) and summary["passed"] == 4
-    assert summary["tasks"] == 3 and summary["pass_rate"] == pytest.approx(4 / 11)
+    assert summary["tasks"] == 3 and summary["pass_rate"] == pytest.approx(4 / 12)
     assert set(summary["pass_at_k"]) == {"pass@1"}  # one task has a single completion
-    assert summary["statuses"] == {"ok": 8, "kernel_died": 2, "timeout": 1}
+    assert summary["statuses"] == {"ok": 8, "kernel_died": 2, "timeout": 1, "error": 1}
     assert {row["library_task_id"] for row in rows if row["task_id"] == "HumanEval/0"} == {
         "humaneval_0"}
 
