@@ -3,12 +3,13 @@
 #
 #   NAME  test (.venv), demo (.venv, the package alone), trl (.venv-trl), mcp2 (.venv-mcp2), openenv (.venv-openenv),
 #         smolagents (.venv-smolagents)
-#   MODE  locked: install exactly the pins of requirements/NAME.txt (what `make test` does)
-#         latest: install the newest releases the declared ranges allow (`make test-latest`)
+#   MODE  locked: install exactly the pins of requirements/NAME.txt (what `make test` does), with
+#                 uv (scripts/uv.sh)
+#         latest: install the newest releases the declared ranges allow (`make test-latest`), with pip
 #         lock:   as latest, then write the installed versions to requirements/NAME.txt
 #
-# The pins go in as pip constraints through PIP_CONSTRAINT, so that they hold for build
-# dependencies (hatchling, in pip's isolated build env) as well as for what is installed.
+# The pins go in as constraints (UV_CONSTRAINT and UV_BUILD_CONSTRAINT), so that they hold for
+# build dependencies (hatchling, in the isolated build env) as well as for what is installed.
 set -euo pipefail
 name=$1
 mode=$2
@@ -33,17 +34,20 @@ tools=(pip 'hatchling>=1.21')
 
 [ -x "$venv/bin/python" ] || { echo "creating $venv ($python)"; bash scripts/make-venv.sh "$python" "$venv"; }
 pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
-# The install of a fresh venv takes a minute: pip says which package it is at (its "Collecting"
+# pip's install of a fresh venv takes a minute: it says which package it is at (its "Collecting"
 # lines, a name a line; scripts/pip-progress.sh), the rest of its output is left out.
 pip_progress=("$venv/bin/python" -m pip --disable-pip-version-check --progress-bar off)
 
 case $mode in
   locked)
+    # With uv (itself pinned, in requirements/uv.txt): the same pins as constraints, for build
+    # dependencies too, in seconds where pip takes a minute or more a venv. It lists each
+    # package it installs.
     [ -f "$lock" ] || { echo "$lock is missing: run 'make lock'" >&2; exit 1; }
-    export PIP_CONSTRAINT="$PWD/$lock"
+    export UV_CONSTRAINT="$PWD/$lock" UV_BUILD_CONSTRAINT="$PWD/$lock" PYTHON="$python"
     echo "installing ${spec[*]} into $venv, at the versions pinned in $lock ($(grep -c '==' "$lock") pins):"
-    "${pip[@]}" install "${tools[@]}"
-    "${pip_progress[@]}" install "${spec[@]}" | bash scripts/pip-progress.sh
+    bash scripts/uv.sh pip install --quiet --python "$venv/bin/python" "${tools[@]}"
+    bash scripts/uv.sh pip install --python "$venv/bin/python" "${spec[@]}"
     ;;
   latest|lock)
     export PIP_CONSTRAINT=""
