@@ -252,7 +252,7 @@ class Kernel:
             if not await self.manager.is_alive():
                 raise KernelStartError(
                     f"kernel {self.kernel_id} died during start-up "
-                    f"(exit code {self.exit_code()}; it printed why on stderr)"
+                    f"(exit code {self.exit_code()})"
                 )
             if not got_reply:
                 with contextlib.suppress(queue.Empty):
