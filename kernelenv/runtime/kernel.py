@@ -28,6 +28,7 @@ from jupyter_client.session import Session
 from ..errors import KernelCommunicationError, KernelStartError
 from ..models import CodeObservation, ErrorInfo, StepStatus
 from ..sandbox.episode_fs import EpisodeFS, episode_fs_problem
+from .frame_guard import FrameGuard
 from .limits import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ConnectionWatch,
@@ -97,6 +98,7 @@ class Kernel:
         self.max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
         self._late = LateBacklog(DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_MESSAGE_BYTES)
         self._watch: ConnectionWatch | None = None
+        self._guard: FrameGuard | None = None
         self._iopub_sync: zmq.Socket | None = None
         self._closed = False
         # Live forks that run inside this kernel's sandbox, and the kernel that hosts this one:
@@ -199,7 +201,7 @@ class Kernel:
         try:
             if launch is not None:
                 await launch()
-            self._connect(self.max_message_bytes)
+            await self._connect(self.max_message_bytes)
             with anyio.fail_after(timeout_s):
                 await self._wait_ready()
         except BaseException as exc:
@@ -236,12 +238,26 @@ class Kernel:
             )
         return run.reply.get("user_expressions", {}).get("r", {})
 
-    def _connect(self, max_message_bytes: int) -> None:
-        """Open the client's channels, bounded as :mod:`kernelenv.runtime.limits` says."""
+    async def _connect(self, max_message_bytes: int) -> None:
+        """Open the client's channels, bounded as :mod:`kernelenv.runtime.limits` says,
+        through a :class:`FrameGuard` that bounds each message as a whole."""
         self.max_message_bytes = self._late.max_message_bytes = max_message_bytes
         # Shared, bounded (see bounded_context); no heartbeat channel: liveness is the
         # process's (is_alive), and a heartbeat costs a thread and an event loop a kernel.
         self.client = self.manager.client(context=bounded_context(max_message_bytes))
+        manager = self.manager
+        if manager.transport == "ipc":
+            self._guard = FrameGuard(max_message_bytes)
+            guarded = await self._guard.start(manager.ip, manager.get_connection_info())
+            self.client.ip = guarded
+            # The manager's own control socket (interrupts by message, shutdown requests),
+            # connected straight to the kernel at its start: through the guard as well.
+            kernel_ip, manager.ip = manager.ip, guarded
+            try:
+                manager._close_control_socket()
+                manager._connect_control_socket()
+            finally:
+                manager.ip = kernel_ip
         self.client.start_channels(hb=False)
         self._watch = ConnectionWatch(self.client)
 
@@ -344,6 +360,11 @@ class Kernel:
             self.client.stop_channels()
         self._iopub_sync = None
 
+    async def _close_guard(self) -> None:
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            await guard.aclose()
+
     async def _stop(self) -> None:
         self._stop_channels()
         try:
@@ -359,6 +380,7 @@ class Kernel:
         if getattr(self.manager, "_created_context", False):
             with contextlib.suppress(Exception):
                 self.manager.context.destroy(linger=0)
+        await self._close_guard()
         if self.fs is not None:  # before rmtree, which cannot remove a mount point
             try:
                 self.fs.close()

@@ -9,8 +9,11 @@ Every byte a kernel sends is bounded where it is received:
 - Output that arrives outside of its cell's step (threads writing after the cell ended) waits
   in a :class:`LateBacklog` of at most ``limit_bytes``; the rest is counted and dropped.
 
-Not bounded here: the number of parts of one message (Jupyter's binary buffers), which libzmq
-does not limit; a kernel that crafts many-part messages is held back only by its own memory.
+libzmq limits neither the number of parts of one message nor their total, and holds every
+part before it hands out the first: those are bounded before libzmq sees them, by the
+:mod:`~kernelenv.runtime.frame_guard` every kernel connection goes through (at most
+``MAX_MESSAGE_PARTS`` parts and about ``max_message_bytes`` bytes a message). So this process
+holds at most ``RECEIVE_HWM`` such messages a socket.
 """
 
 from __future__ import annotations

@@ -260,3 +260,45 @@ def test_kernels_cannot_write_into_the_servers_output(
     assert "kernelenv serving on" in output  # the capture holds the server's output
     assert "kernelenv-fake-log-line" not in output
     assert "\x1b[2J" not in output
+
+
+# -- B: every kernel message bounded as a whole ------------------------------------------------
+
+# Agent code re-sending one 1 MiB buffer as a thousand parts of one IOPub message, eight times,
+# through the kernel's own session and IOPub thread (zero-copy: it costs the kernel nothing).
+MULTIPART_FLOOD = """
+import time
+kernel = get_ipython().kernel
+content = {'data': {'text/plain': 'flood'}, 'metadata': {}}
+msg = kernel.session.msg('display_data', content, parent=kernel.get_parent('shell'))
+frames = kernel.session.serialize(msg, ident=b'display_data')
+buffer = memoryview(bytearray(1 << 20))
+for _ in range(8):
+    kernel.iopub_thread.send_multipart(frames + [buffer] * 1000, copy=False)
+time.sleep(3)
+print('flooded')
+"""
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_multipart_flood_does_not_grow_the_server(serve, server_sound) -> None:
+    server = serve()
+    episode = server.reset()
+    assert server.step(episode, "1+1")["metadata"]["kernelenv"]["return_value"] == "2"
+    before = _peak_rss_mib(server.process.pid)
+    observation = server.step(episode, MULTIPART_FLOOD)
+    grown = _peak_rss_mib(server.process.pid) - before
+    assert grown < 64, f"the server's peak memory grew by {grown:.0f} MiB"
+    kernelenv = observation["metadata"]["kernelenv"]
+    assert kernelenv["status"] == "ok", observation
+    assert observation["stdout"] == "flooded\n"
+    assert observation["metadata"]["output_lost"] is True  # and the observation says so
+    # The episode goes on, on the same kernel.
+    assert server.step(episode, "6 * 7")["metadata"]["kernelenv"]["return_value"] == "42"
+    server_sound(server.url, server.token)

@@ -1,0 +1,211 @@
+"""The frame guard: a relay between a kernel's ZMQ sockets and this process's that bounds
+every message the kernel sends as a whole, before this process holds it.
+
+libzmq bounds one part of a message (``zmq.MAXMSGSIZE``) and the number of messages it queues
+(``zmq.RCVHWM``), but not the number of parts of a message, and it hands out no part before
+it holds them all: a kernel re-sending one 1 MiB buffer as a thousand parts made a server hold
+gigabytes. So this process's sockets connect to the guard, a Unix socket beside the kernel's
+(outside its sandbox), and the guard connects on to the kernel. It passes the bytes through
+unchanged and reads the ZMTP 3 framing of what the kernel sends (a 64-byte greeting, then
+frames: a flags byte, a 1- or 8-byte size, the body). A message of more than
+``MAX_MESSAGE_PARTS`` parts or ``max_message_bytes`` bytes in all closes the connection
+before its rest is read, as libzmq does with a part over ``MAXMSGSIZE``:
+:class:`~kernelenv.runtime.limits.ConnectionWatch` replaces the socket and the step says that
+output was lost. Reading stops while this process's socket does not take more (its queue is
+full), so the guard holds at most one chunk a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Parts of one message: Jupyter's are an identity or two, the delimiter, five JSON parts and
+# the binary buffers of a comm or display message.
+MAX_MESSAGE_PARTS = 64
+# Room for what frames a message besides its parts' bodies.
+_HEADER_SLACK_BYTES = 64 * 1024
+# ZMTP commands (READY, PING...) are small; anything large is not a kernel talking.
+MAX_COMMAND_BYTES = 64 * 1024
+CHUNK_BYTES = 64 * 1024
+GREETING_BYTES = 64
+_MORE, _LONG, _COMMAND = 1, 2, 4
+CHANNELS = ("shell", "iopub", "stdin", "control")
+
+
+class FrameError(ValueError):
+    """What a kernel sent breaks the bounds (or is not ZMTP 3)."""
+
+
+class FrameReader:
+    """Follows the ZMTP 3 framing of one direction's bytes, fed in chunks of any size."""
+
+    def __init__(self, max_message_bytes: int, max_parts: int = MAX_MESSAGE_PARTS) -> None:
+        self.max_message_bytes = max_message_bytes + _HEADER_SLACK_BYTES
+        self.max_parts = max_parts
+        self._greeting = bytearray()
+        self._header = bytearray()
+        self._body_left = 0
+        self._parts = 0
+        self._bytes = 0
+
+    def feed(self, data: bytes) -> None:
+        """Account for ``data``, the next bytes of the stream.
+
+        Raises:
+            FrameError: a message is too large or has too many parts, or a command is too
+                large, or the stream is not ZMTP 3.
+        """
+        i, n = 0, len(data)
+        while i < n:
+            if len(self._greeting) < GREETING_BYTES:
+                take = min(GREETING_BYTES - len(self._greeting), n - i)
+                self._greeting += data[i : i + take]
+                i += take
+                self._check_greeting()
+            elif self._body_left:
+                take = min(self._body_left, n - i)
+                self._body_left -= take
+                i += take
+            else:
+                self._header.append(data[i])
+                i += 1
+                if len(self._header) == (9 if self._header[0] & _LONG else 2):
+                    self._frame(self._header[0], int.from_bytes(self._header[1:], "big"))
+                    self._header.clear()
+
+    def _check_greeting(self) -> None:
+        greeting = self._greeting
+        if greeting[:1] not in (b"", b"\xff") or (len(greeting) >= 10 and greeting[9] != 0x7F):
+            raise FrameError("not a ZMTP greeting")
+        if len(greeting) >= 11 and greeting[10] < 3:
+            raise FrameError(f"ZMTP version {greeting[10]} (3 or later is needed)")
+
+    def _frame(self, flags: int, size: int) -> None:
+        if flags & _COMMAND:
+            if size > MAX_COMMAND_BYTES:
+                raise FrameError(f"a command of {size} bytes")
+        else:
+            self._parts += 1
+            self._bytes += size
+            if self._parts > self.max_parts:
+                raise FrameError(f"a message of more than {self.max_parts} parts")
+            if self._bytes > self.max_message_bytes:
+                raise FrameError(f"a message of more than {self.max_message_bytes} bytes")
+            if not flags & _MORE:
+                self._parts = self._bytes = 0
+        self._body_left = size
+
+
+class FrameGuard:
+    """The guard of one kernel's channels (see the module docstring).
+
+    Its sockets go in a private folder of its own (0700, in this process's temporary
+    directory), never beside the kernel's: a kernel's folders are in its sandbox's reach, and
+    a kernel that replaced a guard's socket with its own would be connected to unguarded.
+
+    Args:
+        max_message_bytes: The largest message, all parts together.
+    """
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.directory: Path | None = None
+        self.prefix = ""
+        self.max_message_bytes = max_message_bytes
+        self._servers: list[asyncio.AbstractServer] = []
+        self._pumps: set[asyncio.Task] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.cut = 0  # connections closed for breaking the bounds
+
+    async def start(self, kernel_ip: str, ports: dict[str, int]) -> str:
+        """Listen for each channel in ``ports`` beside the kernel's IPC socket at
+        ``{kernel_ip}-{port}``; returns the ``ip`` to connect to instead (same ports)."""
+        self.directory = Path(tempfile.mkdtemp(prefix="kernelenv-guard-"))
+        self.prefix = str(self.directory / "g")
+        try:
+            for channel in CHANNELS:
+                port = ports[f"{channel}_port"]
+                target = f"{kernel_ip}-{port}"
+                server = await asyncio.start_unix_server(
+                    lambda r, w, target=target: self._accept(r, w, target),
+                    path=f"{self.prefix}-{port}",
+                    limit=CHUNK_BYTES,
+                )
+                self._servers.append(server)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self.prefix
+
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: str
+    ) -> None:
+        self._writers.add(writer)
+        try:
+            kernel_reader, kernel_writer = await asyncio.open_unix_connection(
+                target, limit=CHUNK_BYTES
+            )
+        except OSError:  # the kernel is gone: so is this connection
+            writer.close()
+            self._writers.discard(writer)
+            return
+        self._writers.add(kernel_writer)
+        frames = FrameReader(self.max_message_bytes)
+        pair = (writer, kernel_writer)
+        for task in (
+            asyncio.create_task(self._pump(kernel_reader, writer, pair, frames)),
+            asyncio.create_task(self._pump(reader, kernel_writer, pair, None)),
+        ):
+            self._pumps.add(task)
+            task.add_done_callback(self._pumps.discard)
+
+    async def _pump(
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        frames: FrameReader | None,
+    ) -> None:
+        """Copy ``source`` to ``sink`` (checking the framing of what the kernel sends); at
+        either end's close or a broken bound, close both connections."""
+        try:
+            while data := await source.read(CHUNK_BYTES):
+                if frames is not None:
+                    frames.feed(data)
+                sink.write(data)
+                await sink.drain()
+        except FrameError as exc:
+            self.cut += 1
+            log.warning("a kernel broke the message bounds (%s): its connection is closed", exc)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for writer in pair:
+                writer.close()
+                self._writers.discard(writer)
+
+    async def aclose(self) -> None:
+        """Stop listening and close every connection. Safe to call twice."""
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+        pumps = list(self._pumps)
+        for task in pumps:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*pumps, return_exceptions=True)
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None

@@ -1,0 +1,52 @@
+"""The frame guard's reading of ZMTP framing, on canned bytes (the attack itself, on a real
+server, is in tests/server/test_attacks.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kernelenv.runtime.frame_guard import MAX_MESSAGE_PARTS, FrameError, FrameReader
+
+GREETING = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x01" + b"NULL".ljust(20, b"\0") + bytes(32)
+
+
+def frame(body: bytes, more: bool = False, command: bool = False) -> bytes:
+    flags = (1 if more else 0) | (4 if command else 0)
+    if len(body) > 255:
+        return bytes([flags | 2]) + len(body).to_bytes(8, "big") + body
+    return bytes([flags, len(body)]) + body
+
+
+def feed_bytewise(reader: FrameReader, data: bytes) -> None:
+    for i in range(len(data)):
+        reader.feed(data[i : i + 1])
+
+
+def test_ordinary_messages_pass_however_they_are_cut() -> None:
+    stream = GREETING + frame(b"READY", command=True)
+    for _ in range(100):  # many messages, each under the bounds
+        stream += frame(b"<IDS|MSG>", more=True) + frame(b"x" * 1000, more=True) + frame(b"{}")
+    FrameReader(4096).feed(stream)
+    feed_bytewise(FrameReader(4096), stream)
+
+
+def test_too_many_parts_or_bytes_in_one_message_are_refused() -> None:
+    parts = GREETING + frame(b"x", more=True) * (MAX_MESSAGE_PARTS + 1)
+    with pytest.raises(FrameError, match="parts"):
+        FrameReader(1 << 20).feed(parts)
+    big = GREETING + frame(b"x" * 60_000, more=True) * 40  # each part small, the whole not
+    with pytest.raises(FrameError, match="bytes"):
+        FrameReader(1 << 20).feed(big)
+    # Refused from the frame headers, before the bodies arrive.
+    header_only = GREETING + bytes([3]) + (100 << 20).to_bytes(8, "big")
+    with pytest.raises(FrameError, match="bytes"):
+        FrameReader(1 << 20).feed(header_only)
+
+
+def test_a_stream_that_is_not_zmtp3_is_refused() -> None:
+    with pytest.raises(FrameError):
+        FrameReader(1 << 20).feed(b"GET / HTTP/1.1\r\n")
+    with pytest.raises(FrameError, match="version"):
+        FrameReader(1 << 20).feed(b"\xff" + bytes(8) + b"\x7f\x01")
+    with pytest.raises(FrameError, match="command"):
+        FrameReader(1 << 20).feed(GREETING + frame(b"x" * 70_000, command=True))
