@@ -37,6 +37,8 @@ CHUNK_BYTES = 64 * 1024
 GREETING_BYTES = 64
 _MORE, _LONG, _COMMAND = 1, 2, 4
 CHANNELS = ("shell", "iopub", "stdin", "control")
+# The folder of a pool's root holding its kernels' guards (see FrameGuard.start).
+GUARDS_DIR = "guards"
 
 
 class FrameError(ValueError):
@@ -106,8 +108,8 @@ class FrameReader:
 class FrameGuard:
     """The guard of one kernel's channels (see the module docstring).
 
-    Its sockets go in a private folder of its own (0700, in this process's temporary
-    directory), never beside the kernel's: a kernel's folders are in its sandbox's reach, and
+    Its sockets go in a private folder of its own (0700, in the pool's root), never beside the
+    kernel's: a kernel's folders are in its sandbox's reach, and
     a kernel that replaced a guard's socket with its own would be connected to unguarded.
 
     Args:
@@ -123,10 +125,18 @@ class FrameGuard:
         self._writers: set[asyncio.StreamWriter] = set()
         self.cut = 0  # connections closed for breaking the bounds
 
-    async def start(self, kernel_ip: str, ports: dict[str, int]) -> str:
-        """Listen for each channel in ``ports`` beside the kernel's IPC socket at
-        ``{kernel_ip}-{port}``; returns the ``ip`` to connect to instead (same ports)."""
-        self.directory = Path(tempfile.mkdtemp(prefix="kernelenv-guard-"))
+    async def start(
+        self, kernel_ip: str, ports: dict[str, int], *, parent: Path | None = None
+    ) -> str:
+        """Listen for each channel of the kernel's IPC sockets at ``{kernel_ip}-{port}``;
+        returns the ``ip`` to connect to instead (same ports). The sockets go in a new folder
+        in ``parent`` (a pool's, removed with it and reaped after a crash), else in the system's
+        temporary directory."""
+        if parent is not None:
+            parent.mkdir(mode=0o700, exist_ok=True)
+            self.directory = Path(tempfile.mkdtemp(prefix="g", dir=parent))
+        else:
+            self.directory = Path(tempfile.mkdtemp(prefix="kernelenv-guard-"))
         self.prefix = str(self.directory / "g")
         try:
             for channel in CHANNELS:

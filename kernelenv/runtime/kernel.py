@@ -28,7 +28,7 @@ from jupyter_client.session import Session
 from ..errors import KernelCommunicationError, KernelStartError
 from ..models import CodeObservation, ErrorInfo, StepStatus
 from ..sandbox.episode_fs import EpisodeFS, episode_fs_problem
-from .frame_guard import FrameGuard
+from .frame_guard import GUARDS_DIR, FrameGuard
 from .limits import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ConnectionWatch,
@@ -86,6 +86,7 @@ class Kernel:
         directory: Path,
         kernel_id: str,
         fs: EpisodeFS | None = None,
+        guard_parent: Path | None = None,
     ) -> None:
         self.manager = manager
         # The manager's context: a client left to make its own would, even when only
@@ -99,6 +100,8 @@ class Kernel:
         self._late = LateBacklog(DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_MESSAGE_BYTES)
         self._watch: ConnectionWatch | None = None
         self._guard: FrameGuard | None = None
+        # Where its frame guard's sockets go: a folder no kernel can reach (the pool's root).
+        self.guard_parent = guard_parent
         self._iopub_sync: zmq.Socket | None = None
         self._closed = False
         # Live forks that run inside this kernel's sandbox, and the kernel that hosts this one:
@@ -168,7 +171,7 @@ class Kernel:
             connection_file=str(directory / "run" / "connection.json"),
             context=bounded_context(max_message_bytes),
         )
-        kernel = cls(manager, directory, kernel_id, fs)
+        kernel = cls(manager, directory, kernel_id, fs, guard_parent=Path(root) / GUARDS_DIR)
         kernel.max_message_bytes = max_message_bytes
 
         async def launch() -> None:
@@ -187,9 +190,10 @@ class Kernel:
         kernel_id: str,
         timeout_s: float,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        guard_parent: Path | None = None,
     ) -> Kernel:
         """A kernel that already runs (a live fork, see :mod:`.livefork`), once it is ready."""
-        kernel = cls(manager, directory, kernel_id)
+        kernel = cls(manager, directory, kernel_id, guard_parent=guard_parent)
         kernel.max_message_bytes = max_message_bytes
         await kernel._become_ready(None, timeout_s)
         return kernel
@@ -248,7 +252,9 @@ class Kernel:
         manager = self.manager
         if manager.transport == "ipc":
             self._guard = FrameGuard(max_message_bytes)
-            guarded = await self._guard.start(manager.ip, manager.get_connection_info())
+            guarded = await self._guard.start(
+                manager.ip, manager.get_connection_info(), parent=self.guard_parent
+            )
             self.client.ip = guarded
             # The manager's own control socket (interrupts by message, shutdown requests),
             # connected straight to the kernel at its start: through the guard as well.

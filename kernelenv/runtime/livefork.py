@@ -488,7 +488,9 @@ async def fork_kernel(
                 )
                 cgroup.add(host_pid)  # moves every thread of it
             manager.provisioner = AdoptedProvisioner.adopt(manager, host_pid, cgroup)
-            children.append(await Kernel.adopt(manager, directory, kernel_id, timeout_s))
+            children.append(await Kernel.adopt(
+                manager, directory, kernel_id, timeout_s, guard_parent=parent.guard_parent
+            ))
         return children
     except BaseException:
         with contextlib.suppress(Exception):
