@@ -481,19 +481,30 @@ class Kernel:
         if timed_out:
             if not interrupted_in_time:
                 await self.kill()
-            error = ErrorInfo(
-                ename="TimeoutError",
-                evalue=(
-                    f"The step exceeded its {timeout_s:g} s budget and was interrupted."
-                    if interrupted_in_time
-                    else f"The step exceeded its {timeout_s:g} s budget and did not stop on "
+            if not run.started:
+                # The kernel never took this cell up: its main thread was still in an earlier
+                # cell, whose end it had announced (a reply forged by that cell's code: the
+                # host cannot tell it from a real one) or never reached.
+                evalue = (
+                    f"The kernel did not start this step within its {timeout_s:g} s budget: it "
+                    "was still running an earlier cell (one whose reply came before it ended, "
+                    "which agent code can forge). The kernel was replaced and the episode's "
+                    "variables are lost."
+                )
+            elif interrupted_in_time:
+                evalue = f"The step exceeded its {timeout_s:g} s budget and was interrupted."
+            else:
+                evalue = (
+                    f"The step exceeded its {timeout_s:g} s budget and did not stop on "
                     "interrupt; the kernel was replaced and the episode's variables are lost."
-                ),
-            )
+                )
+            error = ErrorInfo(ename="TimeoutError", evalue=evalue)
             observation = collector.to_observation(
                 StepStatus.TIMEOUT, reply=run.reply, error=error, duration_s=duration
             )
             observation.metadata["kernel_replaced"] = not interrupted_in_time
+            if not run.started:
+                observation.metadata["earlier_cell_ran_on"] = True
             return StepOutcome(observation, not interrupted_in_time)
         error = None
         if run.reply is None:  # the shell connection dropped the reply (too large)
