@@ -28,6 +28,7 @@ from jupyter_client.session import Session
 from ..errors import KernelCommunicationError, KernelStartError
 from ..models import CodeObservation, ErrorInfo, StepStatus
 from ..sandbox.episode_fs import EpisodeFS, episode_fs_problem
+from ..sandbox.host_paths import OwnedFolder
 from .frame_guard import GUARDS_DIR, FrameGuard
 from .limits import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -102,6 +103,7 @@ class Kernel:
         self._guard: FrameGuard | None = None
         # Where its frame guard's sockets go: a folder no kernel can reach (the pool's root).
         self.guard_parent = guard_parent
+        self.folder: OwnedFolder | None = None  # a live fork's directory, removed through it
         self._iopub_sync: zmq.Socket | None = None
         self._closed = False
         # Live forks that run inside this kernel's sandbox, and the kernel that hosts this one:
@@ -191,9 +193,12 @@ class Kernel:
         timeout_s: float,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         guard_parent: Path | None = None,
+        folder: OwnedFolder | None = None,
     ) -> Kernel:
-        """A kernel that already runs (a live fork, see :mod:`.livefork`), once it is ready."""
+        """A kernel that already runs (a live fork, see :mod:`.livefork`), once it is ready;
+        ``folder``, its directory's handle, removes it at the end (else by path)."""
         kernel = cls(manager, directory, kernel_id, guard_parent=guard_parent)
+        kernel.folder = folder
         kernel.max_message_bytes = max_message_bytes
         await kernel._become_ready(None, timeout_s)
         return kernel
@@ -392,7 +397,10 @@ class Kernel:
                 self.fs.close()
             except OSError as exc:
                 log.warning("kernel %s: could not detach its files: %s", self.kernel_id, exc)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.folder is not None:
+            self.folder.remove()
+        else:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- running code -------------------------------------------------------------------
 

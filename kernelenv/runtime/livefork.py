@@ -48,6 +48,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from ..errors import ForkError, KernelStartError
 from ..sandbox.cgroup import pid_alive
 from ..sandbox.host_paths import (
+    OwnedFolder,
     fd_path,
     make_new_dir,
     open_subdir,
@@ -297,14 +298,16 @@ class ForkedProcess:
     pidfd (liveness only, immune to pid reuse; an unknown status reads as killed).
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, pidfd: int | None = None) -> None:
         self.pid = pid
         self.returncode: int | None = None
         self.stdout = self.stderr = self.stdin = None
-        try:
-            self._pidfd: int | None = os.pidfd_open(pid)
-        except OSError:
-            self._pidfd = None
+        self._pidfd: int | None = pidfd
+        if pidfd is None:
+            try:
+                self._pidfd = os.pidfd_open(pid)
+            except OSError:
+                self._pidfd = None
 
     def poll(self) -> int | None:
         if self.returncode is not None:
@@ -362,12 +365,13 @@ class AdoptedProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     @classmethod
     def adopt(
-        cls, manager: AsyncKernelManager, pid: int, cgroup: EpisodeCgroup | None
+        cls, manager: AsyncKernelManager, pid: int, cgroup: EpisodeCgroup | None,
+        pidfd: int | None = None,
     ) -> AdoptedProvisioner:
         provisioner = cls(
             kernel_id=manager.kernel_id or "", kernel_spec=manager.kernel_spec, parent=manager
         )
-        provisioner.process = ForkedProcess(pid)
+        provisioner.process = ForkedProcess(pid, pidfd)
         provisioner.pid = provisioner.pgid = pid  # the fork called setsid()
         provisioner.connection_info = manager.get_connection_info()
         provisioner.cgroup = cgroup
@@ -475,21 +479,30 @@ async def fork_kernel(
             credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
             host_pid = struct.unpack("3i", credentials)[0]  # the pid in *our* namespace
             connection.close()
-            cgroup = None
-            pids_parent = cgroup_parent() if max_processes is not None else None
-            memory_parent = memory_cgroup_parent() if memory_bytes is not None else None
-            if pids_parent is not None or memory_parent is not None:
-                cgroup = EpisodeCgroup(
-                    kernel_id,
-                    max_processes=max_processes,
-                    memory_bytes=memory_bytes,
-                    pids_parent=pids_parent,
-                    memory_parent=memory_parent,
-                )
-                cgroup.add(host_pid)  # moves every thread of it
-            manager.provisioner = AdoptedProvisioner.adopt(manager, host_pid, cgroup)
+            pidfd = _claim_fork(host_pid, getattr(parent.manager.provisioner, "cgroup", None))
+            try:
+                cgroup = None
+                pids_parent = cgroup_parent() if max_processes is not None else None
+                memory_parent = memory_cgroup_parent() if memory_bytes is not None else None
+                if pids_parent is not None or memory_parent is not None:
+                    cgroup = EpisodeCgroup(
+                        kernel_id,
+                        max_processes=max_processes,
+                        memory_bytes=memory_bytes,
+                        pids_parent=pids_parent,
+                        memory_parent=memory_parent,
+                    )
+                    cgroup.add(host_pid)  # moves every thread of it
+                manager.provisioner = AdoptedProvisioner.adopt(manager, host_pid, cgroup, pidfd)
+            except BaseException:
+                os.close(pidfd)
+                raise
+            # Its folder is removed as it was made, through a descriptor: the path leads
+            # through folders the agent can swap for links.
+            folder = OwnedFolder(base_fd, kernel_id)
             children.append(await Kernel.adopt(
-                manager, directory, kernel_id, timeout_s, guard_parent=parent.guard_parent
+                manager, directory, kernel_id, timeout_s, guard_parent=parent.guard_parent,
+                folder=folder,
             ))
         return children
     except BaseException:
@@ -536,7 +549,10 @@ def _prepare_child(
             context=bounded_context(parent.max_message_bytes),
         )
         # A new key and new IPC paths, written by us: jupyter_client's own writer removes and
-        # re-creates the file by path, which a link planted in between would redirect.
+        # re-creates the file by path, which a link planted in between would redirect. For the
+        # same reason it must not remove the IPC files by path at the end (a swapped ``run``
+        # would make it delete another kernel's): the fork's folder goes as a whole.
+        manager.cleanup_ipc_files = lambda: None
         info = _connection_info(manager)
         manager.load_connection_info(info)
         write_new_file(run_fd, "connection.json", json.dumps(info).encode())
@@ -551,6 +567,37 @@ def _prepare_child(
         if run_fd is not None:
             os.close(run_fd)
         raise ForkError(f"cannot make the fork's folder: {exc.strerror} ({exc.filename})") from exc
+
+
+def _claim_fork(host_pid: int, parent_cgroup: EpisodeCgroup | None) -> int:
+    """A pidfd of the process that connected as a fork, once it is shown to be in the parent
+    kernel's cgroups, where the fork is born.
+
+    Any process of the agent's could connect first (the socket is in its sandbox): adopting one
+    of those hurts only the agent. What must not happen is the host adopting, moving into a
+    cgroup and later killing a process of its own: one that took the pid of a connecting
+    process that has exited since. The pidfd is opened before the check, and the check holds
+    only if that process is still alive after it (so its pid was never reused in between).
+
+    Raises:
+        ForkError: the process is gone, or lives outside the parent's cgroups.
+    """
+    try:
+        pidfd = os.pidfd_open(host_pid)
+    except OSError as exc:
+        raise ForkError("the process that connected as the fork is gone") from exc
+    try:
+        if parent_cgroup is not None and (
+            host_pid not in parent_cgroup.pids() or _pidfd_exited(pidfd)
+        ):
+            raise ForkError(
+                "the process that connected as the fork does not live in the parent "
+                "kernel's cgroups (or is gone): refused"
+            )
+    except BaseException:
+        os.close(pidfd)
+        raise
+    return pidfd
 
 
 def _connection_info(manager: AsyncKernelManager) -> dict[str, Any]:

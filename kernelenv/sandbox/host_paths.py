@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -60,3 +61,22 @@ def fd_path(dir_fd: int, name: str = "") -> str:
     a link there (it fails if anything has that name).
     """
     return str(Path(f"/proc/self/fd/{dir_fd}") / name) if name else f"/proc/self/fd/{dir_fd}"
+
+
+class OwnedFolder:
+    """A folder made in ``parent_fd`` and removed the same way, through a descriptor of its
+    parent (kept open until then), never by a path that a swapped link could redirect."""
+
+    def __init__(self, parent_fd: int, name: str) -> None:
+        self.name = name
+        self._parent_fd: int | None = os.dup(parent_fd)
+
+    def remove(self) -> None:
+        """Remove the folder and all in it (links are removed, not followed). Safe to call twice."""
+        fd, self._parent_fd = self._parent_fd, None
+        if fd is None:
+            return
+        try:
+            shutil.rmtree(self.name, dir_fd=fd, ignore_errors=True)
+        finally:
+            os.close(fd)

@@ -102,3 +102,31 @@ async def test_links_swapped_in_during_a_fork_reach_no_host_file(tmp_path, no_le
         assert (secret_dir / "key.txt").read_text() == secret and os.listdir(secret_dir) == ["key.txt"]
         # The episode still serves.
         assert (await env.step("1 + 1")).return_value == "2"
+
+
+@pytest.mark.parametrize("level", ["limits", "bwrap"])
+async def test_a_swapped_fork_folder_makes_the_host_remove_nothing_outside(level, tmp_path, no_leaks):
+    """Found by an outside red team: the fork's run/ folder swapped for a link made the host
+    remove kernel-1..5 wherever the link led (another episode's sockets) when the fork closed."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    names = [f"kernel-{port}" for port in range(1, 6)] + ["connection.json", "other.txt"]
+    for name in names:
+        (victim / name).write_text("host file")
+    async with KernelPool(size=0, sandbox=level) as pool, KernelEnv(pool=pool) as env:
+        await env.reset()
+        [child] = await env.fork(1)
+        planted = await env.step(
+            "import os\n"
+            "base = os.path.join(os.path.dirname(os.getcwd()), 'f')\n"
+            "for name in os.listdir(base):\n"
+            "    os.rename(os.path.join(base, name, 'run'), os.path.join(base, name, 'moved'))\n"
+            f"    os.symlink({str(victim)!r}, os.path.join(base, name, 'run'))\n"
+            "len(os.listdir(base))"
+        )
+        assert planted.return_value == "1", planted.stderr
+        assert (await child.step("6 * 7")).return_value == "42"
+        await child.close()
+        assert sorted(os.listdir(victim)) == sorted(names)
+        assert (await env.step("1 + 1")).return_value == "2"
+    assert sorted(os.listdir(victim)) == sorted(names)
