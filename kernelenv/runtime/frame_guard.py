@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -105,6 +106,19 @@ class FrameReader:
         self._body_left = size
 
 
+async def _connect_unix(target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream connection to the Unix socket ``target`` (a path, or ``\0name`` for an abstract
+    one: connected here, since uvloop's ``open_unix_connection`` takes no abstract address)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, target)
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_unix_connection(sock=sock, limit=CHUNK_BYTES)
+
+
 class FrameGuard:
     """The guard of one kernel's channels (see the module docstring).
 
@@ -142,6 +156,8 @@ class FrameGuard:
             for channel in CHANNELS:
                 port = ports[f"{channel}_port"]
                 target = f"{kernel_ip}-{port}"
+                if target.startswith("@"):  # ZMQ's spelling of an abstract socket; Python's:
+                    target = "\0" + target[1:]
                 server = await asyncio.start_unix_server(
                     lambda r, w, target=target: self._accept(r, w, target),
                     path=f"{self.prefix}-{port}",
@@ -158,9 +174,7 @@ class FrameGuard:
     ) -> None:
         self._writers.add(writer)
         try:
-            kernel_reader, kernel_writer = await asyncio.open_unix_connection(
-                target, limit=CHUNK_BYTES
-            )
+            kernel_reader, kernel_writer = await _connect_unix(target)
         except OSError:  # the kernel is gone: so is this connection
             writer.close()
             self._writers.discard(writer)

@@ -137,6 +137,7 @@ class Kernel:
         disk_budget_bytes: int | None = None,
         disk_inodes: int = 65536,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        abstract_ipc: bool = False,
     ) -> Kernel:
         """Start a kernel under ``root`` and wait until it is ready.
 
@@ -149,6 +150,9 @@ class Kernel:
 
         A message part larger than ``max_message_bytes`` from the kernel is dropped unread
         (see :mod:`kernelenv.runtime.limits`).
+
+        ``abstract_ipc``: its sockets in the abstract Unix namespace (see :func:`ipc_endpoint`),
+        where Landlock keeps other kernels from connecting; else in its ``run`` folder.
         """
         kernel_id = f"k{next(cls._counter)}-{uuid.uuid4().hex[:8]}"
         directory = Path(root) / kernel_id
@@ -169,7 +173,7 @@ class Kernel:
             kernel_name=kernel_name,
             kernel_spec_manager=spec_manager,
             transport="ipc",
-            ip=str(directory / "run" / "kernel"),
+            ip=ipc_endpoint(directory, kernel_id, abstract=abstract_ipc),
             connection_file=str(directory / "run" / "connection.json"),
             context=bounded_context(max_message_bytes),
         )
@@ -626,6 +630,21 @@ class Kernel:
         msg = decode_message(self.client.session, frames)
         self._late.add(msg, max(size, held_bytes(msg["content"])))  # decoded, it may hold more
         return msg["msg_type"]
+
+
+def ipc_endpoint(directory: Path, kernel_id: str, *, abstract: bool) -> str:
+    """The ``ip`` of a kernel's IPC sockets (``{ip}-{port}``): in its ``run`` folder, or with
+    ``abstract`` in the abstract Unix namespace (``@...``, no file at all).
+
+    Landlock does not cover ``connect()`` on a socket file: at level ``limits`` a kernel could
+    subscribe to another kernel's IOPub through its path. Abstract sockets it does cover
+    (scoped, ABI 6): a kernel cannot connect to one made outside its own sandbox. Not under
+    bubblewrap: the abstract namespace belongs to the network namespace, which the host does
+    not share with the kernel there.
+    """
+    if abstract:
+        return f"@kernelenv-{kernel_id}-{uuid.uuid4().hex[:12]}"
+    return str(directory / "run" / "kernel")
 
 
 def peek_msg_type(session: Session, frames: list[bytes]) -> str:

@@ -533,6 +533,8 @@ def _prepare_child(
     Raises:
         ForkError: something planted a link or a file where ours go.
     """
+    from .kernel import ipc_endpoint
+
     run_fd = ready = None
     try:
         child_fd = make_new_dir(base_fd, kernel_id)
@@ -544,7 +546,8 @@ def _prepare_child(
             kernel_name=parent.manager.kernel_name,
             kernel_spec_manager=parent.manager.kernel_spec_manager,
             transport="ipc",
-            ip=str(directory / "run" / "kernel"),
+            # Abstract sockets if the parent has them (level limits: see kernel.ipc_endpoint).
+            ip=ipc_endpoint(directory, kernel_id, abstract=parent.manager.ip.startswith("@")),
             connection_file=str(directory / "run" / "connection.json"),
             context=bounded_context(parent.max_message_bytes),
         )

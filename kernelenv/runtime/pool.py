@@ -25,6 +25,7 @@ from ..sandbox.config import SandboxConfig, as_sandbox_config, scrub_env
 from ..sandbox.bwrap import template_bwrap_args
 from ..sandbox.episode_fs import reap_stale_mounts, share_mount
 from ..sandbox.kernelspec import AGENT_KERNEL_ARGS, KERNEL_NAME, kernel_spec, write_kernel_spec
+from ..sandbox.landlock import landlock_abi
 from ..sandbox.template_provisioner import template_problem
 from .kernel import Kernel
 from .livefork import become_subreaper, fork_kernel
@@ -428,6 +429,7 @@ class KernelPool:
                     start_timeout_s=self.start_timeout_s,
                     disk_budget_bytes=self._disk_budget_bytes(),
                     disk_inodes=self.sandbox.episode_inodes,
+                    abstract_ipc=self._abstract_ipc(),
                 )
                 self._live.add(kernel)
                 if self.warmup_code and not _forked(kernel):  # a template ran it already
@@ -444,6 +446,13 @@ class KernelPool:
             await self._retire(kernel)
         else:
             self._ready.put_nowait(kernel)
+
+    def _abstract_ipc(self) -> bool:
+        """Whether kernels bind abstract sockets: at ``limits`` with Landlock's scoping (ABI 6),
+        which keeps other kernels from connecting to them (see ``kernel.ipc_endpoint``)."""
+        return (
+            self.sandbox.level == "limits" and self.sandbox.landlock and landlock_abi() >= 6
+        )
 
     def _disk_budget_bytes(self) -> int | None:
         if self.sandbox.level == "none" or self.sandbox.episode_disk_mb is None:

@@ -150,7 +150,8 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         return bwrap_args(
             cmd[0],
             work=cwd,
-            run_dir=Path(km.ip).absolute().parent if km.transport == "ipc" else None,
+            # The connection file's folder: the IPC sockets may be abstract (no folder).
+            run_dir=Path(km.connection_file).absolute().parent if km.transport == "ipc" else None,
             # The connection file alone, read-only: its folder may be Jupyter's shared
             # runtime directory, with other kernels' keys in it.
             connection_file=Path(km.connection_file).absolute(),
@@ -167,7 +168,9 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
     def _landlocked(self, config: SandboxConfig, cmd: list[str], fs: EpisodeFS) -> list[str]:
         km = self.parent
         run_dir = (
-            Path(km.ip).absolute().parent if km is not None and km.transport == "ipc" else None
+            Path(km.connection_file).absolute().parent
+            if km is not None and km.transport == "ipc"
+            else None
         )
         writable = [str(fs.root)]
         if run_dir is not None:

@@ -317,7 +317,7 @@ class TemplateProvisioner(SandboxProvisioner):
         km = self.parent
         root = Path(self.template_root)
         cwd = Path(kwargs.get("cwd") or os.getcwd()).absolute()
-        run_dir = Path(km.ip).absolute().parent
+        run_dir = Path(km.connection_file).absolute().parent
         fs = EpisodeFS.at(cwd)
         rw = [run_dir, *([fs.root] if fs is not None else []), cwd]
         outside = [str(p) for p in rw if not p.is_relative_to(root)]
