@@ -92,6 +92,11 @@ def fork_problem() -> str | None:
         # The child does not get one: its history stays in memory.
         known.add(hist.save_thread)
     known.update(_HOST_WATCHERS)
+    # pyzmq's zero-copy garbage collector (started by the first large message sent): it only
+    # waits on an inproc socket of the messaging a fork abandons.
+    garbage = getattr(sys.modules.get("zmq.utils.garbage"), "gc", None)
+    if getattr(garbage, "thread", None) is not None:
+        known.add(garbage.thread)
     mgr = getattr(app.shell_channel_thread, "_manager", None)
     for sub in getattr(mgr, "_cache", {}).values():  # subshells
         known.add(sub)
