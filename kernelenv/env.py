@@ -37,6 +37,7 @@ from .runtime.sizes import held_bytes
 from .runtime.streaming import OutputSink, StepStream, run_streamed
 from .runtime.throwaway_host import ForkCell, cell_observation, run_in_fork
 from .sync import SyncKernelEnv
+from .tasks.fork_grading import WarmGraders
 from .tasks.library import answer_key_dirs, as_library, default_library
 from .tasks.run import add_task_fields, grade_run, start_task, submit_review
 from .tools.registry import ToolRegistry
@@ -149,6 +150,7 @@ class KernelEnv:
         self._episode: Episode | None = None
         self._recorded: OrderedDict[str, CodeObservation] = OrderedDict()
         self._lock: asyncio.Lock | None = None
+        self._graders: WarmGraders | None = None
         self._closed = False
         # Called with the children of every fork() before they are returned (a server files
         # them as sessions of their own); raising closes them and fails the fork.
@@ -428,6 +430,8 @@ class KernelEnv:
         with anyio.CancelScope(shield=True):  # also when the caller is being cancelled
             await self._stop_running_step()
             self._release_kernel()
+            if self._graders is not None:
+                await self._graders.aclose()
         if self._tool_bridge is not None:
             await self._tool_bridge.aclose()
         if self.journal is not None and self._episode is not None:
@@ -453,10 +457,13 @@ class KernelEnv:
         return notebook
 
     async def grade(self) -> Grade:
-        """Grade the current task episode, in fresh kernels of the pool (never the live one).
+        """Grade the current task episode, never in the live kernel.
 
-        Code tasks are graded by replaying the episode's steps; pr_review tasks by their last
-        submitted review. Also sets ``state.last_score``.
+        Code tasks are graded by replaying the episode's steps in a throwaway fork of a warm
+        kernel, and judged in a fork of a second warm kernel no attempt reaches (see
+        :mod:`kernelenv.tasks.fork_grading`; the env keeps both from the pool until it
+        closes); tasks with a host-side service in fresh kernels of the pool. pr_review tasks
+        are graded by their last submitted review. Also sets ``state.last_score``.
 
         Raises:
             ResetNeeded: there is no episode, or it was not started with a ``task_id``.
@@ -467,7 +474,11 @@ class KernelEnv:
             raise ResetNeeded("grade() needs an episode started with reset(task_id=...)")
         async with self._step_lock():
             prelude = _seed_code(episode.seed) if episode.seed is not None else ""
-            grade = await grade_run(self.pool, episode.task, list(episode.steps), prelude)
+            if self._graders is None:  # kept for the env's life: they never run attempt code
+                self._graders = WarmGraders(self.pool)
+            grade = await grade_run(
+                self.pool, episode.task, list(episode.steps), prelude, graders=self._graders
+            )
             episode.state.last_score = grade.score
             return grade
 

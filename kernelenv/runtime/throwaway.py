@@ -48,7 +48,7 @@ _PIPE_CHUNK = 1 << 16
 _dumps = json.dumps
 
 
-def run(spec_json: str) -> str:
+def run(spec_json: str) -> _Raw:
     """Run the cells of ``spec_json`` in a throwaway fork; return what happened as JSON text.
 
     The spec: ``cells`` (each ``code``, ``timeout_s``, ``silent``, ``capture`` and
@@ -62,7 +62,7 @@ def run(spec_json: str) -> str:
     spec = json.loads(spec_json)
     problem = fork_problem()
     if problem is not None:
-        return _dumps({"refused": problem})
+        return _Raw(_dumps({"refused": problem}))
     cells = spec["cells"]
     max_output = int(spec["max_output_bytes"])
     copy_dir = _copy_target(spec.get("work_dir"))
@@ -78,7 +78,7 @@ def run(spec_json: str) -> str:
             os.close(fd)
         if copy_dir is not None:
             shutil.rmtree(copy_dir[0], ignore_errors=True)
-        return _dumps({"refused": f"this kernel cannot fork now: {exc.strerror}"})
+        return _Raw(_dumps({"refused": f"this kernel cannot fork now: {exc.strerror}"}))
     if pid == 0:  # -- the child: never returns --
         code = 1
         try:
@@ -102,7 +102,18 @@ def run(spec_json: str) -> str:
         _kill_group(pid)
         if copy_dir is not None:
             shutil.rmtree(copy_dir[0], ignore_errors=True)
-    return _dumps(report)
+    return _Raw(_dumps(report))  # ASCII: no character the pretty printer splits lines at
+
+
+class _Raw:
+    """A text whose repr is itself: the reply's ``text/plain`` is the JSON, not a Python
+    literal of it (which would escape every backslash and quote again)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 def _copy_target(work_dir: str | None) -> tuple[str, str] | None:
@@ -132,7 +143,7 @@ def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict
     for fd in (result_r, out_r, err_r, pidfd):
         poller.register(fd, select.POLLIN)
     limit = 2 * max_output + _SLACK_BYTES + 8 * 1024 * 1024  # the answer may be up to ~4 MB
-    lines: list[str] = []
+    items: list[dict] = []
     kept = 0
     pending = b""
     fd_output = {"stdout": [], "stderr": []}
@@ -191,14 +202,20 @@ def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict
                         killed_in = current
                         _kill_group(pid)
                         break
-                    line = raw.decode("utf-8", "replace")
-                    lines.append(line)
-                    if line.startswith('{"start":'):
-                        current = _index(line, "start")
-                        if current is None or not 0 <= current < len(cells):
-                            continue  # not ours (attempt code can write to the pipe)
+                    try:
+                        item = json.loads(raw)
+                    except ValueError:
+                        continue  # not ours (attempt code can write to the pipe)
+                    if not isinstance(item, dict):
+                        continue
+                    items.append(item)
+                    if "start" in item:
+                        current = item["start"]
+                        if not isinstance(current, int) or not 0 <= current < len(cells):
+                            current = None
+                            continue
                         deadline = time.monotonic() + float(cells[current]["timeout_s"])
-                    elif line.startswith('{"end":'):
+                    elif "end" in item:
                         # Between cells, and for the read at the end, the harness runs: bounded
                         # by the last cell's budget (an answer whose encoding never ends).
                         current = None
@@ -211,7 +228,7 @@ def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict
         os.close(pidfd)
     _, status = os.waitpid(pid, 0)
     return {
-        "lines": lines,
+        "items": items,
         "exit_code": os.waitstatus_to_exitcode(status),
         "interrupted": sorted(interrupted),
         "killed_in": killed_in,
@@ -219,14 +236,6 @@ def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict
         "fd_output": {k: b"".join(v).decode("utf-8", "replace") for k, v in fd_output.items()},
         "fd_output_dropped": fd_bytes > max_output,
     }
-
-
-def _index(line: str, key: str) -> int | None:
-    try:
-        value = json.loads(line)[key]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return value if isinstance(value, int) else None
 
 
 def _signal(pid: int, signum: int) -> None:

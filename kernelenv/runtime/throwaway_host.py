@@ -7,7 +7,6 @@ the cells with IPython's shell and exits; the kernel, its variables and its file
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import signal
@@ -119,8 +118,8 @@ async def run_in_fork(
         # The kernel could not even start the fork (its own modules broken by earlier steps).
         return ForkRun(refused=f"{reply.get('ename')}: {reply.get('evalue')}")
     try:
-        report = json.loads(ast.literal_eval(reply["data"]["text/plain"]))
-    except (KeyError, ValueError, SyntaxError, TypeError) as exc:
+        report = json.loads(reply["data"]["text/plain"])
+    except (KeyError, ValueError, TypeError) as exc:
         return ForkRun(refused=f"the kernel's answer could not be read ({exc})")
     return parse_report(report)
 
@@ -139,11 +138,7 @@ def parse_report(report: dict[str, Any]) -> ForkRun:
         fd_output_dropped=bool(report.get("fd_output_dropped")),
     )
     current: int | None = None
-    for line in report.get("lines") or []:
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
+    for item in report.get("items") or []:
         if not isinstance(item, dict):
             continue
         if isinstance(item.get("start"), int):

@@ -28,6 +28,7 @@ from ..errors import DatasetFormatError, KernelEnvError
 from ..models import CodeAction
 from ..runtime.pool import KernelPool
 from ..sandbox.config import SandboxConfig
+from .fork_grading import WarmGraders, forkable
 from .format import Task
 from .importers import read_records
 from .library import TaskLibrary, answer_key_dirs
@@ -215,6 +216,37 @@ async def grade_completion(
     )
 
 
+async def grade_completion_in_forks(
+    graders: WarmGraders, task: Task, completion: Completion
+) -> AttemptResult:
+    """Grade one completion in throwaway forks of ``graders``' warm kernels: the same row as
+    :func:`grade_completion` gives (see :mod:`kernelenv.tasks.fork_grading`)."""
+    started = time.monotonic()
+    try:
+        observation, grade = await graders.run_completion(
+            task, attempt_code(task, completion.completion), timeout_s=task.limits.step_timeout_s
+        )
+        status, score, passed, feedback = (
+            observation.status.value, grade.score, grade.passed, grade.feedback
+        )
+        if observation.error is not None and not passed:
+            error = observation.error
+            feedback = f"the completion raised {error.ename}: {error.evalue}. {feedback}"
+    except KernelEnvError as exc:
+        status, score, passed = "infrastructure_error", 0.0, False
+        feedback = f"{type(exc).__name__}: {exc}"
+    return AttemptResult(
+        index=completion.index,
+        task_id=completion.task_id,
+        library_task_id=task.id,
+        passed=passed,
+        score=score,
+        status=status,
+        feedback=feedback,
+        duration_s=time.monotonic() - started,
+    )
+
+
 async def evaluate(
     completions: Iterable[Completion | dict[str, Any]] | str | os.PathLike[str],
     *,
@@ -225,8 +257,15 @@ async def evaluate(
     out: str | os.PathLike[str] | None = None,
     notebooks: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    forks: bool = True,
 ) -> EvalReport:
-    """Grade completions, ``workers`` at a time, each in its own fresh episode.
+    """Grade completions, ``workers`` at a time.
+
+    Each worker keeps two warm kernels and grades each completion in throwaway forks of them
+    (see :mod:`kernelenv.tasks.fork_grading`); a task with a host-side service, or any
+    completion when ``notebooks`` are asked for, runs as a fresh episode graded in fresh
+    kernels (three kernels a completion, also what ``forks=False`` does for all). Both give the
+    same rows.
 
     Example:
         >>> report = await evaluate("samples.jsonl", library="humaneval_tasks/", workers=4)
@@ -242,6 +281,8 @@ async def evaluate(
         out: A JSON-lines file receiving each result as it is graded.
         notebooks: A folder receiving each attempt as a notebook.
         progress: Show a progress bar (on stderr).
+        forks: Grade in throwaway forks of warm kernels (False: a fresh episode and two fresh
+            grading kernels per completion, the slower path kept for comparison).
 
     Raises:
         DatasetFormatError: the completions file is malformed.
@@ -266,12 +307,15 @@ async def evaluate(
     started = time.monotonic()
     sink = open(out, "w", encoding="utf-8") if out is not None else None  # noqa: SIM115
     bar = tqdm(total=len(items), desc="grading", unit="attempt", disable=not progress)
-    limiter = anyio.CapacityLimiter(workers)
+    queue = iter(range(len(items)))
 
-    async def one(position: int, shared: KernelPool) -> None:
-        async with limiter:
+    async def one(position: int, shared: KernelPool, graders: WarmGraders) -> None:
+        task = tasks[position]
+        if forks and notebook_dir is None and forkable(task):
+            result = await grade_completion_in_forks(graders, task, items[position])
+        else:
             result = await grade_completion(
-                shared, library, tasks[position], items[position], notebooks=notebook_dir
+                shared, library, task, items[position], notebooks=notebook_dir
             )
         results[position] = result
         if sink is not None:
@@ -280,10 +324,19 @@ async def evaluate(
         bar.update(1)
         bar.set_postfix(passed=sum(bool(r and r.passed) for r in results))
 
+    async def worker(shared: KernelPool) -> None:
+        graders = WarmGraders(shared)
+        try:
+            for position in queue:  # shared: each completion goes to one worker
+                await one(position, shared, graders)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await graders.aclose()
+
     async def run_all(shared: KernelPool) -> None:
         async with anyio.create_task_group() as group:
-            for position in range(len(items)):
-                group.start_soon(one, position, shared)
+            for _ in range(min(workers, len(items)) or 1):
+                group.start_soon(worker, shared)
 
     try:
         if pool is not None:
