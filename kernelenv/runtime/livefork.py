@@ -75,6 +75,9 @@ def fork_problem() -> str | None:
     """Why this kernel cannot be forked faithfully right now, or None."""
     from ipykernel.kernelapp import IPKernelApp
 
+    throwaway = sys.modules.get("kernelenv.runtime.throwaway")
+    if throwaway is not None:  # throwaway children that answered and are exiting
+        throwaway.reap_exiting()
     app = IPKernelApp.instance()
     known = {threading.main_thread()}
     for t in (app.control_thread, app.shell_channel_thread, app.heartbeat, app.poller):

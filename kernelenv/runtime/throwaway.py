@@ -17,7 +17,10 @@ Lines the child writes (each a JSON object):
 - ``{"o": {"msg_type": ..., "content": ...}}``: an output message of a captured cell;
 - ``{"read": text}`` or ``{"read_error": {"ename", "evalue"}}``: the value of the ``read``
   expression after the cells, as JSON text (a grade's answer);
-- ``{"dropped": true}``: captured output past the byte cap was dropped.
+- ``{"dropped": true}``: captured output past the byte cap was dropped;
+- ``{"done": true}``: all is sent. This kernel answers at once and kills the child, which it
+  reaps before its next fork: unmapping the child's copy of a large memory takes milliseconds
+  that need not be waited for.
 
 Attempt code runs in the child and can write anything to the pipe: the host treats what
 comes back as the attempt's claims (its outputs, its answer), never as a verdict.
@@ -60,6 +63,7 @@ def run(spec_json: str) -> _Raw:
     from .livefork import fork_problem
 
     spec = json.loads(spec_json)
+    reap_exiting()
     problem = fork_problem()
     if problem is not None:
         return _Raw(_dumps({"refused": problem}))
@@ -96,6 +100,9 @@ def run(spec_json: str) -> _Raw:
         pass
     try:
         report = _supervise(pid, result_r, out_r, err_r, cells, max_output, float(spec["grace_s"]))
+    except BaseException:  # an interrupt of this kernel: the child goes too, reaped later
+        _EXITING.append(pid)
+        raise
     finally:
         for fd in (result_r, out_r, err_r):
             os.close(fd)
@@ -114,6 +121,20 @@ class _Raw:
 
     def __repr__(self) -> str:
         return self.text
+
+
+# Throwaway children that answered and are still exiting (killed, not yet reaped).
+_EXITING: list[int] = []
+
+
+def reap_exiting() -> None:
+    """Wait for the throwaway children still exiting (a fork must not see them as children)."""
+    while _EXITING:
+        pid = _EXITING.pop()
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def _copy_target(work_dir: str | None) -> tuple[str, str] | None:
@@ -155,9 +176,9 @@ def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict
     killed_in: int | None = None
     overflow = False
     open_fds = {result_r, out_r, err_r}
-    exited = False
+    exited = done = False
     try:
-        while not exited or result_r in open_fds:
+        while not done and (not exited or result_r in open_fds):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 if current is not None and current not in interrupted:
@@ -215,6 +236,8 @@ def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict
                             current = None
                             continue
                         deadline = time.monotonic() + float(cells[current]["timeout_s"])
+                    elif item.get("done") is True:
+                        done = True
                     elif "end" in item:
                         # Between cells, and for the read at the end, the harness runs: bounded
                         # by the last cell's budget (an answer whose encoding never ends).
@@ -224,12 +247,28 @@ def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict
                     pending = b""
                     poller.unregister(result_r)
                     open_fds.discard(result_r)
+        if done:  # what subprocesses wrote is in the pipes already: take it
+            while events := [e for e in poller.poll(0) if e[0] in (out_r, err_r)]:
+                for fd, _ in events:
+                    chunk = os.read(fd, _PIPE_CHUNK)
+                    if not chunk:
+                        poller.unregister(fd)
+                        continue
+                    name = "stdout" if fd == out_r else "stderr"
+                    room = max_output + 1 - fd_bytes
+                    if room > 0:
+                        fd_output[name].append(chunk[:room])
+                    fd_bytes += len(chunk)
     finally:
         os.close(pidfd)
-    _, status = os.waitpid(pid, 0)
+    if done:  # its exit (unmapping its copy of the memory) is not waited for: reaped later
+        exit_code = 0
+        _EXITING.append(pid)
+    else:
+        exit_code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     return {
         "items": items,
-        "exit_code": os.waitstatus_to_exitcode(status),
+        "exit_code": exit_code,
         "interrupted": sorted(interrupted),
         "killed_in": killed_in,
         "overflow": overflow,
@@ -407,7 +446,12 @@ def _child(spec: dict, cells: list[dict], max_output: int, result_w: int, out_w:
     if copy_dir is not None:
         folder, relative = copy_dir
         work = os.path.join(folder, "w")
-        shutil.copytree(spec["work_dir"], work, symlinks=True)
+        with os.scandir(spec["work_dir"]) as entries:
+            empty = next(entries, None) is None
+        if empty:  # the usual case for grading: nothing to copy
+            os.mkdir(work)
+        else:
+            shutil.copytree(spec["work_dir"], work, symlinks=True)
         os.chdir(os.path.normpath(os.path.join(work, relative)))
     shell = get_ipython()
     for number, cell in enumerate(cells):
@@ -446,6 +490,7 @@ def _child(spec: dict, cells: list[dict], max_output: int, result_w: int, out_w:
             pipe.line({"read": text})
         except Exception as exc:  # noqa: BLE001 - reported as "missing or not JSON data"
             pipe.line({"read_error": {"ename": type(exc).__name__, "evalue": str(exc)}})
+    pipe.line({"done": True})  # the parent answers now, while this process is torn down
     return 0
 
 
