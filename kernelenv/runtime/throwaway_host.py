@@ -93,35 +93,63 @@ async def run_in_fork(
     Never raises for what the cells do; a kernel that died or stopped answering is reported
     (``kernel_lost``) and must be replaced by the caller.
     """
-    spec = {
-        "cells": [
-            {"code": c.code, "timeout_s": c.timeout_s, "silent": c.silent, "capture": c.capture,
-             "stop_on": list(c.stop_on)}
-            for c in cells
-        ],
-        "read": read,
-        "max_output_bytes": max_output_bytes,
-        "grace_s": grace_s,
-        "work_dir": str(work_dir) if work_dir is not None else None,
-    }  # fmt: skip
+    (run,) = await run_batch_in_forks(
+        kernel, [(cells, read)], max_output_bytes=max_output_bytes, grace_s=grace_s,
+        work_dir=work_dir,
+    )  # fmt: skip
+    return run
+
+
+async def run_batch_in_forks(
+    kernel: Any,
+    batch: list[tuple[list[ForkCell], str | None]],
+    *,
+    max_output_bytes: int,
+    grace_s: float,
+    work_dir: Path | None = None,
+) -> list[ForkRun]:
+    """Run each ``(cells, read)`` of ``batch`` in a throwaway fork of its own, one after the
+    other, in one request to the kernel (as :func:`run_in_fork` each). A kernel lost on the way
+    loses the whole batch: every run says ``kernel_lost``."""
+    specs = [
+        {
+            "cells": [
+                {"code": c.code, "timeout_s": c.timeout_s, "silent": c.silent,
+                 "capture": c.capture, "stop_on": list(c.stop_on)}
+                for c in cells
+            ],
+            "read": read,
+            "max_output_bytes": max_output_bytes,
+            "grace_s": grace_s,
+            "work_dir": str(work_dir) if work_dir is not None else None,
+        }
+        for cells, read in batch
+    ]  # fmt: skip
+    single = len(specs) == 1
     expression = (
-        "__import__('kernelenv.runtime.throwaway', fromlist=['run']).run("
-        f"{json.dumps(spec)!r})"
+        f"__import__('kernelenv.runtime.throwaway', fromlist=['run']).run"
+        f"{'' if single else '_batch'}({json.dumps(specs[0] if single else specs)!r})"
     )
-    budget = sum(c.timeout_s for c in cells) + (len(cells) + 2) * grace_s + EVALUATE_MARGIN_S
+    budget = EVALUATE_MARGIN_S + sum(
+        sum(c.timeout_s for c in cells) + (len(cells) + 2) * grace_s for cells, _ in batch
+    )
     try:
         reply = await kernel.evaluate(expression, timeout_s=budget)
     except KernelCommunicationError as exc:
         log.info("kernel %s lost during a throwaway: %s", kernel.kernel_id, exc)
-        return ForkRun(kernel_lost=True, exit_code=kernel.exit_code())
+        return [ForkRun(kernel_lost=True, exit_code=kernel.exit_code()) for _ in batch]
     if reply.get("status") != "ok":
         # The kernel could not even start the fork (its own modules broken by earlier steps).
-        return ForkRun(refused=f"{reply.get('ename')}: {reply.get('evalue')}")
+        return [ForkRun(refused=f"{reply.get('ename')}: {reply.get('evalue')}") for _ in batch]
     try:
         report = json.loads(reply["data"]["text/plain"])
+        reports = [report] if single else list(report["batch"])
+        if len(reports) != len(batch):
+            raise ValueError(f"{len(reports)} reports for {len(batch)} runs")
     except (KeyError, ValueError, TypeError) as exc:
-        return ForkRun(refused=f"the kernel's answer could not be read ({exc})")
-    return parse_report(report)
+        why = f"the kernel's answer could not be read ({exc})"
+        return [ForkRun(refused=why) for _ in batch]
+    return [parse_report(r if isinstance(r, dict) else {}) for r in reports]
 
 
 def parse_report(report: dict[str, Any]) -> ForkRun:

@@ -10,6 +10,7 @@ the task's step budget; code that kills its kernel (``os._exit``, a segfault) fa
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import math
 import os
@@ -34,6 +35,8 @@ from .importers import read_records
 from .library import TaskLibrary, answer_key_dirs
 
 MAX_COMPLETION_CHARS = 200_000
+# The most completions a worker grades in one request to its warm kernels.
+BATCH_SIZE = 8
 
 
 class Completion(BaseModel):
@@ -216,35 +219,39 @@ async def grade_completion(
     )
 
 
-async def grade_completion_in_forks(
-    graders: WarmGraders, task: Task, completion: Completion
-) -> AttemptResult:
-    """Grade one completion in throwaway forks of ``graders``' warm kernels: the same row as
-    :func:`grade_completion` gives (see :mod:`kernelenv.tasks.fork_grading`)."""
+async def grade_completions_in_forks(
+    graders: WarmGraders, tasks: Sequence[Task], completions: Sequence[Completion]
+) -> list[AttemptResult]:
+    """Grade completions in throwaway forks of ``graders``' warm kernels, all in one request to
+    each: the rows :func:`grade_completion` gives (see :mod:`kernelenv.tasks.fork_grading`).
+    Each row's ``duration_s`` is its share of the batch's time."""
     started = time.monotonic()
     try:
-        observation, grade = await graders.run_completion(
-            task, attempt_code(task, completion.completion), timeout_s=task.limits.step_timeout_s
-        )
-        status, score, passed, feedback = (
-            observation.status.value, grade.score, grade.passed, grade.feedback
-        )
-        if observation.error is not None and not passed:
-            error = observation.error
-            feedback = f"the completion raised {error.ename}: {error.evalue}. {feedback}"
+        graded = await graders.run_completions([
+            (task, attempt_code(task, completion.completion), task.limits.step_timeout_s)
+            for task, completion in zip(tasks, completions)
+        ])  # fmt: skip
     except KernelEnvError as exc:
-        status, score, passed = "infrastructure_error", 0.0, False
         feedback = f"{type(exc).__name__}: {exc}"
-    return AttemptResult(
-        index=completion.index,
-        task_id=completion.task_id,
-        library_task_id=task.id,
-        passed=passed,
-        score=score,
-        status=status,
-        feedback=feedback,
-        duration_s=time.monotonic() - started,
-    )
+        graded = [None] * len(completions)
+    share = (time.monotonic() - started) / max(1, len(completions))
+    results = []
+    for task, completion, outcome in zip(tasks, completions, graded):
+        if outcome is None:
+            status, score, passed = "infrastructure_error", 0.0, False
+        else:
+            observation, grade = outcome
+            status, score, passed, feedback = (
+                observation.status.value, grade.score, grade.passed, grade.feedback
+            )
+            if observation.error is not None and not passed:
+                error = observation.error
+                feedback = f"the completion raised {error.ename}: {error.evalue}. {feedback}"
+        results.append(AttemptResult(
+            index=completion.index, task_id=completion.task_id, library_task_id=task.id,
+            passed=passed, score=score, status=status, feedback=feedback, duration_s=share,
+        ))  # fmt: skip
+    return results
 
 
 async def evaluate(
@@ -308,15 +315,11 @@ async def evaluate(
     sink = open(out, "w", encoding="utf-8") if out is not None else None  # noqa: SIM115
     bar = tqdm(total=len(items), desc="grading", unit="attempt", disable=not progress)
     queue = iter(range(len(items)))
+    # Completions a worker sends its warm kernels in one request: fewer round trips, and a
+    # batch is small enough that the workers stay busy to the end.
+    batch_size = max(1, min(BATCH_SIZE, len(items) // (2 * workers)))
 
-    async def one(position: int, shared: KernelPool, graders: WarmGraders) -> None:
-        task = tasks[position]
-        if forks and notebook_dir is None and forkable(task):
-            result = await grade_completion_in_forks(graders, task, items[position])
-        else:
-            result = await grade_completion(
-                shared, library, task, items[position], notebooks=notebook_dir
-            )
+    def done(position: int, result: AttemptResult) -> None:
         results[position] = result
         if sink is not None:
             sink.write(result.model_dump_json() + "\n")
@@ -327,8 +330,22 @@ async def evaluate(
     async def worker(shared: KernelPool) -> None:
         graders = WarmGraders(shared)
         try:
-            for position in queue:  # shared: each completion goes to one worker
-                await one(position, shared, graders)
+            # The queue is shared: each completion goes to one worker.
+            while batch := list(itertools.islice(queue, batch_size)):
+                forked = [p for p in batch
+                          if forks and notebook_dir is None and forkable(tasks[p])]  # fmt: skip
+                if forked:
+                    rows = await grade_completions_in_forks(
+                        graders, [tasks[p] for p in forked], [items[p] for p in forked]
+                    )
+                    for position, row in zip(forked, rows):
+                        done(position, row)
+                for position in batch:
+                    if position not in forked:
+                        done(position, await grade_completion(
+                            shared, library, tasks[position], items[position],
+                            notebooks=notebook_dir,
+                        ))  # fmt: skip
         finally:
             with anyio.CancelScope(shield=True):
                 await graders.aclose()

@@ -30,7 +30,7 @@ from ..models import CodeObservation, ErrorInfo, StepStatus
 from ..runtime.kernel import Kernel
 from ..runtime.outputs import DEFAULT_MAX_OUTPUT_BYTES
 from ..runtime.pool import KernelPool
-from ..runtime.throwaway_host import ForkCell, ForkRun, cell_observation, run_in_fork
+from ..runtime.throwaway_host import ForkCell, ForkRun, cell_observation, run_batch_in_forks
 from .format import Task
 from .grading import MAX_ANSWER_CHARS, Grade, _GradeDict
 
@@ -77,17 +77,22 @@ class WarmGraders:
             setattr(self, which, kernel)
         return kernel
 
-    async def _fork(self, which: str, cells: list[ForkCell], read: str,
-                    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> ForkRun:  # fmt: skip
+    async def _fork(self, which: str, cells: list[ForkCell], read: str) -> ForkRun:
+        (run,) = await self._fork_batch(which, [(cells, read)])
+        return run
+
+    async def _fork_batch(
+        self, which: str, batch: list[tuple[list[ForkCell], str | None]]
+    ) -> list[ForkRun]:
         kernel = await self._warm(which)
-        run = await run_in_fork(
-            kernel, cells, read=read, max_output_bytes=max_output_bytes, grace_s=GRACE_S,
+        runs = await run_batch_in_forks(
+            kernel, batch, max_output_bytes=DEFAULT_MAX_OUTPUT_BYTES, grace_s=GRACE_S,
             work_dir=kernel.work_dir,
         )  # fmt: skip
-        if run.kernel_lost:  # an attempt killed its parent: the next use gets a fresh one
+        if any(run.kernel_lost for run in runs):  # an attempt killed its parent: replace it
             self.pool.release(kernel)
             setattr(self, which, None)
-        return run
+        return runs
 
     # -- attempts -------------------------------------------------------------------------
 
@@ -120,60 +125,113 @@ class WarmGraders:
         The step runs once: its state is collected in the same fork, unless it timed out or
         crashed, which a replay would skip (then a second fork collects from the setup alone).
         """
-        hidden = _hidden_cells(task, (task.setup, "setup"))
-        step = ForkCell(code, timeout_s, capture=True, stop_on=("timeout",))
-        collect = ForkCell(task.collect, task.limits.grade_timeout_s, stop_on=_HIDDEN_STOPS)
-        cells = [c for c, _ in hidden] + [step, collect]
-        names = [name for _, name in hidden]
-        run = await self._fork("_attempt", cells, "answer")
-        if any(i not in run.ends or run.ends[i].status != "ok" for i in range(len(hidden))):
-            # The setup itself failed: as a reset would have (a broken task, not the attempt).
-            answer, problem = _answer_of(run, task, names, 1)
-            observation = CodeObservation(status=StepStatus.ABORTED, stderr=problem or "")
-            return observation, Grade.failed(task, problem or "the setup failed")
-        observation = cell_observation(
-            run, len(hidden), timeout_s=timeout_s, max_output_bytes=DEFAULT_MAX_OUTPUT_BYTES,
-            episode_wording=True,
-        )  # fmt: skip
-        if observation.status in NOT_REPLAYED:
-            run = await self._fork("_attempt", [c for c, _ in hidden] + [collect], "answer")
-            answer, problem = _answer_of(run, task, names, 0)
-        else:
-            answer, problem = _answer_of(run, task, names, 1)
-        if problem is not None:
-            return observation, Grade.failed(task, problem)
-        return observation, await self.grade_answer(task, answer)
+        (result,) = await self.run_completions([(task, code, timeout_s)])
+        return result
+
+    async def run_completions(
+        self, attempts: Sequence[tuple[Task, str, float]]
+    ) -> list[tuple[CodeObservation, Grade]]:
+        """:meth:`run_completion` for several ``(task, code, timeout_s)`` at once: one request
+        to each warm kernel for all of them (each still in a fork of its own). An attempt that
+        kills the warm kernel costs the others nothing: they are graded again one by one."""
+        plans = []
+        for task, code, timeout_s in attempts:
+            hidden = _hidden_cells(task, (task.setup, "setup"))
+            step = ForkCell(code, timeout_s, capture=True, stop_on=("timeout",))
+            collect = ForkCell(task.collect, task.limits.grade_timeout_s, stop_on=_HIDDEN_STOPS)
+            plans.append((task, timeout_s, hidden, step, collect))
+        runs = await self._fork_batch(
+            "_attempt", [([c for c, _ in h] + [s, c], "answer") for _, _, h, s, c in plans]
+        )
+        if len(attempts) > 1 and any(run.kernel_lost for run in runs):
+            return [(await self.run_completions([attempt]))[0] for attempt in attempts]
+        observations: list[CodeObservation] = []
+        answers: list[tuple[Any, str | None]] = []
+        rerun: list[int] = []
+        for index, ((task, timeout_s, hidden, _, _), run) in enumerate(zip(plans, runs)):
+            names = [name for _, name in hidden]
+            if not run.kernel_lost and any(
+                i not in run.ends or run.ends[i].status != "ok" for i in range(len(hidden))
+            ):
+                # The setup itself failed: as a reset would have (a broken task).
+                _, problem = _answer_of(run, task, names, 1)
+                observations.append(
+                    CodeObservation(status=StepStatus.ABORTED, stderr=problem or "")
+                )
+                answers.append((None, problem or "the setup failed"))
+                continue
+            observation = cell_observation(
+                run, len(hidden), timeout_s=timeout_s, max_output_bytes=DEFAULT_MAX_OUTPUT_BYTES,
+                episode_wording=True,
+            )  # fmt: skip
+            observations.append(observation)
+            if observation.status in NOT_REPLAYED and not run.kernel_lost:
+                rerun.append(index)
+                answers.append((None, None))
+            else:
+                answers.append(_answer_of(run, task, names, 1))
+        if rerun:  # collected from the setup alone: no attempt code runs in these forks
+            reruns = await self._fork_batch(
+                "_attempt",
+                [([c for c, _ in plans[i][2]] + [plans[i][4]], "answer") for i in rerun],
+            )
+            for index, run in zip(rerun, reruns):
+                task, _, hidden, _, _ = plans[index]
+                answers[index] = _answer_of(run, task, [name for _, name in hidden], 0)
+        to_grade = [i for i, (_, problem) in enumerate(answers) if problem is None]
+        grades = await self.grade_answers([(plans[i][0], answers[i][0]) for i in to_grade])
+        graded = dict(zip(to_grade, grades))
+        return [
+            (observation, graded.get(i) or Grade.failed(plans[i][0], answers[i][1] or ""))
+            for i, observation in enumerate(observations)
+        ]
 
     # -- grades ---------------------------------------------------------------------------
 
     async def grade_answer(self, task: Task, answer: Any) -> Grade:
         """Run the task's hidden grader on ``answer`` (JSON data) in a fork of the grader kernel,
         which never ran attempt code."""
-        payload = json.dumps(answer)
-        load = f"import json as _json\nanswer = _json.loads({payload!r})\ndel _json"
-        hidden = _hidden_cells(
-            task, (task.setup, "setup"), (task.service, "service"),
-            (load + "\n" + task.grader, "grader"),
-        )  # fmt: skip
-        run = await self._fork("_grader", [c for c, _ in hidden], "grade")
-        names = [name for _, name in hidden]
-        problem = _hidden_problem(run, names, task.limits.grade_timeout_s)
-        if problem is not None:
-            return Grade.failed(task, f"grading failed: {problem}")
-        value, problem = _read(run, "grade")
-        if problem is not None:
-            return Grade.failed(task, f"the grader left no grade: {problem}")
-        try:
-            result = _GradeDict.model_validate(value)
-        except ValidationError as exc:
-            return Grade.failed(task, f"the grader left an invalid grade: {exc}")
-        return Grade(
-            task_id=task.id,
-            score=result.score,
-            passed=result.score >= task.pass_score,
-            feedback=result.feedback,
-            components=result.components,
-        )
+        (grade,) = await self.grade_answers([(task, answer)])
+        return grade
+
+    async def grade_answers(self, answers: Sequence[tuple[Task, Any]]) -> list[Grade]:
+        """:meth:`grade_answer` for several ``(task, answer)``, in one request (a fork each)."""
+        if not answers:
+            return []
+        plans = []
+        for task, answer in answers:
+            payload = json.dumps(answer)
+            load = f"import json as _json\nanswer = _json.loads({payload!r})\ndel _json"
+            plans.append(_hidden_cells(
+                task, (task.setup, "setup"), (task.service, "service"),
+                (load + "\n" + task.grader, "grader"),
+            ))  # fmt: skip
+        runs = await self._fork_batch("_grader", [([c for c, _ in h], "grade") for h in plans])
+        return [
+            _grade_of(run, task, [name for _, name in hidden])
+            for (task, _), hidden, run in zip(answers, plans, runs)
+        ]
+
+
+def _grade_of(run: ForkRun, task: Task, names: list[str]) -> Grade:
+    """The grade a grader fork left (as the three-kernel path reads it)."""
+    problem = _hidden_problem(run, names, task.limits.grade_timeout_s)
+    if problem is not None:
+        return Grade.failed(task, f"grading failed: {problem}")
+    value, problem = _read(run, "grade")
+    if problem is not None:
+        return Grade.failed(task, f"the grader left no grade: {problem}")
+    try:
+        result = _GradeDict.model_validate(value)
+    except ValidationError as exc:
+        return Grade.failed(task, f"the grader left an invalid grade: {exc}")
+    return Grade(
+        task_id=task.id,
+        score=result.score,
+        passed=result.score >= task.pass_score,
+        feedback=result.feedback,
+        components=result.components,
+    )
 
 
 def _hidden_cells(task: Task, *parts: tuple[str, str]) -> list[tuple[ForkCell, str]]:
@@ -211,6 +269,8 @@ def _answer_of(
     run: ForkRun, task: Task, hidden: list[str], steps: int
 ) -> tuple[Any, str | None]:
     """The attempt's answer from a fork that ran ``hidden`` cells, ``steps`` steps and collect."""
+    if run.kernel_lost:
+        return None, "the kernel died while replaying the attempt; nothing to grade"
     problem = _hidden_problem(run, hidden, task.limits.grade_timeout_s)
     if problem is not None:
         return None, problem

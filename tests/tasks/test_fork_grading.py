@@ -80,3 +80,13 @@ async def test_env_grade_keeps_its_warm_kernels_and_grades_a_seeded_episode():
         again = await env.grade()
         assert env._graders._attempt is attempt
         assert first.score == again.score == 1.0
+
+
+async def test_an_attempt_that_kills_the_warm_kernel_fails_alone_in_its_batch(imported_library):
+    killer = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
+    right = "    return a + b\n"
+    items = [{"task_id": "HumanEval/0", "completion": c} for c in (right, killer, right, right)]
+    async with KernelPool(size=2) as pool:
+        report = await evaluate(items, library=imported_library, workers=1, pool=pool)
+    assert [r.passed for r in report.results] == [True, False, True, True]
+    assert report.results[1].status == "kernel_died"
