@@ -35,7 +35,7 @@ from .runtime.outputs import DEFAULT_MAX_OUTPUT_BYTES, NOTEBOOK_STATE_TRUNCATED_
 from .runtime.pool import KernelPool
 from .runtime.sizes import held_bytes
 from .runtime.streaming import OutputSink, StepStream, run_streamed
-from .runtime.throwaway_host import ForkCell, cell_observation, run_in_fork
+from .runtime.throwaway_host import ForkCell, ForkRun, cell_observation, run_in_fork
 from .sync import SyncKernelEnv
 from .tasks.fork_grading import WarmGraders
 from .tasks.library import answer_key_dirs, as_library, default_library
@@ -395,13 +395,16 @@ class KernelEnv:
             kernel = self._kernel
             loop = asyncio.get_running_loop()
             started_at = loop.time()
-            run = await run_in_fork(
-                kernel,
-                [ForkCell(action.code, budget, capture=True)],
-                max_output_bytes=self.max_output_bytes,
-                grace_s=self.interrupt_grace_s,
-                work_dir=kernel.work_dir,
-            )
+            if isinstance(kernel, Kernel):
+                run = await run_in_fork(
+                    kernel,
+                    [ForkCell(action.code, budget, capture=True)],
+                    max_output_bytes=self.max_output_bytes,
+                    grace_s=self.interrupt_grace_s,
+                    work_dir=kernel.work_dir,
+                )
+            else:  # a kernel on a Ray actor: the host cannot ask it to fork
+                run = ForkRun(refused="throwaway steps need a local kernel (this one is on Ray)")
             observation = cell_observation(
                 run, 0, timeout_s=budget, max_output_bytes=self.max_output_bytes
             )
@@ -474,7 +477,8 @@ class KernelEnv:
             raise ResetNeeded("grade() needs an episode started with reset(task_id=...)")
         async with self._step_lock():
             prelude = _seed_code(episode.seed) if episode.seed is not None else ""
-            if self._graders is None:  # kept for the env's life: they never run attempt code
+            # Kept for the env's life (they never run attempt code); forks need local kernels.
+            if self._graders is None and isinstance(self.pool, KernelPool):
                 self._graders = WarmGraders(self.pool)
             grade = await grade_run(
                 self.pool, episode.task, list(episode.steps), prelude, graders=self._graders

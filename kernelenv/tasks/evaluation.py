@@ -332,8 +332,8 @@ async def evaluate(
         try:
             # The queue is shared: each completion goes to one worker.
             while batch := list(itertools.islice(queue, batch_size)):
-                forked = [p for p in batch
-                          if forks and notebook_dir is None and forkable(tasks[p])]  # fmt: skip
+                forked = [p for p in batch if forks and notebook_dir is None
+                          and forkable(tasks[p]) and isinstance(shared, KernelPool)]  # fmt: skip
                 if forked:
                     rows = await grade_completions_in_forks(
                         graders, [tasks[p] for p in forked], [items[p] for p in forked]
