@@ -85,8 +85,8 @@ def _run(spec: dict) -> dict:
     result_r, result_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    # No flush of this kernel's streams first: the child never writes through them (it gets
+    # streams of its own), and each flush is a round trip to the kernel's IOPub thread.
     try:
         pid = os.fork()
     except OSError as exc:  # a process limit reached
