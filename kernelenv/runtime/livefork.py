@@ -76,8 +76,10 @@ def fork_problem() -> str | None:
     from ipykernel.kernelapp import IPKernelApp
 
     throwaway = sys.modules.get("kernelenv.runtime.throwaway")
-    if throwaway is not None:  # throwaway children that answered and are exiting
+    dying: set[int] = set()
+    if throwaway is not None:  # throwaway children that answered, killed and still exiting
         throwaway.reap_exiting()
+        dying = throwaway.exiting()
     app = IPKernelApp.instance()
     known = {threading.main_thread()}
     for t in (app.control_thread, app.shell_channel_thread, app.heartbeat, app.poller):
@@ -133,6 +135,7 @@ def fork_problem() -> str | None:
             children += open(f"/proc/self/task/{tid}/children").read().split()
         except OSError:
             pass
+    children = [pid for pid in children if int(pid) not in dying]
     if children:
         return f"the kernel has child processes ({', '.join(children)}) that a fork cannot copy"
     return None

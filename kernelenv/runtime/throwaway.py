@@ -157,14 +157,22 @@ def _warm_once() -> None:
 _EXITING: list[int] = []
 
 
-def reap_exiting() -> None:
-    """Wait for the throwaway children still exiting (a fork must not see them as children)."""
-    while _EXITING:
-        pid = _EXITING.pop()
+def reap_exiting(*, wait: bool = False) -> None:
+    """Reap the throwaway children that have exited (with ``wait``: all, waiting for them).
+    Those still exiting were killed and hold nothing: a fork may ignore them (see
+    :func:`exiting`), and the next throwaway does not wait for them."""
+    for pid in list(_EXITING):
         try:
-            os.waitpid(pid, 0)
+            done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
         except ChildProcessError:
-            pass
+            done = pid
+        if done:
+            _EXITING.remove(pid)
+
+
+def exiting() -> set[int]:
+    """Throwaway children killed after they answered, not reaped yet."""
+    return set(_EXITING)
 
 
 def _copy_target(work_dir: str | None) -> tuple[str, str] | None:
