@@ -162,3 +162,12 @@ async def test_a_throwaway_refuses_with_a_reason_when_a_fork_is_not_faithful(env
 async def test_a_throwaway_cannot_stream(env, no_leaks):
     with pytest.raises(InvalidActionError):
         await env.step("1", keep=False, on_output=lambda event: None)
+
+
+def test_the_blocking_facade_takes_keep(no_leaks):
+    with KernelEnv(pool_size=0, sandbox="none").sync() as env:
+        env.reset()
+        env.step("n = 1")
+        assert env.step("n = 2; n", keep=False).return_value == "2"
+        assert env.step("n").return_value == "1"
+        assert env.state.step_count == 2
