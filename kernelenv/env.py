@@ -35,7 +35,9 @@ from .runtime.outputs import DEFAULT_MAX_OUTPUT_BYTES, NOTEBOOK_STATE_TRUNCATED_
 from .runtime.pool import KernelPool
 from .runtime.sizes import held_bytes
 from .runtime.streaming import OutputSink, StepStream, run_streamed
+from .runtime.throwaway_host import ForkCell, ForkRun, cell_observation, run_in_fork
 from .sync import SyncKernelEnv
+from .tasks.fork_grading import WarmGraders
 from .tasks.library import answer_key_dirs, as_library, default_library
 from .tasks.run import add_task_fields, grade_run, start_task, submit_review
 from .tools.registry import ToolRegistry
@@ -148,6 +150,7 @@ class KernelEnv:
         self._episode: Episode | None = None
         self._recorded: OrderedDict[str, CodeObservation] = OrderedDict()
         self._lock: asyncio.Lock | None = None
+        self._graders: WarmGraders | None = None
         self._closed = False
         # Called with the children of every fork() before they are returned (a server files
         # them as sessions of their own); raising closes them and fails the fork.
@@ -237,6 +240,7 @@ class KernelEnv:
         *,
         timeout_s: float | None = DEFAULT,
         on_output: OutputCallback | None = None,
+        keep: bool | None = None,
     ) -> CodeObservation:
         """Run the action's code in the episode's kernel and return what happened.
 
@@ -251,14 +255,19 @@ class KernelEnv:
             on_output: Called with each :class:`~kernelenv.models.OutputEvent` of the cell as
                 it arrives, in order, all before this returns (a function or a coroutine
                 function). An exception it raises is raised once the step has ended.
+            keep: False runs the code in a throwaway fork of the episode's kernel (see
+                :mod:`kernelenv.runtime.throwaway`): the observation is what a normal step
+                would show, and the episode's variables, files, step count and history stay
+                as they were. Default: the action's ``keep`` (True).
 
         Raises:
             ResetNeeded: before the first :meth:`reset`.
-            InvalidActionError: the action is not code.
+            InvalidActionError: the action is not code, or ``on_output`` was given with a
+                throwaway step (its outputs come back when it ends).
         """
         if on_output is None:
-            return await self._step(action, timeout_s, None)
-        return await run_streamed(partial(self._step, action, timeout_s), on_output)
+            return await self._step(action, timeout_s, None, keep)
+        return await run_streamed(partial(self._step, action, timeout_s, keep=keep), on_output)
 
     def stream(
         self, action: CodeAction | ReviewAction | str, *, timeout_s: float | None = DEFAULT
@@ -278,6 +287,7 @@ class KernelEnv:
         action: CodeAction | ReviewAction | str,
         timeout_s: float | None,
         on_output: OutputSink | None,
+        keep: bool | None = None,
     ) -> CodeObservation:
         self._check_open()
         if isinstance(action, ReviewAction):
@@ -285,6 +295,13 @@ class KernelEnv:
         action = _as_action(action)
         if self._episode is None:
             raise ResetNeeded("call reset() before step()")
+        if not (action.keep if keep is None else keep):
+            if on_output is not None:
+                raise InvalidActionError(
+                    "a throwaway step (keep=False) cannot stream its outputs; they are all in "
+                    "its observation"
+                )
+            return await self._throwaway_step(action, timeout_s)
         budget = timeout_s if timeout_s is not DEFAULT else None
         budget = budget or action.timeout_s
         async with self._step_lock():
@@ -354,6 +371,56 @@ class KernelEnv:
             await self._record(episode, action, observation, started_at)
             return observation
 
+    async def _throwaway_step(
+        self, action: CodeAction, timeout_s: float | None
+    ) -> CodeObservation:
+        """Run a step in a throwaway fork of the episode's kernel; nothing of the episode changes
+        (unless the fork killed the episode's kernel itself: then, as after a crash, the next
+        step runs on a fresh kernel)."""
+        budget = timeout_s if timeout_s is not DEFAULT else None
+        budget = budget or action.timeout_s
+        async with self._step_lock():
+            self._check_open()
+            episode = self._episode
+            if episode is None:
+                raise ResetNeeded("call reset() before step()")
+            if episode.task is not None:
+                budget = episode.task.task.limits.step_budget(budget)
+            budget, clamped = self._bounded_budget(budget or self.step_timeout_s)
+            restarted = False
+            if self._kernel is None:  # the previous step lost the kernel
+                self._kernel = await self.pool.acquire(self.acquire_timeout_s)
+                restarted = True
+                await self._attach_tools(episode.episode_id)
+            kernel = self._kernel
+            loop = asyncio.get_running_loop()
+            started_at = loop.time()
+            if isinstance(kernel, Kernel):
+                run = await run_in_fork(
+                    kernel,
+                    [ForkCell(action.code, budget, capture=True)],
+                    max_output_bytes=self.max_output_bytes,
+                    grace_s=self.interrupt_grace_s,
+                    work_dir=kernel.work_dir,
+                )
+            else:  # a kernel on a Ray actor: the host cannot ask it to fork
+                run = ForkRun(refused="throwaway steps need a local kernel (this one is on Ray)")
+            observation = cell_observation(
+                run, 0, timeout_s=budget, max_output_bytes=self.max_output_bytes
+            )
+            observation.duration_s = loop.time() - started_at
+            observation.kernel_restarted = restarted
+            if run.kernel_lost:
+                self._release_kernel()
+            observation.metadata["throwaway"] = True
+            if clamped is not None:
+                observation.metadata["step_timeout_clamped"] = clamped
+            observation.metadata.setdefault("episode_id", episode.episode_id)
+            if self.transform is not None:
+                observation.metadata["last_code"] = action.code
+                observation = self.transform(observation)
+            return observation
+
     async def close(self) -> None:
         """End the episode and release the kernel (and the env's own pool). Safe to call twice.
 
@@ -366,6 +433,8 @@ class KernelEnv:
         with anyio.CancelScope(shield=True):  # also when the caller is being cancelled
             await self._stop_running_step()
             self._release_kernel()
+            if self._graders is not None:
+                await self._graders.aclose()
         if self._tool_bridge is not None:
             await self._tool_bridge.aclose()
         if self.journal is not None and self._episode is not None:
@@ -391,10 +460,13 @@ class KernelEnv:
         return notebook
 
     async def grade(self) -> Grade:
-        """Grade the current task episode, in fresh kernels of the pool (never the live one).
+        """Grade the current task episode, never in the live kernel.
 
-        Code tasks are graded by replaying the episode's steps; pr_review tasks by their last
-        submitted review. Also sets ``state.last_score``.
+        Code tasks are graded by replaying the episode's steps in a throwaway fork of a warm
+        kernel, and judged in a fork of a second warm kernel no attempt reaches (see
+        :mod:`kernelenv.tasks.fork_grading`; the env keeps both from the pool until it
+        closes); tasks with a host-side service in fresh kernels of the pool. pr_review tasks
+        are graded by their last submitted review. Also sets ``state.last_score``.
 
         Raises:
             ResetNeeded: there is no episode, or it was not started with a ``task_id``.
@@ -405,7 +477,12 @@ class KernelEnv:
             raise ResetNeeded("grade() needs an episode started with reset(task_id=...)")
         async with self._step_lock():
             prelude = _seed_code(episode.seed) if episode.seed is not None else ""
-            grade = await grade_run(self.pool, episode.task, list(episode.steps), prelude)
+            # Kept for the env's life (they never run attempt code); forks need local kernels.
+            if self._graders is None and isinstance(self.pool, KernelPool):
+                self._graders = WarmGraders(self.pool)
+            grade = await grade_run(
+                self.pool, episode.task, list(episode.steps), prelude, graders=self._graders
+            )
             episode.state.last_score = grade.score
             return grade
 

@@ -73,6 +73,12 @@ class CodeAction(BaseModel):
         description="Idempotency key: a repeated id returns the recorded observation "
         "instead of running the code twice.",
     )
+    keep: bool = Field(
+        default=True,
+        description="False: run the code in a throwaway fork of the episode's kernel and "
+        "return its observation; the episode's variables, files, step count and history stay "
+        "as they were (for trying something before committing to it).",
+    )
 
 
 class ErrorInfo(BaseModel):

@@ -261,9 +261,12 @@ class SyncKernelEnv(BlockingTwin):
         *,
         timeout_s: float | None = DEFAULT,
         on_output: OutputCallback | None = None,
+        keep: bool | None = None,
     ) -> CodeObservation:
         """See :meth:`KernelEnv.step` (``on_output`` runs on the facade's private loop thread)."""
-        return self._call(self.env.step, action, timeout_s=timeout_s, on_output=on_output)
+        return self._call(
+            self.env.step, action, timeout_s=timeout_s, on_output=on_output, keep=keep
+        )
 
     def fork(self, n: int = 1) -> list[SyncKernelEnv]:
         """See :meth:`KernelEnv.fork`. The children run on this twin's loop: close them

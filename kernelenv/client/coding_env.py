@@ -214,6 +214,7 @@ class CodingEnv:
         timeout_s: float | None = None,
         request_id: str | None = None,
         on_output: OutputCallback | None = None,
+        keep: bool | None = None,
     ) -> StepResult:
         """Run code in the episode's kernel.
 
@@ -226,10 +227,17 @@ class CodingEnv:
             on_output: Called with each :class:`~kernelenv.models.OutputEvent` as the server
                 streams it (a function or a coroutine function), all before this returns.
                 An exception it raises is raised once the step's reply has arrived.
+            keep: False runs the code in a throwaway fork of the episode's kernel: the
+                episode's state, files and step count stay as they were (default: the
+                action's ``keep``).
         """
         if isinstance(action, str):
             action = CodeAction(code=action)
         data = action.model_dump(mode="json", exclude_none=True)
+        if keep is not None:
+            data["keep"] = keep
+        if data.get("keep") is True:
+            del data["keep"]  # the default: frames stay what servers without the field accept
         if timeout_s is not None:
             data["timeout_s"] = timeout_s
         if request_id is not None:
@@ -374,6 +382,7 @@ class SyncCodingEnv(BlockingTwin):
         timeout_s: float | None = None,
         request_id: str | None = None,
         on_output: OutputCallback | None = None,
+        keep: bool | None = None,
     ) -> StepResult:
         """See :meth:`CodingEnv.step` (``on_output`` runs on the twin's private loop thread)."""
         return self._call(
@@ -382,6 +391,7 @@ class SyncCodingEnv(BlockingTwin):
             timeout_s=timeout_s,
             request_id=request_id,
             on_output=on_output,
+            keep=keep,
         )
 
     def state(self) -> CodeState:

@@ -76,6 +76,11 @@ def fork_problem() -> str | None:
     """Why this kernel cannot be forked faithfully right now, or None."""
     from ipykernel.kernelapp import IPKernelApp
 
+    throwaway = sys.modules.get("kernelenv.runtime.throwaway")
+    dying: set[int] = set()
+    if throwaway is not None:  # throwaway children that answered, killed and still exiting
+        throwaway.reap_exiting()
+        dying = throwaway.exiting()
     app = IPKernelApp.instance()
     known = {threading.main_thread()}
     for t in (app.control_thread, app.shell_channel_thread, app.heartbeat, app.poller):
@@ -93,6 +98,11 @@ def fork_problem() -> str | None:
         # The child does not get one: its history stays in memory.
         known.add(hist.save_thread)
     known.update(_HOST_WATCHERS)
+    # pyzmq's zero-copy garbage collector (started by the first large message sent): it only
+    # waits on an inproc socket of the messaging a fork abandons.
+    garbage = getattr(sys.modules.get("zmq.utils.garbage"), "gc", None)
+    if getattr(garbage, "thread", None) is not None:
+        known.add(garbage.thread)
     mgr = getattr(app.shell_channel_thread, "_manager", None)
     for sub in getattr(mgr, "_cache", {}).values():  # subshells
         known.add(sub)
@@ -126,6 +136,7 @@ def fork_problem() -> str | None:
             children += open(f"/proc/self/task/{tid}/children").read().split()
         except OSError:
             pass
+    children = [pid for pid in children if int(pid) not in dying]
     if children:
         return f"the kernel has child processes ({', '.join(children)}) that a fork cannot copy"
     return None

@@ -174,6 +174,10 @@ class OutputCollector:
             self.displays.locations.setdefault(display_id, []).append(len(self.outputs))
         self.outputs.append(output)
 
+    def mark_truncated(self) -> None:
+        """Say that output was dropped before it reached the collector (a visible marker)."""
+        self._mark_truncated()
+
     def _mark_truncated(self) -> None:
         if not self._full:
             self.truncated = self._full = True

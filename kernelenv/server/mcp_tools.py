@@ -86,6 +86,13 @@ TOOLS: list[EnvTool] = [
                     "exclusiveMinimum": 0,
                     "description": "Wall-clock budget in seconds (default: the server's).",
                 },
+                "keep": {
+                    "type": "boolean",
+                    "default": True,
+                    "description": "false: run the code in a throwaway fork of the episode's "
+                    "kernel; the episode's variables, files and step count stay as they were "
+                    "(try something before committing to it).",
+                },
             },
             "required": ["code"],
         },

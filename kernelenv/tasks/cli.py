@@ -198,6 +198,11 @@ def add_arguments_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--notebooks", metavar="DIR", help="write each attempt as a notebook")
     parser.add_argument("--sandbox", choices=SANDBOX_LEVELS, help="kernel containment")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--fresh-kernels", action="store_true",
+        help="grade each completion in a fresh episode and two fresh kernels instead of "
+        "throwaway forks of warm kernels (slower; the same results)",
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -211,6 +216,7 @@ def run_eval(args: argparse.Namespace) -> int:
         report = anyio.run(lambda: evaluate(
             args.completions, library=args.library, workers=args.workers, out=args.out,
             notebooks=args.notebooks, sandbox=args.sandbox, progress=True,
+            forks=not args.fresh_kernels,
         ))
     except (DatasetFormatError, TaskFormatError, UnknownTaskError) as exc:
         print(f"kernelenv eval: {exc}", file=sys.stderr)

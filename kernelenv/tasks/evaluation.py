@@ -10,6 +10,7 @@ the task's step budget; code that kills its kernel (``os._exit``, a segfault) fa
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import math
 import os
@@ -28,11 +29,14 @@ from ..errors import DatasetFormatError, KernelEnvError
 from ..models import CodeAction
 from ..runtime.pool import KernelPool
 from ..sandbox.config import SandboxConfig
+from .fork_grading import WarmGraders, forkable
 from .format import Task
 from .importers import read_records
 from .library import TaskLibrary, answer_key_dirs
 
 MAX_COMPLETION_CHARS = 200_000
+# The most completions a worker grades in one request to its warm kernels.
+BATCH_SIZE = 8
 
 
 class Completion(BaseModel):
@@ -215,6 +219,41 @@ async def grade_completion(
     )
 
 
+async def grade_completions_in_forks(
+    graders: WarmGraders, tasks: Sequence[Task], completions: Sequence[Completion]
+) -> list[AttemptResult]:
+    """Grade completions in throwaway forks of ``graders``' warm kernels, all in one request to
+    each: the rows :func:`grade_completion` gives (see :mod:`kernelenv.tasks.fork_grading`).
+    Each row's ``duration_s`` is its share of the batch's time."""
+    started = time.monotonic()
+    try:
+        graded = await graders.run_completions([
+            (task, attempt_code(task, completion.completion), task.limits.step_timeout_s)
+            for task, completion in zip(tasks, completions)
+        ])  # fmt: skip
+    except KernelEnvError as exc:
+        feedback = f"{type(exc).__name__}: {exc}"
+        graded = [None] * len(completions)
+    share = (time.monotonic() - started) / max(1, len(completions))
+    results = []
+    for task, completion, outcome in zip(tasks, completions, graded):
+        if outcome is None:
+            status, score, passed = "infrastructure_error", 0.0, False
+        else:
+            observation, grade = outcome
+            status, score, passed, feedback = (
+                observation.status.value, grade.score, grade.passed, grade.feedback
+            )
+            if observation.error is not None and not passed:
+                error = observation.error
+                feedback = f"the completion raised {error.ename}: {error.evalue}. {feedback}"
+        results.append(AttemptResult(
+            index=completion.index, task_id=completion.task_id, library_task_id=task.id,
+            passed=passed, score=score, status=status, feedback=feedback, duration_s=share,
+        ))  # fmt: skip
+    return results
+
+
 async def evaluate(
     completions: Iterable[Completion | dict[str, Any]] | str | os.PathLike[str],
     *,
@@ -225,8 +264,15 @@ async def evaluate(
     out: str | os.PathLike[str] | None = None,
     notebooks: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    forks: bool = True,
 ) -> EvalReport:
-    """Grade completions, ``workers`` at a time, each in its own fresh episode.
+    """Grade completions, ``workers`` at a time.
+
+    Each worker keeps two warm kernels and grades each completion in throwaway forks of them
+    (see :mod:`kernelenv.tasks.fork_grading`); a task with a host-side service, or any
+    completion when ``notebooks`` are asked for, runs as a fresh episode graded in fresh
+    kernels (three kernels a completion, also what ``forks=False`` does for all). Both give the
+    same rows.
 
     Example:
         >>> report = await evaluate("samples.jsonl", library="humaneval_tasks/", workers=4)
@@ -242,6 +288,8 @@ async def evaluate(
         out: A JSON-lines file receiving each result as it is graded.
         notebooks: A folder receiving each attempt as a notebook.
         progress: Show a progress bar (on stderr).
+        forks: Grade in throwaway forks of warm kernels (False: a fresh episode and two fresh
+            grading kernels per completion, the slower path kept for comparison).
 
     Raises:
         DatasetFormatError: the completions file is malformed.
@@ -266,13 +314,12 @@ async def evaluate(
     started = time.monotonic()
     sink = open(out, "w", encoding="utf-8") if out is not None else None  # noqa: SIM115
     bar = tqdm(total=len(items), desc="grading", unit="attempt", disable=not progress)
-    limiter = anyio.CapacityLimiter(workers)
+    queue = iter(range(len(items)))
+    # Completions a worker sends its warm kernels in one request: fewer round trips, and a
+    # batch is small enough that the workers stay busy to the end.
+    batch_size = max(1, min(BATCH_SIZE, len(items) // (2 * workers)))
 
-    async def one(position: int, shared: KernelPool) -> None:
-        async with limiter:
-            result = await grade_completion(
-                shared, library, tasks[position], items[position], notebooks=notebook_dir
-            )
+    def done(position: int, result: AttemptResult) -> None:
         results[position] = result
         if sink is not None:
             sink.write(result.model_dump_json() + "\n")
@@ -280,10 +327,33 @@ async def evaluate(
         bar.update(1)
         bar.set_postfix(passed=sum(bool(r and r.passed) for r in results))
 
+    async def worker(shared: KernelPool) -> None:
+        graders = WarmGraders(shared)
+        try:
+            # The queue is shared: each completion goes to one worker.
+            while batch := list(itertools.islice(queue, batch_size)):
+                forked = [p for p in batch if forks and notebook_dir is None
+                          and forkable(tasks[p]) and isinstance(shared, KernelPool)]  # fmt: skip
+                if forked:
+                    rows = await grade_completions_in_forks(
+                        graders, [tasks[p] for p in forked], [items[p] for p in forked]
+                    )
+                    for position, row in zip(forked, rows):
+                        done(position, row)
+                for position in batch:
+                    if position not in forked:
+                        done(position, await grade_completion(
+                            shared, library, tasks[position], items[position],
+                            notebooks=notebook_dir,
+                        ))  # fmt: skip
+        finally:
+            with anyio.CancelScope(shield=True):
+                await graders.aclose()
+
     async def run_all(shared: KernelPool) -> None:
         async with anyio.create_task_group() as group:
-            for position in range(len(items)):
-                group.start_soon(one, position, shared)
+            for _ in range(min(workers, len(items)) or 1):
+                group.start_soon(worker, shared)
 
     try:
         if pool is not None:

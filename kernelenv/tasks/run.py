@@ -10,6 +10,7 @@ import anyio.to_thread
 
 from ..errors import TaskFormatError
 from ..models import CodeAction, CodeObservation, ReviewAction, StepRecord, StepStatus
+from .fork_grading import WarmGraders, forkable
 from .format import Task
 from .grading import Grade, grade_answer, grade_code_attempt
 from .service import TaskService
@@ -101,9 +102,15 @@ async def submit_review(pool: KernelPool, run: TaskRun, action: ReviewAction) ->
 
 
 async def grade_run(
-    pool: KernelPool, run: TaskRun, steps: Sequence[StepRecord], prelude: str = ""
+    pool: KernelPool,
+    run: TaskRun,
+    steps: Sequence[StepRecord],
+    prelude: str = "",
+    graders: WarmGraders | None = None,
 ) -> Grade:
-    """Grade the episode so far: the last review, or the replayed code steps."""
+    """Grade the episode so far: the last review, or the replayed code steps (in throwaway
+    forks of ``graders``' warm kernels when given and the task allows, see
+    :mod:`kernelenv.tasks.fork_grading`; else in fresh kernels of ``pool``)."""
     task = run.task
     if task.uses_review_actions:
         grade = run.last_grade or await grade_answer(pool, task, {})
@@ -117,6 +124,9 @@ async def grade_run(
             if isinstance(record.action, CodeAction)
             and record.observation.status not in _NOT_REPLAYED
         ]
-        grade = await grade_code_attempt(pool, task, cells, prelude=prelude)
+        if graders is not None and forkable(task):
+            grade = await graders.grade_steps(task, cells, prelude=prelude)
+        else:
+            grade = await grade_code_attempt(pool, task, cells, prelude=prelude)
     run.last_grade = grade
     return grade

@@ -109,6 +109,7 @@ def test_load_test_and_targets_are_reported(quick_run):
         "reset.warm_p99", "reset.drained_p99", "replay.speedup", "memory.uss", "load.errors",
         "load.cross_talk", "load.throughput", "load.throughput_fsync",
         "fresh.p50", "fresh.cpu", "codeeval.throughput", "fork.one",
+        "grading.eval_ratio", "grading.grade_p50", "grading.throwaway_p50",
     }
     assert all(check["value"] is not None for check in checks.values())
 

@@ -294,3 +294,34 @@ async def test_auth_token_guards_every_route_but_health():
         async with connect(server.base_url.replace("http", "ws") + "/ws?token=s3cret") as ws:
             await ws.send(json.dumps({"type": "state"}))
             assert json.loads(await ws.recv())["type"] == "state"
+
+
+async def test_throwaway_steps_over_the_websocket_http_and_mcp(env, raw, http):
+    # Our client, a raw OpenEnv-style frame (the action's `keep` field), HTTP and MCP.
+    await env.reset(episode_id="throwaway-ws")
+    await env.step("v = 1")
+    tried = await env.step("v = 2; v", keep=False)
+    assert tried.observation.return_value == "2"
+    assert tried.observation.metadata["throwaway"] is True
+    assert (await env.step("v")).observation.return_value == "1"
+    assert (await env.state()).step_count == 2
+    await raw({"type": "reset", "data": {"episode_id": "throwaway-raw"}})
+    await raw({"type": "step", "data": {"code": "u = 1"}})
+    reply = await raw({"type": "step", "data": {"code": "u = 9; print(u)", "keep": False}})
+    assert reply["type"] == "observation" and reply["data"]["observation"]["stdout"] == "9\n"
+    assert (await raw({"type": "state"}))["data"]["step_count"] == 1
+    await http.post("/reset", json={"episode_id": "throwaway-http"})
+    await http.post("/step", json={"episode_id": "throwaway-http", "action": {"code": "t = 1"}})
+    step = await http.post("/step", json={"episode_id": "throwaway-http",
+                                          "action": {"code": "t = 4; print(t)", "keep": False}})
+    assert step.json()["observation"]["stdout"] == "4\n"
+    request = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "run_code", "arguments": {"episode_id": "throwaway-http", "code": "t = 5; t",
+                                          "keep": False}}}
+    ran = (await http.post("/mcp", json=request)).json()
+    assert ran["result"]["structuredContent"]["return_value"] == "5"
+    state = (await http.get("/state", params={"episode_id": "throwaway-http"})).json()
+    assert state["step_count"] == 1
+    seen = await http.post("/step", json={"episode_id": "throwaway-http", "action": {"code": "t"}})
+    assert seen.json()["observation"]["metadata"][RICH_KEY]["return_value"] == "1"
+    assert (await http.post("/close", json={"episode_id": "throwaway-http"})).status_code == 200

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from kernelenv import KernelEnv, KernelPool, SandboxConfig
+from kernelenv.tasks.fork_grading import WarmGraders
 from kernelenv.tasks.grading import Grade, grade_answer, grade_code_attempt
 from kernelenv.tasks.library import default_library
 
@@ -23,16 +24,25 @@ def is_palindrome(text):
 NAIVE = "def is_palindrome(text):\n    return text == text[::-1]\n"  # passes 6 of 10 tests
 
 
-@pytest.fixture(scope="module")
-async def pool(anyio_backend):
+@pytest.fixture(scope="module", params=["fresh kernels", "throwaway forks"])
+async def pool(request, anyio_backend):
+    """A pool; graded through the three-kernel path, or in forks of two warm kernels."""
     async with KernelPool(size=3) as pool:
-        yield pool
+        pool.graders = WarmGraders(pool) if request.param == "throwaway forks" else None
+        try:
+            yield pool
+        finally:
+            if pool.graders is not None:
+                await pool.graders.aclose()
 
 
 async def grade(pool, task_id: str, *cells: str) -> Grade:
     task = default_library().get(task_id)
     # A short step budget: some hacks wreck the kernel's messaging until the step times out.
-    return await grade_code_attempt(pool, task, [(cell, 2.0) for cell in cells])
+    steps = [(cell, 2.0) for cell in cells]
+    if getattr(pool, "graders", None) is not None:
+        return await pool.graders.grade_steps(task, steps)
+    return await grade_code_attempt(pool, task, steps)
 
 
 async def test_honest_attempts_get_their_scores(pool):

@@ -1,0 +1,624 @@
+"""Throwaway forks, kernel side: run cells in a plain forked child of this kernel and send back
+what they showed, leaving this kernel as it was.
+
+:func:`run` is called by the host as a silent execute's ``user_expressions`` (as live fork's
+``fork_here``), so this kernel's history, ``_`` and execution count are untouched. It forks a
+plain child, not a new kernel: no sockets, threads or event loop are built, which is what makes
+a throwaway cost a fork and a cell instead of a kernel start. The child runs each cell with
+IPython's own shell (``run_cell``: magics, display, tracebacks as in a notebook) and writes
+what the shell would have published on IOPub to a pipe as JSON lines; this kernel reads the
+pipe, enforces each cell's budget (SIGINT at the deadline, SIGKILL after a grace, to the child's
+whole process group) and returns the lines it kept as one JSON text.
+
+Lines the child writes (each a JSON object):
+
+- ``{"start": i}`` / ``{"end": i, "status": ..., "error": ..., "execution_count": n}``: cell ``i``
+  began / ended (status ``ok``, ``error`` or ``timeout`` when the budget's SIGINT stopped it);
+- ``{"o": {"msg_type": ..., "content": ...}}``: an output message of a captured cell;
+- ``{"read": text}`` or ``{"read_error": {"ename", "evalue"}}``: the value of the ``read``
+  expression after the cells, as JSON text (a grade's answer);
+- ``{"dropped": true}``: captured output past the byte cap was dropped;
+- ``{"done": true}``: all is sent. This kernel answers at once and kills the child, which it
+  reaps before its next fork: unmapping the child's copy of a large memory takes milliseconds
+  that need not be waited for.
+
+Attempt code runs in the child and can write anything to the pipe: the host treats what
+comes back as the attempt's claims (its outputs, its answer), never as a verdict.
+
+This module runs inside kernels: it imports nothing heavier than the standard library and
+IPython, and nothing at all until used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+# Extra bytes kept over the output cap for lines' framing, errors, results and markers.
+_SLACK_BYTES = 64 * 1024
+# What the parent keeps of fd-level output (subprocesses, C code) beyond the output cap: none.
+_PIPE_CHUNK = 1 << 16
+
+# The JSON encoder as it was when this module was imported (before any attempt code ran in
+# this kernel's children): attempt code patching ``json.dumps`` cannot change how the harness
+# encodes.
+_dumps = json.dumps
+
+
+def run(spec_json: str) -> _Raw:
+    """Run the cells of ``spec_json`` in a throwaway fork; return what happened as JSON text.
+
+    The spec: ``cells`` (each ``code``, ``timeout_s``, ``silent``, ``capture`` and
+    ``stop_on``: statuses after which no further cell runs), ``read`` (an expression whose
+    value is sent back as JSON, or null), ``max_output_bytes``, ``grace_s`` (how long an
+    interrupted cell may take to stop) and ``work_dir`` (the episode's folder: the child works
+    in a copy of it, so files it writes there vanish with it). ASCII JSON: no character the
+    pretty printer would split lines at.
+    """
+    return _Raw(_dumps(_run(json.loads(spec_json))))
+
+
+def run_batch(specs_json: str) -> _Raw:
+    """Run several specs (a JSON list), each in a throwaway fork of its own, one after the
+    other; return ``{"batch": [report, ...]}``. One request for many attempts: the host's round
+    trip is paid once."""
+    return _Raw(_dumps({"batch": [_run(spec) for spec in json.loads(specs_json)]}))
+
+
+def _run(spec: dict) -> dict:
+    """:func:`run` for one parsed spec; returns the report."""
+    from .livefork import fork_problem
+
+    reap_exiting()
+    problem = fork_problem()
+    if problem is not None:
+        return {"refused": problem}
+    _warm_once()
+    cells = spec["cells"]
+    max_output = int(spec["max_output_bytes"])
+    copy_dir = _copy_target(spec.get("work_dir"))
+    result_r, result_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    # No flush of this kernel's streams first: the child never writes through them (it gets
+    # streams of its own), and each flush is a round trip to the kernel's IOPub thread.
+    try:
+        pid = os.fork()
+    except OSError as exc:  # a process limit reached
+        for fd in (result_r, result_w, out_r, out_w, err_r, err_w):
+            os.close(fd)
+        if copy_dir is not None:
+            shutil.rmtree(copy_dir[0], ignore_errors=True)
+        return {"refused": f"this kernel cannot fork now: {exc.strerror}"}
+    if pid == 0:  # -- the child: never returns --
+        code = 1
+        try:
+            for fd in (result_r, out_r, err_r):
+                os.close(fd)
+            code = _child(spec, cells, max_output, result_w, out_w, err_w, copy_dir)
+        except BaseException:  # noqa: BLE001 - the parent reports the exit code
+            pass
+        os._exit(code)
+    for fd in (result_w, out_w, err_w):
+        os.close(fd)
+    try:
+        os.setpgid(pid, pid)  # also done by the child: whichever runs first
+    except OSError:
+        pass
+    try:
+        report = _supervise(pid, result_r, out_r, err_r, cells, max_output, float(spec["grace_s"]))
+    except BaseException:  # an interrupt of this kernel: the child goes too, reaped later
+        _EXITING.append(pid)
+        raise
+    finally:
+        for fd in (result_r, out_r, err_r):
+            os.close(fd)
+        _kill_group(pid)
+        if copy_dir is not None:
+            shutil.rmtree(copy_dir[0], ignore_errors=True)
+    return report
+
+
+class _Raw:
+    """A text whose repr is itself: the reply's ``text/plain`` is the JSON, not a Python
+    literal of it (which would escape every backslash and quote again)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+_WARMED: list[bool] = []
+
+
+def _warm_once() -> None:
+    """Build, once in this kernel, what IPython makes lazily on a first result: the display
+    formatters (traitlets defaults, about 8 ms). Made here, every child inherits them; made in
+    a child, every child pays for them. Formatting a number shows nothing."""
+    if _WARMED:
+        return
+    _WARMED.append(True)
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        shell.display_formatter.format(0)
+
+
+# Throwaway children that answered and are still exiting (killed, not yet reaped).
+_EXITING: list[int] = []
+
+
+def reap_exiting(*, wait: bool = False) -> None:
+    """Reap the throwaway children that have exited (with ``wait``: all, waiting for them).
+    Those still exiting were killed and hold nothing: a fork may ignore them (see
+    :func:`exiting`), and the next throwaway does not wait for them."""
+    for pid in list(_EXITING):
+        try:
+            done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _EXITING.remove(pid)
+
+
+def exiting() -> set[int]:
+    """Throwaway children killed after they answered, not reaped yet."""
+    return set(_EXITING)
+
+
+def _copy_target(work_dir: str | None) -> tuple[str, str] | None:
+    """Where the child works: (a fresh folder for a copy of the episode's, the cwd inside it),
+    or None when the current directory is not inside the episode's folder (then the child
+    works in place, and the report says files were not isolated)."""
+    if not work_dir:
+        return None
+    try:
+        cwd = os.getcwd()
+        relative = os.path.relpath(cwd, work_dir)
+    except (OSError, ValueError):
+        return None
+    if relative == ".." or relative.startswith(".." + os.sep) or os.path.isabs(relative):
+        return None
+    return tempfile.mkdtemp(prefix="kthrow-"), relative
+
+
+# -- the parent: wait, enforce budgets, keep what comes back ---------------------------------
+
+
+def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict],
+               max_output: int, grace_s: float) -> dict:  # fmt: skip
+    """Read the child's pipes until it exits, interrupting (then killing) a cell over budget."""
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    for fd in (result_r, out_r, err_r, pidfd):
+        poller.register(fd, select.POLLIN)
+    limit = 2 * max_output + _SLACK_BYTES + 8 * 1024 * 1024  # the answer may be up to ~4 MB
+    items: list[dict] = []
+    kept = 0
+    pending = b""
+    fd_output = {"stdout": [], "stderr": []}
+    fd_bytes = 0
+    # Before the first cell starts (the folder copy): the first cell's budget.
+    deadline: float | None = time.monotonic() + float(cells[0]["timeout_s"]) if cells else None
+    current: int | None = None
+    interrupted: set[int] = set()
+    killed_in: int | None = None
+    overflow = False
+    open_fds = {result_r, out_r, err_r}
+    exited = done = False
+    try:
+        while not done and (not exited or result_r in open_fds):
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                if current is not None and current not in interrupted:
+                    interrupted.add(current)
+                    _signal(pid, signal.SIGINT)
+                    deadline = now + grace_s
+                else:
+                    killed_in = current if current is not None else -1
+                    _kill_group(pid)
+                    deadline = None
+            if exited:  # grandchildren may hold the pipes: take what is there, then stop
+                _kill_group(pid)
+                wait_ms = 0
+            else:
+                wait_ms = None if deadline is None else max(0, int((deadline - now) * 1000) + 1)
+            events = poller.poll(wait_ms)
+            if not events and exited:
+                break
+            for fd, _ in events:
+                if fd == pidfd:
+                    exited = True
+                    poller.unregister(pidfd)
+                    continue
+                chunk = os.read(fd, _PIPE_CHUNK)
+                if not chunk:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+                    continue
+                if fd != result_r:  # fd-level output: kept while there is room
+                    name = "stdout" if fd == out_r else "stderr"
+                    room = max_output + 1 - fd_bytes
+                    if room > 0:
+                        fd_output[name].append(chunk[:room])
+                    fd_bytes += len(chunk)
+                    continue
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for raw in complete:
+                    kept += len(raw)
+                    if kept > limit:
+                        overflow = True
+                        killed_in = current
+                        _kill_group(pid)
+                        break
+                    try:
+                        item = json.loads(raw)
+                    except ValueError:
+                        continue  # not ours (attempt code can write to the pipe)
+                    if not isinstance(item, dict):
+                        continue
+                    items.append(item)
+                    if "start" in item:
+                        current = item["start"]
+                        if not isinstance(current, int) or not 0 <= current < len(cells):
+                            current = None
+                            continue
+                        deadline = time.monotonic() + float(cells[current]["timeout_s"])
+                    elif item.get("done") is True:
+                        done = True
+                    elif "end" in item:
+                        # Between cells, and for the read at the end, the harness runs: bounded
+                        # by the last cell's budget (an answer whose encoding never ends).
+                        current = None
+                        deadline = time.monotonic() + float(cells[-1]["timeout_s"])
+                if overflow:
+                    pending = b""
+                    poller.unregister(result_r)
+                    open_fds.discard(result_r)
+        if done:  # what subprocesses wrote is in the pipes already: take it
+            while events := [e for e in poller.poll(0) if e[0] in (out_r, err_r)]:
+                for fd, _ in events:
+                    chunk = os.read(fd, _PIPE_CHUNK)
+                    if not chunk:
+                        poller.unregister(fd)
+                        continue
+                    name = "stdout" if fd == out_r else "stderr"
+                    room = max_output + 1 - fd_bytes
+                    if room > 0:
+                        fd_output[name].append(chunk[:room])
+                    fd_bytes += len(chunk)
+    finally:
+        os.close(pidfd)
+    if done:  # its exit (unmapping its copy of the memory) is not waited for: reaped later
+        exit_code = 0
+        _EXITING.append(pid)
+    else:
+        exit_code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return {
+        "items": items,
+        "exit_code": exit_code,
+        "interrupted": sorted(interrupted),
+        "killed_in": killed_in,
+        "overflow": overflow,
+        "fd_output": {k: b"".join(v).decode("utf-8", "replace") for k, v in fd_output.items()},
+        "fd_output_dropped": fd_bytes > max_output,
+    }
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group(pid: int) -> None:
+    """Kill the child and what it started in its process group (a fork bomb's processes)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        _signal(pid, signal.SIGKILL)
+
+
+# -- the child ---------------------------------------------------------------------------------
+
+
+class _Pipe:
+    """The child's end of the result pipe: JSON lines, output counted against the cap."""
+
+    def __init__(self, fd: int, max_output: int) -> None:
+        self.fd = fd
+        self.max_output = max_output
+        self.output_bytes = 0
+        self.capturing = False
+        self.dropped = False
+        self.essentials: set[str] = set()
+
+    def line(self, obj: dict) -> None:
+        data = (_dumps(obj, default=_json_default, ensure_ascii=False) + "\n").encode(
+            "utf-8", "surrogatepass"
+        )
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def output(self, msg_type: str, content: dict) -> None:
+        """An output message of the running cell, if it is captured and fits."""
+        if not self.capturing:
+            return
+        size = _size(content)
+        # A cell's first result and first error always go (cut to the cap): as the host keeps them.
+        essential = msg_type in ("execute_result", "error") and msg_type not in self.essentials
+        if essential:
+            self.essentials.add(msg_type)
+            if size > self.max_output:
+                content = _cut(content, self.max_output)
+        elif self.output_bytes >= self.max_output:
+            self._drop()
+            return
+        elif msg_type == "stream":
+            room = self.max_output + 1 - self.output_bytes  # one byte over: the host marks it
+            text = content.get("text", "")
+            if len(text) > room:
+                content = {**content, "text": text[:room]}
+                size = room
+        elif size > self.max_output - self.output_bytes:
+            self._drop()
+            return
+        self.output_bytes += size
+        self.line({"o": {"msg_type": msg_type, "content": content}})
+
+    def _drop(self) -> None:
+        if not self.dropped:
+            self.dropped = True
+            self.line({"dropped": True})
+
+
+class _Stream:
+    """sys.stdout / sys.stderr of the child: each write is a ``stream`` output message."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def __init__(self, pipe: _Pipe, name: str) -> None:
+        self.pipe = pipe
+        self.name = name
+        self._buffer: list[str] = []
+        self._size = 0
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if text:
+            other = sys.stderr if self is sys.stdout else sys.stdout
+            if isinstance(other, _Stream) and other._buffer:
+                other.flush()  # keep the order in which the two streams were written
+            self._buffer.append(text)
+            self._size += len(text)
+            if self._size > 8192:
+                self.flush()
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._buffer:
+            text = "".join(self._buffer)
+            self._buffer, self._size = [], 0
+            self.pipe.output("stream", {"name": self.name, "text": text})
+
+    def isatty(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        raise OSError("a throwaway's output stream has no file descriptor")
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+def _child(spec: dict, cells: list[dict], max_output: int, result_w: int, out_w: int,
+           err_w: int, copy_dir: tuple[str, str] | None) -> int:  # fmt: skip
+    """Run the cells; return the exit code."""
+    import gc
+
+    from IPython import get_ipython
+    from jupyter_client.session import Session
+
+    gc.freeze()  # never touch (copy) the parent's objects from the collector
+    os.setpgid(0, 0)
+    asyncio_events = sys.modules.get("asyncio.events")
+    if asyncio_events is not None:  # the parent's loop is "running" in this thread
+        asyncio_events._set_running_loop(None)
+    signal.set_wakeup_fd(-1)  # the parent loop's self-pipe is shared with the parent
+    pipe = _Pipe(result_w, max_output)
+    state = {"in_cell": False, "interrupted": False}
+
+    def on_sigint(signum, frame):  # the budget ran out (the parent sends it only then)
+        if state["in_cell"]:
+            state["interrupted"] = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    _close_inherited_channels({result_w, out_w, err_w})
+    # fd-level output (subprocesses, C code) to the parent, not to the kernel's capture pipes.
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.close(out_w)
+    os.close(err_w)
+    sys.stdout, sys.stderr = _Stream(pipe, "stdout"), _Stream(pipe, "stderr")
+
+    def send(self, stream, msg_or_type, content=None, *args, **kwargs):
+        """What the shell publishes (displays, results, errors, comms) becomes output lines."""
+        if isinstance(msg_or_type, dict):
+            msg_type, content = msg_or_type.get("msg_type"), msg_or_type.get("content")
+        else:
+            msg_type = msg_or_type
+        if msg_type in _OUTPUT_TYPES:
+            for s in (sys.stdout, sys.stderr):  # earlier prints first
+                if isinstance(s, _Stream):
+                    s.flush()
+            pipe.output(msg_type, content or {})
+        return None
+
+    Session.send = send
+    if copy_dir is not None:
+        folder, relative = copy_dir
+        work = os.path.join(folder, "w")
+        with os.scandir(spec["work_dir"]) as entries:
+            empty = next(entries, None) is None
+        if empty:  # the usual case for grading: nothing to copy
+            os.mkdir(work)
+        else:
+            shutil.copytree(spec["work_dir"], work, symlinks=True)
+        os.chdir(os.path.normpath(os.path.join(work, relative)))
+    shell = get_ipython()
+    _fast_plain_python(shell)
+    for number, cell in enumerate(cells):
+        pipe.line({"start": number})
+        pipe.capturing = bool(cell.get("capture"))
+        pipe.essentials = set()
+        state["interrupted"] = False
+        shell._last_traceback = None
+        state["in_cell"] = True
+        try:
+            silent = bool(cell.get("silent"))
+            outcome = shell.run_cell(cell["code"], store_history=not silent, silent=silent)
+        except KeyboardInterrupt:
+            outcome = None
+        finally:
+            state["in_cell"] = False
+        for s in (sys.stdout, sys.stderr):
+            if isinstance(s, _Stream):
+                s.flush()
+        pipe.capturing = False
+        error = None
+        if outcome is None or not outcome.success:
+            exc = (outcome.error_in_exec or outcome.error_before_exec) if outcome else None
+            error = {"ename": type(exc).__name__ if exc else "KeyboardInterrupt",
+                     "evalue": str(exc) if exc else "",
+                     "traceback": list(shell._last_traceback or [])}  # fmt: skip
+        status = "timeout" if state["interrupted"] else "error" if error else "ok"
+        pipe.line({"end": number, "status": status, "error": error,
+                   "execution_count": shell.execution_count - (0 if silent else 1)})  # fmt: skip
+        if status in cell.get("stop_on", ()):
+            return 0
+    expression = spec.get("read")
+    if expression:
+        try:
+            text = _dumps(eval(expression, shell.user_ns), allow_nan=False)  # noqa: S307
+            pipe.line({"read": text})
+        except Exception as exc:  # noqa: BLE001 - reported as "missing or not JSON data"
+            pipe.line({"read_error": {"ename": type(exc).__name__, "evalue": str(exc)}})
+    pipe.line({"done": True})  # the parent answers now, while this process is torn down
+    return 0
+
+
+def _fast_plain_python(shell) -> None:
+    """Skip IPython's tokenizing input transforms for cells that are plain Python.
+
+    Those transforms (``%magic``, ``!cmd``, ``x?``, ``a = !cmd``) only rewrite lines that are
+    not Python, so a cell that parses after the cheap line-based cleanups comes out unchanged;
+    tokenizing costs about a millisecond per kilobyte, and task cells carry kilobytes of
+    harness. Anything that does not parse goes through IPython's own path.
+    """
+    import ast
+
+    manager = shell.input_transformer_manager
+    slow = manager.transform_cell
+    flags = ast.PyCF_ONLY_AST | getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
+
+    def transform_cell(cell: str) -> str:
+        lines = (cell if cell.endswith("\n") else cell + "\n").splitlines(keepends=True)
+        for transform in manager.cleanup_transforms + manager.line_transforms:
+            lines = transform(lines)
+        candidate = "".join(lines)
+        try:
+            compile(candidate, "<cell>", "exec", flags, dont_inherit=True)
+        except (SyntaxError, ValueError):
+            return slow(cell)
+        return candidate
+
+    manager.transform_cell = transform_cell
+
+
+_OUTPUT_TYPES = frozenset({
+    "stream", "display_data", "update_display_data", "execute_result", "error", "clear_output",
+    "comm_open", "comm_msg",
+})  # fmt: skip
+
+
+def _close_inherited_channels(keep: set[int]) -> None:
+    """Close this child's copies of the kernel's sockets, event fds, epoll sets and pipes, so
+    attempt code cannot write into the warm kernel's messaging (the parent keeps its own)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2 or fd in keep:
+            continue
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(("socket:", "pipe:", "anon_inode:")):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _json_default(value):
+    """What jupyter_client's Session encodes that JSON cannot (bytes: base64; dates: ISO)."""
+    from jupyter_client.jsonutil import json_default
+
+    return json_default(value)
+
+
+def _size(content: dict) -> int:
+    try:
+        return len(_dumps(content, default=str))
+    except (TypeError, ValueError, RecursionError):
+        return 0
+
+
+def _cut(content: dict, limit: int) -> dict:
+    """A result or error cut to about ``limit``: long text kept cut, other big parts dropped."""
+    content = dict(content)
+    data = {}
+    for mime, value in (content.get("data") or {}).items():
+        if isinstance(value, str) and len(value) > limit:
+            if mime == "text/plain":
+                data[mime] = value[: limit + 1]
+        elif _size({"v": value}) <= limit:
+            data[mime] = value
+    if "data" in content:
+        content["data"] = data
+    if "traceback" in content:
+        lines, used = [], 0
+        for line in content["traceback"]:
+            used += len(line)
+            if used > limit:
+                break
+            lines.append(line)
+        content["traceback"] = lines
+    if _size(content.get("metadata") or {}) > limit:
+        content["metadata"] = {}
+    return content

@@ -1,0 +1,173 @@
+"""Throwaway steps: code run in a fork of the episode's kernel shows what a normal step would,
+and leaves the episode (variables, files, step count, history) as it was."""
+
+from __future__ import annotations
+
+import pytest
+
+from kernelenv import KernelEnv, KernelPool
+from kernelenv.errors import InvalidActionError
+from kernelenv.models import CodeAction, StepStatus
+from kernelenv.sandbox.config import SandboxConfig, bwrap_problem
+
+pytestmark = pytest.mark.anyio
+
+LEVELS = [
+    "none",
+    "limits",
+    pytest.param(
+        "bwrap", marks=pytest.mark.skipif(bwrap_problem() is not None, reason="no bubblewrap")
+    ),
+]
+
+STATE = (
+    "import json\n"
+    "value = 7\n"
+    "items = [1, 2, 3]\n"
+    "def helper(): return 'helped'\n"
+    "open('notes.txt', 'w').write('kept')\n"
+)
+
+# Cells whose outputs do not depend on state a normal step would change first.
+SAME_AS_A_NORMAL_STEP = [
+    "print('out'); value * 6",
+    "import sys; print('to stderr', file=sys.stderr, flush=True)",
+    "from IPython.display import display, HTML, Markdown\n"
+    "display(HTML('<b>bold</b>')); display(Markdown('*md*'), display_id='d1')",
+    "import base64\nfrom IPython.display import Image\n"
+    "Image(data=base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+    "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=='))",
+    "def f(n):\n    return 1 / n\nf(0)",
+    "raise ValueError('bad value')",
+    "this is not python",
+    "%%capture captured\nprint('hidden')",
+    "x = %who_ls function\nx",
+    "helper()",
+    "from IPython.display import clear_output\nprint('gone'); clear_output(); print('stays')",
+]
+
+
+@pytest.fixture(params=LEVELS)
+async def env(request, anyio_backend):
+    config = SandboxConfig(level=request.param, max_processes=64)
+    async with KernelPool(size=0, sandbox=config) as pool:
+        async with KernelEnv(pool=pool, step_timeout_s=3, interrupt_grace_s=0.5) as env:
+            await env.reset()
+            assert (await env.step(STATE)).status is StepStatus.OK
+            env.level = request.param  # type: ignore[attr-defined]
+            yield env
+
+
+async def assert_untouched(env: KernelEnv, steps: int) -> None:
+    """The episode's variables, files and step count are as STATE left them."""
+    assert env.state.step_count == steps
+    assert len(env.episode.steps) == steps
+    seen = await env.step(
+        "(value, items, helper(), open('notes.txt').read(), sorted(__import__('os').listdir()))"
+    )
+    assert seen.status is StepStatus.OK, seen.stderr
+    assert seen.return_value == "(7, [1, 2, 3], 'helped', 'kept', ['notes.txt'])"
+
+
+def comparable(observation) -> dict:
+    error = observation.error
+    return {
+        "status": observation.status,
+        "stdout": observation.stdout,
+        "stderr": observation.stderr,
+        "return_value": observation.return_value,
+        "outputs": observation.outputs,
+        "error": (error.ename, error.evalue, error.traceback) if error else None,
+        "execution_count": observation.execution_count,
+    }
+
+
+async def test_a_throwaway_step_changes_nothing_of_the_episode(env, no_leaks):
+    seen = await env.step(
+        "value = 100; items.append(4); del helper\n"
+        "open('notes.txt', 'w').write('overwritten'); open('new.txt', 'w').write('new')\n"
+        "(value, items, sorted(__import__('os').listdir()))",
+        keep=False,
+    )
+    assert seen.status is StepStatus.OK, seen.stderr
+    assert seen.return_value == "(100, [1, 2, 3, 4], ['new.txt', 'notes.txt'])"
+    assert seen.metadata["throwaway"] is True
+    # The action's own field does the same (the wire's spelling).
+    other = await env.step(CodeAction(code="value = 0; value", keep=False))
+    assert other.return_value == "0"
+    await assert_untouched(env, steps=1)
+
+
+async def test_a_throwaway_shows_what_a_normal_step_shows(env, no_leaks):
+    for code in SAME_AS_A_NORMAL_STEP:
+        throwaway = await env.step(code, keep=False)
+        normal = await env.step(code)
+        assert comparable(throwaway) == comparable(normal), code
+
+
+async def test_hostile_throwaways_leave_the_episode_serving(env, no_leaks):
+    loop = await env.step("while True: pass", keep=False)
+    assert loop.status is StepStatus.TIMEOUT
+    stubborn = await env.step(
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('before')\n"
+        "time.sleep(60)",
+        keep=False,
+    )
+    assert stubborn.status is StepStatus.TIMEOUT
+    assert "throwaway fork was killed" in stubborn.error.evalue
+    died = await env.step("import os; os._exit(3)", keep=False)
+    assert died.status is StepStatus.KERNEL_DIED
+    assert "exit code 3" in died.error.evalue and not died.kernel_restarted
+    flood = await env.step("print('x' * 100_000_000)", keep=False)
+    assert flood.status is StepStatus.OK and flood.output_truncated
+    assert len(flood.stdout) < 2 * env.max_output_bytes
+    tamper = await env.step(
+        "import builtins, sys, os\n"
+        "globals().clear()\n"
+        "builtins.print = None; builtins.len = lambda x: 0\n"
+        "sys.modules.clear()\n"
+        "for fd in range(3, 256):\n"
+        "    try: os.write(fd, b'garbage')\n"
+        "    except OSError: pass\n",
+        keep=False,
+    )
+    assert tamper.status in (StepStatus.OK, StepStatus.ERROR)
+    if env.level != "none":  # a process cap: the pids cgroup, or the watchdog
+        bomb = await env.step(
+            "import subprocess\nprocs = []\n"
+            "try:\n"
+            "    for _ in range(200):\n"
+            "        procs.append(subprocess.Popen(['sleep', '30']))\n"
+            "except OSError as exc:\n"
+            "    print('capped', type(exc).__name__)\n"
+            "len(procs)",
+            keep=False,
+        )
+        assert "capped" in bomb.stdout, bomb.stderr
+    # A throwaway's processes are gone with it: the episode can still be forked.
+    assert (await env.step("1 + 1", keep=False)).return_value == "2"
+    await assert_untouched(env, steps=1)
+
+
+async def test_a_throwaway_refuses_with_a_reason_when_a_fork_is_not_faithful(env, no_leaks):
+    await env.step("import threading, time\nstop = threading.Event()\n"
+                   "threading.Thread(target=stop.wait, name='worker', daemon=True).start()")
+    refused = await env.step("value", keep=False)
+    assert refused.status is StepStatus.ABORTED
+    assert "worker" in refused.error.evalue
+    await env.step("stop.set(); time.sleep(0.2)")
+    assert (await env.step("value", keep=False)).return_value == "7"
+
+
+async def test_a_throwaway_cannot_stream(env, no_leaks):
+    with pytest.raises(InvalidActionError):
+        await env.step("1", keep=False, on_output=lambda event: None)
+
+
+def test_the_blocking_facade_takes_keep(no_leaks):
+    with KernelEnv(pool_size=0, sandbox="none").sync() as env:
+        env.reset()
+        env.step("n = 1")
+        assert env.step("n = 2; n", keep=False).return_value == "2"
+        assert env.step("n").return_value == "1"
+        assert env.state.step_count == 2
