@@ -38,7 +38,7 @@ tools=(pip 'hatchling>=1.21')
 pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
 # pip's install of a fresh venv takes a minute: it says which package it is at (its "Collecting"
 # lines, a name a line; scripts/pip-progress.sh), the rest of its output is left out.
-pip_progress=("$venv/bin/python" -m pip --disable-pip-version-check --progress-bar off)
+pip_progress=("$venv/bin/python" -m pip --disable-pip-version-check)
 
 case $mode in
   locked)
