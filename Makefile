@@ -18,7 +18,7 @@ STAMPS = $(VENV)/.locked-test $(foreach p,$(PEERS),.venv-$(p)/.locked)
 demo: $(VENV)/.locked-demo
 	$(BIN)/kernelenv demo
 
-# At the common open-file limit of 1024, as users' processes run (`kernelenv serve` lifts its own),
+# At the common open-file limit of 1024, as users' processes start (a KernelPool lifts its own),
 # in two workers (pytest-xdist), a test file to a worker: most of a test's time is spent waiting
 # for kernels and servers. PYTEST_WORKERS=0 runs in this process.
 PYTEST_WORKERS ?= 2

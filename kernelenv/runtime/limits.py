@@ -18,8 +18,10 @@ holds at most ``RECEIVE_HWM`` such messages a socket.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import resource
 from typing import Any
 
 import zmq
@@ -195,3 +197,17 @@ class LateBacklog:
 
 def _marker_item(text: str) -> dict[str, Any]:
     return {"msg_type": "stream", "parent_msg_id": None, "content": {"name": "stderr", "text": text}}
+
+
+def raise_open_file_limit() -> None:
+    """Lift this process's soft limit on open files to its hard limit (as servers do).
+
+    Each kernel holds about thirty descriptors in the process that drives it (its ZMQ
+    sockets, its frame guard's listening and relayed sockets, a pidfd, a lease), so the common
+    soft limit of 1024 would fail kernel starts past about thirty kernels. A pool calls this
+    when it starts; a server's ``max_sessions`` and ``max_connections`` still bound them.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

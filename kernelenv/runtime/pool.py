@@ -28,6 +28,7 @@ from ..sandbox.kernelspec import AGENT_KERNEL_ARGS, KERNEL_NAME, kernel_spec, wr
 from ..sandbox.landlock import landlock_abi
 from ..sandbox.template_provisioner import template_problem
 from .kernel import Kernel
+from .limits import raise_open_file_limit
 from .livefork import become_subreaper, fork_kernel
 from .template_host import KernelTemplate
 
@@ -174,6 +175,7 @@ class KernelPool:
             raise EnvClosedError("this KernelPool is closed; create a new one")
         if self.root is not None:
             return
+        raise_open_file_limit()
         reap_stale_roots(self._root_parent)
         reap_stale_cgroups()
         self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=self._root_parent))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import resource
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from ..errors import KernelEnvError
+from ..runtime.limits import raise_open_file_limit
 from .app import create_app
 from .config import ServerConfig
 from .discovery import url_host, write_server_info
@@ -102,17 +102,6 @@ class _AnnouncedServer(uvicorn.Server):
             if self.info_file is not None:
                 with contextlib.suppress(OSError):
                     self.info_file.unlink()
-
-
-def raise_open_file_limit() -> None:
-    """Lift this process's soft limit on open files to its hard limit: each session's kernel
-    holds about sixteen descriptors here (its ZMQ sockets, a pidfd, a lease), and the common
-    soft limit of 1024 would fail kernel starts past about sixty sessions. ``max_sessions`` and
-    ``max_connections`` still bound them."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 PR_SET_DUMPABLE = 4

@@ -307,13 +307,13 @@ def _send_until_refused(sock: socket.socket, frame: bytes, limit: int) -> int:
 
 
 def test_the_server_lifts_its_open_file_limit_to_the_hard_one():
-    """A session holds about sixteen descriptors in the server: the usual soft limit of 1024
-    would fail kernel starts past some sixty sessions."""
+    """A session holds about thirty descriptors in the server: the usual soft limit of 1024
+    would fail kernel starts past some thirty sessions (a pool lifts it when it starts)."""
     code = (
         "import resource\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
-        "from kernelenv.server.serve import raise_open_file_limit\n"
+        "from kernelenv.runtime.limits import raise_open_file_limit\n"
         "raise_open_file_limit()\n"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))\n"
     )
