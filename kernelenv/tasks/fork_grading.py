@@ -24,15 +24,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
-
 from ..models import CodeObservation, ErrorInfo, StepStatus
 from ..runtime.kernel import Kernel
 from ..runtime.outputs import DEFAULT_MAX_OUTPUT_BYTES
 from ..runtime.pool import KernelPool
 from ..runtime.throwaway_host import ForkCell, ForkRun, cell_observation, run_batch_in_forks
 from .format import Task
-from .grading import MAX_ANSWER_CHARS, Grade, _GradeDict
+from .grading import MAX_ANSWER_CHARS, Grade, grade_left
 
 # Steps not replayed when grading (as tasks.run: they cannot have left state worth grading).
 NOT_REPLAYED = (StepStatus.TIMEOUT, StepStatus.KERNEL_DIED, StepStatus.ABORTED)
@@ -219,19 +217,7 @@ def _grade_of(run: ForkRun, task: Task, names: list[str]) -> Grade:
     if problem is not None:
         return Grade.failed(task, f"grading failed: {problem}")
     value, problem = _read(run, "grade")
-    if problem is not None:
-        return Grade.failed(task, f"the grader left no grade: {problem}")
-    try:
-        result = _GradeDict.model_validate(value)
-    except ValidationError as exc:
-        return Grade.failed(task, f"the grader left an invalid grade: {exc}")
-    return Grade(
-        task_id=task.id,
-        score=result.score,
-        passed=result.score >= task.pass_score,
-        feedback=result.feedback,
-        components=result.components,
-    )
+    return grade_left(task, value, problem)
 
 
 def _hidden_cells(task: Task, *parts: tuple[str, str]) -> list[tuple[ForkCell, str]]:

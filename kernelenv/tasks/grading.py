@@ -121,6 +121,11 @@ async def _grade_in(kernel: Kernel, task: Task, answer: Any) -> Grade:
         log.error("task %s: %s", task.id, problem)
         return Grade.failed(task, f"grading failed: {problem}")
     value, problem = await _read_json(kernel, "grade", budget)
+    return grade_left(task, value, problem)
+
+
+def grade_left(task: Task, value: Any, problem: str | None) -> Grade:
+    """The grade a grader cell left as ``grade`` (read as JSON; ``problem`` if it could not be)."""
     if problem is not None:
         return Grade.failed(task, f"the grader left no grade: {problem}")
     try:
