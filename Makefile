@@ -19,9 +19,9 @@ demo: $(VENV)/.locked-demo
 	$(BIN)/kernelenv demo
 
 # At the common open-file limit of 1024, as users' processes start (a KernelPool lifts its own),
-# in two workers (pytest-xdist), a test file to a worker: most of a test's time is spent waiting
-# for kernels and servers. PYTEST_WORKERS=0 runs in this process.
-PYTEST_WORKERS ?= 2
+# in three workers (pytest-xdist) on two cores, a test file to a worker: most of a test's time is
+# spent waiting for kernels and servers. PYTEST_WORKERS=0 runs in this process.
+PYTEST_WORKERS ?= 3
 PYTEST = ulimit -Sn 1024; $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test: system-deps $(STAMPS)

@@ -101,10 +101,16 @@ def journal_dir_for_tests(tmp_path_factory):
 def session_leak_check():
     """After the whole run: no kernel processes and no pool directories of this process."""
     yield
-    procs, dirs = wait_for_no_leaks()
+    procs, dirs = wait_for_no_leaks(timeout_s=20.0)
+    left = []
     for proc in procs:  # do not leave them to the next run, even when failing
-        proc.kill()
-    assert not procs, f"processes left behind by the test session: {[p.pid for p in procs]}"
+        try:
+            seen = (proc.pid, proc.cmdline()[:4])
+            proc.kill()
+        except psutil.NoSuchProcess:  # it was exiting after all: not left behind
+            continue
+        left.append(seen)
+    assert not left, f"processes left behind by the test session: {left}"
     assert not dirs, f"pool directories left behind by the test session: {dirs}"
 
 

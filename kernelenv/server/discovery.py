@@ -44,12 +44,15 @@ def write_server_info(url: str, token: str | None) -> Path:
     os.chmod(directory, 0o700)  # mkdir's mode is masked, and the directory may be older
     path = directory / f"server-{os.getpid()}.json"
     info = {"url": url, "pid": os.getpid(), "token": token, "started": time.time()}
+    partial = directory / f".server-{os.getpid()}.json.part"
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a file of an earlier process with this pid
-    # Created 0600 and never followed: the token is readable by this user alone.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        partial.unlink()  # a file of an earlier process with this pid
+    # Created 0600 and never followed: the token is readable by this user alone. Written
+    # aside and renamed into place, so that a reader never sees it half written.
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(info, out)
+    os.replace(partial, path)
     return path
 
 

@@ -168,7 +168,9 @@ async def test_crafted_outputs_and_tool_calls_count_what_they_hold(attack, serve
             await ws.recv()
             before = server.memory_info().rss
             for _ in range(6):
-                await ws.send(json.dumps({"type": "step", "data": {"code": code}}))
+                # A generous budget: decoding each 2 MB call takes a while on a loaded machine.
+                step = {"code": code, "timeout_s": 60}
+                await ws.send(json.dumps({"type": "step", "data": step}))
                 data = json.loads(await ws.recv())["data"]
                 assert data["metadata"]["kernelenv"]["status"] in ("ok", "aborted")
             grown = server.memory_info().rss - before
