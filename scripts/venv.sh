@@ -3,9 +3,8 @@
 #
 #   NAME  test (.venv), demo (.venv, the package alone), trl (.venv-trl), mcp2 (.venv-mcp2), openenv (.venv-openenv),
 #         smolagents (.venv-smolagents), humaneval (.venv-humaneval)
-#   MODE  locked: install exactly the pins of requirements/NAME.txt (what `make test` does), with
-#                 uv (scripts/uv.sh)
-#         latest: install the newest releases the declared ranges allow (`make test-latest`), with pip
+#   MODE  locked: install exactly the pins of requirements/NAME.txt (what `make test` does)
+#         latest: install the newest releases the declared ranges allow (`make test-latest`)
 #         lock:   as latest, then write the installed versions to requirements/NAME.txt
 #
 # The pins go in as constraints (UV_CONSTRAINT and UV_BUILD_CONSTRAINT), so that they hold for
@@ -35,28 +34,25 @@ lock=requirements/${name/#demo/test}.txt
 tools=(pip 'hatchling>=1.21')
 
 [ -x "$venv/bin/python" ] || { echo "creating $venv ($python)"; bash scripts/make-venv.sh "$python" "$venv"; }
-pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
-# pip's install of a fresh venv takes a minute: it says which package it is at (its "Collecting"
-# lines, a name a line; scripts/pip-progress.sh), the rest of its output is left out.
-pip_progress=("$venv/bin/python" -m pip --disable-pip-version-check)
+# uv (itself pinned, in requirements/uv.txt) installs in seconds where pip takes a minute or
+# more a venv, and lists each package it installs.
+uv_install=(bash scripts/uv.sh pip install --python "$venv/bin/python")
+export PYTHON="$python"
 
 case $mode in
   locked)
-    # With uv (itself pinned, in requirements/uv.txt): the same pins as constraints, for build
-    # dependencies too, in seconds where pip takes a minute or more a venv. It lists each
-    # package it installs.
+    # The pins as constraints, for build dependencies too.
     [ -f "$lock" ] || { echo "$lock is missing: run 'make lock'" >&2; exit 1; }
-    export UV_CONSTRAINT="$PWD/$lock" UV_BUILD_CONSTRAINT="$PWD/$lock" PYTHON="$python"
+    export UV_CONSTRAINT="$PWD/$lock" UV_BUILD_CONSTRAINT="$PWD/$lock"
     echo "installing ${spec[*]} into $venv, at the versions pinned in $lock ($(grep -c '==' "$lock") pins):"
-    bash scripts/uv.sh pip install --quiet --python "$venv/bin/python" "${tools[@]}"
-    bash scripts/uv.sh pip install --python "$venv/bin/python" "${spec[@]}"
+    "${uv_install[@]}" --quiet "${tools[@]}"
+    "${uv_install[@]}" "${spec[@]}"
     ;;
   latest|lock)
-    export PIP_CONSTRAINT=""
+    unset UV_CONSTRAINT UV_BUILD_CONSTRAINT
     echo "installing ${spec[*]} into $venv, at the newest versions pyproject.toml allows:"
-    "${pip[@]}" install --upgrade "${tools[@]}"
-    "${pip_progress[@]}" install --upgrade --upgrade-strategy eager "${spec[@]}" \
-      | bash scripts/pip-progress.sh
+    "${uv_install[@]}" --quiet --upgrade "${tools[@]}"
+    "${uv_install[@]}" --upgrade "${spec[@]}"
     ;;
   *) echo "scripts/venv.sh: MODE is locked, latest or lock" >&2; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 """Throwaway forks, kernel side: run cells in a plain forked child of this kernel and send back
 what they showed, leaving this kernel as it was.
 
-:func:`run` is called by the host as a silent execute's ``user_expressions`` (as live fork's
+:func:`run_batch` is called by the host as a silent execute's ``user_expressions`` (as live fork's
 ``fork_here``), so this kernel's history, ``_`` and execution count are untouched. It forks a
 plain child, not a new kernel: no sockets, threads or event loop are built, which is what makes
 a throwaway cost a fork and a cell instead of a kernel start. The child runs each cell with
@@ -51,28 +51,23 @@ _PIPE_CHUNK = 1 << 16
 _dumps = json.dumps
 
 
-def run(spec_json: str) -> _Raw:
-    """Run the cells of ``spec_json`` in a throwaway fork; return what happened as JSON text.
-
-    The spec: ``cells`` (each ``code``, ``timeout_s``, ``silent``, ``capture`` and
-    ``stop_on``: statuses after which no further cell runs), ``read`` (an expression whose
-    value is sent back as JSON, or null), ``max_output_bytes``, ``grace_s`` (how long an
-    interrupted cell may take to stop) and ``work_dir`` (the episode's folder: the child works
-    in a copy of it, so files it writes there vanish with it). ASCII JSON: no character the
-    pretty printer would split lines at.
-    """
-    return _Raw(_dumps(_run(json.loads(spec_json))))
-
-
 def run_batch(specs_json: str) -> _Raw:
-    """Run several specs (a JSON list), each in a throwaway fork of its own, one after the
-    other; return ``{"batch": [report, ...]}``. One request for many attempts: the host's round
-    trip is paid once."""
+    """Run each spec of ``specs_json`` (a JSON list) in a throwaway fork of its own, one after
+    the other; return ``{"batch": [report, ...]}`` as JSON text. One request for many attempts:
+    the host's round trip is paid once.
+
+    A spec: ``cells`` (each ``code``, ``timeout_s``, ``silent``, ``capture`` and ``stop_on``:
+    statuses after which no further cell runs), ``read`` (an expression whose value is sent
+    back as JSON, or null), ``max_output_bytes``, ``grace_s`` (how long an interrupted cell may
+    take to stop) and ``work_dir`` (the episode's folder: the child works in a copy of it, so
+    files it writes there vanish with it). ASCII JSON: no character the pretty printer would
+    split lines at.
+    """
     return _Raw(_dumps({"batch": [_run(spec) for spec in json.loads(specs_json)]}))
 
 
 def _run(spec: dict) -> dict:
-    """:func:`run` for one parsed spec; returns the report."""
+    """One parsed spec of :func:`run_batch`; returns its report."""
     from .livefork import fork_problem
 
     reap_exiting()

@@ -125,10 +125,9 @@ async def run_batch_in_forks(
         }
         for cells, read in batch
     ]  # fmt: skip
-    single = len(specs) == 1
     expression = (
-        f"__import__('kernelenv.runtime.throwaway', fromlist=['run']).run"
-        f"{'' if single else '_batch'}({json.dumps(specs[0] if single else specs)!r})"
+        "__import__('kernelenv.runtime.throwaway', fromlist=['run_batch'])"
+        f".run_batch({json.dumps(specs)!r})"
     )
     budget = EVALUATE_MARGIN_S + sum(
         sum(c.timeout_s for c in cells) + (len(cells) + 2) * grace_s for cells, _ in batch
@@ -143,7 +142,7 @@ async def run_batch_in_forks(
         return [ForkRun(refused=f"{reply.get('ename')}: {reply.get('evalue')}") for _ in batch]
     try:
         report = json.loads(reply["data"]["text/plain"])
-        reports = [report] if single else list(report["batch"])
+        reports = list(report["batch"])
         if len(reports) != len(batch):
             raise ValueError(f"{len(reports)} reports for {len(batch)} runs")
     except (KeyError, ValueError, TypeError) as exc:

@@ -10,15 +10,10 @@ from kernelenv.models import StepStatus
 from kernelenv.sandbox.cgroup import cgroup_parent
 from kernelenv.sandbox.config import SandboxConfig, bwrap_problem
 
+from levels import LEVELS
+
 pytestmark = pytest.mark.anyio
 
-LEVELS = [
-    "none",
-    "limits",
-    pytest.param(
-        "bwrap", marks=pytest.mark.skipif(bwrap_problem() is not None, reason="no bubblewrap")
-    ),
-]
 
 STATE = (
     "import numpy as np, json\n"

@@ -8,17 +8,12 @@ import pytest
 from kernelenv import KernelEnv, KernelPool
 from kernelenv.errors import InvalidActionError
 from kernelenv.models import CodeAction, StepStatus
-from kernelenv.sandbox.config import SandboxConfig, bwrap_problem
+from kernelenv.sandbox.config import SandboxConfig
+
+from levels import LEVELS
 
 pytestmark = pytest.mark.anyio
 
-LEVELS = [
-    "none",
-    "limits",
-    pytest.param(
-        "bwrap", marks=pytest.mark.skipif(bwrap_problem() is not None, reason="no bubblewrap")
-    ),
-]
 
 STATE = (
     "import json\n"
