@@ -138,6 +138,7 @@ class FrameGuard:
         self._pumps: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self.cut = 0  # connections closed for breaking the bounds
+        self._closed = False
 
     async def start(
         self, kernel_ip: str, ports: dict[str, int], *, parent: Path | None = None
@@ -175,9 +176,15 @@ class FrameGuard:
         self._writers.add(writer)
         try:
             kernel_reader, kernel_writer = await _connect_unix(target)
-        except OSError:  # the kernel is gone: so is this connection
+        except BaseException as exc:  # the kernel is gone, or the guard closes: so is this
             writer.close()
             self._writers.discard(writer)
+            if isinstance(exc, OSError):
+                return
+            raise
+        if self._closed:  # closed while connecting: aclose() did not see these two
+            writer.close()
+            kernel_writer.close()
             return
         self._writers.add(kernel_writer)
         frames = FrameReader(self.max_message_bytes)
@@ -216,6 +223,7 @@ class FrameGuard:
 
     async def aclose(self) -> None:
         """Stop listening and close every connection. Safe to call twice."""
+        self._closed = True
         servers, self._servers = self._servers, []
         for server in servers:
             server.close()
