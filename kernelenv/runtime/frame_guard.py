@@ -173,6 +173,9 @@ class FrameGuard:
     async def _accept(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: str
     ) -> None:
+        if self._closed:  # accepted just before the guard closed: nothing to relay to
+            writer.close()
+            return
         self._writers.add(writer)
         try:
             kernel_reader, kernel_writer = await _connect_unix(target)
@@ -227,6 +230,10 @@ class FrameGuard:
         servers, self._servers = self._servers, []
         for server in servers:
             server.close()
+        # Connections accepted just before are handed to _accept in callbacks already queued:
+        # let them run (they close themselves), else their sockets go to the garbage collector.
+        for _ in range(2):
+            await asyncio.sleep(0)
         for writer in list(self._writers):
             writer.close()
         self._writers.clear()
