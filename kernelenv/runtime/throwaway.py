@@ -76,6 +76,7 @@ def _run(spec: dict) -> dict:
         return {"refused": problem}
     _warm_once()
     cells = spec["cells"]
+    compiled = [_hidden_code(cell["code"]) if cell.get("silent") else None for cell in cells]
     max_output = int(spec["max_output_bytes"])
     copy_dir = _copy_target(spec.get("work_dir"))
     result_r, result_w = os.pipe()
@@ -96,7 +97,7 @@ def _run(spec: dict) -> dict:
         try:
             for fd in (result_r, out_r, err_r):
                 os.close(fd)
-            code = _child(spec, cells, max_output, result_w, out_w, err_w, copy_dir)
+            code = _child(spec, cells, compiled, max_output, result_w, out_w, err_w, copy_dir)
         except BaseException:  # noqa: BLE001 - the parent reports the exit code
             pass
         os._exit(code)
@@ -431,8 +432,8 @@ class _Stream:
         return False
 
 
-def _child(spec: dict, cells: list[dict], max_output: int, result_w: int, out_w: int,
-           err_w: int, copy_dir: tuple[str, str] | None) -> int:  # fmt: skip
+def _child(spec: dict, cells: list[dict], compiled: list, max_output: int, result_w: int,
+           out_w: int, err_w: int, copy_dir: tuple[str, str] | None) -> int:  # fmt: skip
     """Run the cells; return the exit code."""
     import gc
 
@@ -497,7 +498,10 @@ def _child(spec: dict, cells: list[dict], max_output: int, result_w: int, out_w:
         state["in_cell"] = True
         try:
             silent = bool(cell.get("silent"))
-            outcome = shell.run_cell(cell["code"], store_history=not silent, silent=silent)
+            if compiled[number] is not None:
+                outcome = _run_hidden(shell, compiled[number])
+            else:
+                outcome = shell.run_cell(cell["code"], store_history=not silent, silent=silent)
         except KeyboardInterrupt:
             outcome = None
         finally:
@@ -526,6 +530,86 @@ def _child(spec: dict, cells: list[dict], max_output: int, result_w: int, out_w:
             pipe.line({"read_error": {"ename": type(exc).__name__, "evalue": str(exc)}})
     pipe.line({"done": True})  # the parent answers now, while this process is torn down
     return 0
+
+
+# Hidden cells compiled by this kernel, by source (a task's setup, collect and grader cells recur
+# for every attempt at it), with the total source length kept under a bound.
+_COMPILED: dict[str, object] = {}
+_COMPILED_SOURCE_LIMIT = 8 * 1024 * 1024
+_compiled_source = [0]
+
+
+def _hidden_code(source: str):
+    """``source`` compiled once in this kernel (before the fork: every child shares it), or None
+    when it is not plain Python (magics, shell escapes, top-level ``await``): then the child
+    runs it with IPython's ``run_cell``. Hidden cells are task code, never attempt code.
+
+    A silent ``run_cell`` compiles a cell several times over (the transforms' check, the async
+    check, the parse, a compile per statement): about 5 ms for the kilobytes of harness a task's
+    hidden cells hold. Compiled as one module here, it costs a child nothing.
+    """
+    import ast
+    import linecache
+
+    if source in _COMPILED:
+        _COMPILED[source] = code = _COMPILED.pop(source)  # most recently used last
+        return code
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    code = None
+    if shell is not None:
+        manager = shell.input_transformer_manager
+        lines = (source if source.endswith("\n") else source + "\n").splitlines(keepends=True)
+        for transform in manager.cleanup_transforms + manager.line_transforms:
+            lines = transform(lines)
+        name = f"<hidden cell {len(_COMPILED)}-{hash(source) & 0xFFFFFFFF:08x}>"
+        flags = shell.compile.flags | getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
+        try:
+            candidate = compile("".join(lines), name, "exec", flags, dont_inherit=True)
+        except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
+            candidate = None
+        if candidate is not None and not candidate.co_flags & _CO_COROUTINE:
+            code = candidate
+            # Tracebacks of a hidden cell show its lines, as IPython's own cells do.
+            linecache.cache[name] = (len(source), None, lines, name)
+    while _COMPILED and _compiled_source[0] + len(source) > _COMPILED_SOURCE_LIMIT:
+        old_source = next(iter(_COMPILED))
+        old = _COMPILED.pop(old_source)
+        _compiled_source[0] -= len(old_source)
+        if old is not None:
+            linecache.cache.pop(old.co_filename, None)
+    _COMPILED[source] = code
+    _compiled_source[0] += len(source)
+    return code
+
+
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE: the cell awaits at top level
+
+
+class _HiddenOutcome:
+    """What :func:`_run_hidden` came to, read as IPython's ``ExecutionResult`` is."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error_in_exec = error
+        self.error_before_exec = None
+        self.success = error is None
+
+
+def _run_hidden(shell, code) -> _HiddenOutcome:
+    """Run a compiled hidden cell as a silent ``run_cell`` would: in the user namespace, with
+    the execute events (the inline backend closes figures on ``post_execute``), and an error
+    formatted by IPython's traceback."""
+    shell.events.trigger("pre_execute")
+    error = None
+    try:
+        exec(code, shell.user_global_ns, shell.user_ns)  # noqa: S102 - the task's hidden code
+    except (Exception, KeyboardInterrupt, SystemExit) as exc:  # as run_cell: reported
+        error = exc
+        shell.showtraceback()
+    finally:
+        shell.events.trigger("post_execute")
+    return _HiddenOutcome(error)
 
 
 def _fast_plain_python(shell) -> None:

@@ -200,9 +200,11 @@ class WarmGraders:
         for task, answer in answers:
             payload = json.dumps(answer)
             load = f"import json as _json\nanswer = _json.loads({payload!r})\ndel _json"
+            # The answer is a cell of its own: the grader's cell stays the same text for every
+            # attempt at the task, compiled once by the warm kernel.
             plans.append(_hidden_cells(
-                task, (task.setup, "setup"), (task.service, "service"),
-                (load + "\n" + task.grader, "grader"),
+                task, (task.setup, "setup"), (task.service, "service"), (load, "grader"),
+                (task.grader, "grader"),
             ))  # fmt: skip
         runs = await self._fork_batch("_grader", [([c for c, _ in h], "grade") for h in plans])
         return [

@@ -154,6 +154,48 @@ async def test_a_throwaway_refuses_with_a_reason_when_a_fork_is_not_faithful(env
     assert (await env.step("value", keep=False)).return_value == "7"
 
 
+# Hidden (silent) cells, as graders run them: plain Python is compiled once by the kernel and
+# run directly; magics, shell syntax and top-level await go through IPython's run_cell. Both
+# must behave as a silent execute does.
+HIDDEN = [
+    "a = 1\nimport asyncio\n",
+    "await asyncio.sleep(0)\nb = a + 1",
+    "names = %who_ls\nb * 100",
+    "from __future__ import annotations\ndef f(x: NotDefinedAnywhere) -> int:\n    return 3\nd = f(0)",
+    "def g():\n    raise ValueError('hidden failure')\ng()",
+    "never = 'reached'",
+]
+
+
+async def test_hidden_cells_run_as_a_silent_execute_does(env, no_leaks):
+    import re
+
+    from kernelenv.runtime.throwaway_host import ForkCell, run_batch_in_forks
+
+    cells = [ForkCell(code, 5, silent=True, stop_on=("error",)) for code in HIDDEN]
+    read = "[a, b, sorted(set(names) & {'a', 'b'}), d, 'never' in globals()]"
+    runs = await run_batch_in_forks(
+        env.kernel, [(cells, read)] * 3, max_output_bytes=env.max_output_bytes, grace_s=0.5
+    )
+    first = runs[0]
+    assert [first.ends[i].status for i in range(5)] == ["ok"] * 4 + ["error"]
+    assert 5 not in first.started  # stopped at the error
+    error = first.ends[4].error
+    assert (error.ename, error.evalue) == ("ValueError", "hidden failure")
+    # IPython's traceback, with the failing line of the hidden cell's source.
+    traceback = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error.traceback))
+    assert "raise ValueError('hidden failure')" in traceback, traceback
+    assert first.read is None  # a stopped run reads nothing
+    assert first.outputs == []  # silent: nothing shown, not even b * 100
+    for later in runs[1:]:  # from the kernel's compiled copies: the same
+        assert later.ends == first.ends and later.read == first.read
+    done = await run_batch_in_forks(
+        env.kernel, [(cells[:4], read)], max_output_bytes=env.max_output_bytes, grace_s=0.5
+    )
+    assert done[0].read == "[1, 2, [\"a\", \"b\"], 3, false]"
+    await assert_untouched(env, steps=1)
+
+
 async def test_a_throwaway_cannot_stream(env, no_leaks):
     with pytest.raises(InvalidActionError):
         await env.step("1", keep=False, on_output=lambda event: None)
