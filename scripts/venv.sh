@@ -35,8 +35,10 @@ tools=(pip 'hatchling>=1.21')
 
 [ -x "$venv/bin/python" ] || { echo "creating $venv ($python)"; bash scripts/make-venv.sh "$python" "$venv"; }
 # uv (itself pinned, in requirements/uv.txt) installs in seconds where pip takes a minute or
-# more a venv, and lists each package it installs.
-uv_install=(bash scripts/uv.sh pip install --python "$venv/bin/python")
+# more a venv, and lists each package it installs. Unlike pip, uv writes no bytecode unless
+# asked: sandboxed kernels cannot write it into the venv (and PYTHONDONTWRITEBYTECODE stops
+# everyone else), so without it every process compiles every module it imports, each start.
+uv_install=(bash scripts/uv.sh pip install --compile-bytecode --python "$venv/bin/python")
 export PYTHON="$python"
 
 case $mode in
