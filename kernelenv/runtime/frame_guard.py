@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
@@ -108,7 +111,27 @@ class FrameReader:
 
 async def _connect_unix(target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A stream connection to the Unix socket ``target`` (a path, or ``\0name`` for an abstract
-    one: connected here, since uvloop's ``open_unix_connection`` takes no abstract address)."""
+    one: connected here, since uvloop's ``open_unix_connection`` takes no abstract address).
+
+    A socket file is in its kernel's sandbox, where agent code can swap it for a symbolic link
+    to any socket on the host: it is opened without following links, must be a socket, and is
+    connected to through that descriptor.
+
+    Raises:
+        OSError: no such socket, or ``target`` is a link or not a socket (ELOOP, ENOTSOCK).
+    """
+    path_fd = None
+    if not target.startswith("\0"):
+        path_fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(path_fd).st_mode
+            if not stat.S_ISSOCK(mode):
+                why = errno.ELOOP if stat.S_ISLNK(mode) else errno.ENOTSOCK
+                raise OSError(why, f"not a socket: {os.strerror(why)}", target)
+        except BaseException:
+            os.close(path_fd)
+            raise
+        target = f"/proc/self/fd/{path_fd}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
@@ -116,6 +139,9 @@ async def _connect_unix(target: str) -> tuple[asyncio.StreamReader, asyncio.Stre
     except BaseException:
         sock.close()
         raise
+    finally:
+        if path_fd is not None:
+            os.close(path_fd)
     return await asyncio.open_unix_connection(sock=sock, limit=CHUNK_BYTES)
 
 

@@ -1,5 +1,5 @@
-"""The frame guard's reading of ZMTP framing, on canned bytes (the attack itself, on a real
-server, is in tests/server/test_attacks.py)."""
+"""The frame guard: its reading of ZMTP framing, on canned bytes (the flood itself, on a real
+server, is in tests/server/test_attacks.py), and where it connects on to."""
 
 from __future__ import annotations
 
@@ -50,3 +50,49 @@ def test_a_stream_that_is_not_zmtp3_is_refused() -> None:
         FrameReader(1 << 20).feed(b"\xff" + bytes(8) + b"\x7f\x01")
     with pytest.raises(FrameError, match="command"):
         FrameReader(1 << 20).feed(GREETING + frame(b"x" * 70_000, command=True))
+
+
+@pytest.mark.anyio
+async def test_the_guard_never_follows_a_link_put_in_place_of_a_kernel_socket(tmp_path) -> None:
+    """A kernel's socket files are in its sandbox: agent code can swap one for a link to any
+    socket of the host, which the guard, connecting on, must not reach."""
+    import asyncio
+
+    from kernelenv.runtime.frame_guard import FrameGuard
+
+    reached: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reached.append(await reader.read(64))
+        writer.close()
+
+    kernel_ip = str(tmp_path / "kernel")
+    ports = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4}
+    host_service = await asyncio.start_unix_server(record, path=str(tmp_path / "host.sock"))
+    real_kernel = await asyncio.start_unix_server(record, path=f"{kernel_ip}-1")
+    (tmp_path / "kernel-2").symlink_to(tmp_path / "host.sock")  # the swapped socket
+    guard = FrameGuard(max_message_bytes=1 << 20)
+    prefix = await guard.start(kernel_ip, ports, parent=tmp_path / "guards")
+    try:
+        for port in (1, 2):
+            reader, writer = await asyncio.open_unix_connection(f"{prefix}-{port}")
+            writer.write(GREETING)
+            await writer.drain()
+            # Through to the real kernel socket (which closes after reading), closed at once
+            # for the link: either way the connection ends.
+            try:
+                assert await asyncio.wait_for(reader.read(), 10) == b""
+            except ConnectionResetError:
+                pass
+            writer.close()
+        for _ in range(100):
+            if reached:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        assert reached == [GREETING[:64]]  # the real kernel's only, never the host service
+    finally:
+        await guard.aclose()
+        for server in (host_service, real_kernel):
+            server.close()
+            await server.wait_closed()
