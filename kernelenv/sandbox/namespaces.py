@@ -25,6 +25,7 @@ import stat
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWPID = 0x20000, 0x08000000, 0x40000000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
 # bwrap's --proc makes these read-only: root without capabilities could write some sysctls.
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
 
@@ -114,6 +115,7 @@ def enter(spec: dict) -> None:
     sources = {name: os.open(spec[name], os.O_PATH | os.O_DIRECTORY) if spec.get(name) else None
                for name in ("tmp", "shm")}  # fmt: skip
     try:
+        _detach_others(hide, [p for p, _ in wanted])
         _mount("tmpfs", hide, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
         for path, read_only, fd in opened:
             _make_mount_point(path, stat.S_ISDIR(os.fstat(fd).st_mode))
@@ -124,6 +126,27 @@ def enter(spec: dict) -> None:
     finally:
         for fd in [fd for _, _, fd in opened] + [fd for fd in sources.values() if fd is not None]:
             os.close(fd)
+
+
+def _detach_others(hide: str, own: list[str]) -> None:
+    """Detach the mounts below ``hide`` that are not this episode's: the other episodes'
+    file systems, which the host mounted in the pool's directory and which reached the
+    template by propagation (so that each child can bind its own). Covered, they would still
+    be listed in /proc/self/mountinfo, and each copy would keep its file system, with what the
+    other episode wrote, in memory after that episode ended."""
+    own = [p.rstrip("/") for p in own]
+
+    def is_own(point: str) -> bool:
+        return any(point == p or point.startswith(p + "/") or p.startswith(point + "/")
+                   for p in own)  # fmt: skip
+
+    root = hide.rstrip("/")
+    others = {p for p in mount_points(hide) if p != root and not is_own(p)}
+    for point in sorted(others, key=len, reverse=True):  # the deepest first
+        if _libc.umount2(point.encode(), MNT_DETACH) != 0:
+            errno = ctypes.get_errno()
+            if errno not in (22, 2):  # EINVAL, ENOENT: gone with one detached above it
+                raise OSError(errno, f"umount {point}: {os.strerror(errno)}")
 
 
 def mount_proc() -> None:

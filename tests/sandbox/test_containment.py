@@ -298,6 +298,25 @@ async def test_a_second_pools_connection_file_cannot_be_read_or_used(env, pool):
         shutil.rmtree(root_dir, ignore_errors=True)
 
 
+async def test_an_episode_sees_no_mount_of_another(pool):
+    """Found by an outside red team: a template's child listed the other episodes' folders in
+    /proc/self/mountinfo (their file systems had reached the template by propagation), and
+    each copy kept the other episode's files in memory after it ended."""
+    if pool.sandbox.level != "bwrap":
+        pytest.skip("only bwrap gives an episode mounts of its own")
+    async with KernelPool(size=0, sandbox=pool.sandbox) as own, KernelEnv(pool=own) as victim:
+        await victim.reset()
+        await victim.step("open('notes.txt', 'w').write('mine')")
+        async with KernelEnv(pool=own) as attacker:  # started after the victim's mounts
+            await attacker.reset()
+            seen = await attacker.step("print(open('/proc/self/mountinfo').read())")
+            assert seen.status is StepStatus.OK, seen.stderr
+            assert attacker.kernel.directory.name in seen.stdout  # its own: the probe works
+            assert victim.kernel.directory.name not in seen.stdout
+            assert (await attacker.step("1 + 1")).return_value == "2"
+        assert (await victim.step("open('notes.txt').read()")).return_value == "'mine'"
+
+
 # -- memory ----------------------------------------------------------------------------------
 
 
