@@ -32,6 +32,7 @@ IPython, and nothing at all until used.
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import select
 import shutil
@@ -51,7 +52,7 @@ _PIPE_CHUNK = 1 << 16
 _dumps = json.dumps
 
 
-def run_batch(specs_json: str) -> _Raw:
+def run_batch(specs_json: str, spare: bool = False) -> _Raw:
     """Run each spec of ``specs_json`` (a JSON list) in a throwaway fork of its own, one after
     the other; return ``{"batch": [report, ...]}`` as JSON text. One request for many attempts:
     the host's round trip is paid once.
@@ -62,63 +63,217 @@ def run_batch(specs_json: str) -> _Raw:
     take to stop) and ``work_dir`` (the episode's folder: the child works in a copy of it, so
     files it writes there vanish with it). ASCII JSON: no character the pretty printer would
     split lines at.
+
+    ``spare``: the caller runs nothing but throwaways in this kernel (a warm grading kernel,
+    whose state never changes), so a child forked ahead of time is as good as one forked now:
+    the next child is forked once this request is answered and waits for its run, which takes
+    the fork off the next request's time. Without it, a waiting child is discarded.
     """
-    return _Raw(_dumps({"batch": [_run(spec) for spec in json.loads(specs_json)]}))
+    if not spare:
+        _discard_spare()
+    else:
+        _become_subreaper()
+    report = _Raw(_dumps({"batch": [_run(spec, spare) for spec in json.loads(specs_json)]}))
+    if spare:
+        _fork_spare_soon()
+    return report
 
 
-def _run(spec: dict) -> dict:
+def _run(spec: dict, spare: bool = False) -> dict:
     """One parsed spec of :func:`run_batch`; returns its report."""
-    from .livefork import fork_problem
-
-    reap_exiting()
-    problem = fork_problem()
-    if problem is not None:
-        return {"refused": problem}
+    if spare:
+        _kill_strays()
+    else:
+        reap_exiting()
     _warm_once()
     cells = spec["cells"]
     compiled = [_hidden_code(cell["code"]) if cell.get("silent") else None for cell in cells]
     max_output = int(spec["max_output_bytes"])
     copy_dir = _copy_target(spec.get("work_dir"))
-    result_r, result_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    # No flush of this kernel's streams first: the child never writes through them (it gets
-    # streams of its own), and each flush is a round trip to the kernel's IOPub thread.
+    payload = marshal.dumps((spec, compiled, copy_dir))
+    child = _take_spare() if spare else None
+    if child is not None and not child.hand_over(payload):  # the spare died waiting
+        child.discard()
+        child = None
+    if child is None:
+        child = _Child.fork()
+        if isinstance(child, str) or not child.hand_over(payload):
+            if not isinstance(child, str):
+                child.discard()
+                child = "the throwaway child died before it started"
+            if copy_dir is not None:
+                shutil.rmtree(copy_dir[0], ignore_errors=True)
+            return {"refused": child}
     try:
-        pid = os.fork()
-    except OSError as exc:  # a process limit reached
-        for fd in (result_r, result_w, out_r, out_w, err_r, err_w):
-            os.close(fd)
-        if copy_dir is not None:
-            shutil.rmtree(copy_dir[0], ignore_errors=True)
-        return {"refused": f"this kernel cannot fork now: {exc.strerror}"}
-    if pid == 0:  # -- the child: never returns --
-        code = 1
-        try:
-            for fd in (result_r, out_r, err_r):
-                os.close(fd)
-            code = _child(spec, cells, compiled, max_output, result_w, out_w, err_w, copy_dir)
-        except BaseException:  # noqa: BLE001 - the parent reports the exit code
-            pass
-        os._exit(code)
-    for fd in (result_w, out_w, err_w):
-        os.close(fd)
-    try:
-        os.setpgid(pid, pid)  # also done by the child: whichever runs first
-    except OSError:
-        pass
-    try:
-        report = _supervise(pid, result_r, out_r, err_r, cells, max_output, float(spec["grace_s"]))
+        report = _supervise(child.pid, child.result_r, child.out_r, child.err_r, cells,
+                            max_output, float(spec["grace_s"]))  # fmt: skip
     except BaseException:  # an interrupt of this kernel: the child goes too, reaped later
-        _EXITING.append(pid)
+        _EXITING.append(child.pid)
         raise
     finally:
-        for fd in (result_r, out_r, err_r):
-            os.close(fd)
-        _kill_group(pid)
+        child.close()
+        _kill_group(child.pid)
         if copy_dir is not None:
             shutil.rmtree(copy_dir[0], ignore_errors=True)
     return report
+
+
+class _Child:
+    """A throwaway child forked and made ready (its streams, signals and copies of this
+    kernel's channels dealt with), waiting for the run it is handed (:meth:`hand_over`)."""
+
+    def __init__(self, pid: int, start_w: int, result_r: int, out_r: int, err_r: int) -> None:
+        self.pid = pid
+        self.owner = os.getpid()
+        self.start_w: int | None = start_w
+        self.result_r, self.out_r, self.err_r = result_r, out_r, err_r
+
+    @classmethod
+    def fork(cls) -> _Child | str:
+        """A new child, or why this kernel cannot fork one faithfully now."""
+        from .livefork import fork_problem
+
+        problem = fork_problem()
+        if problem is not None:
+            return problem
+        start_r, start_w = os.pipe()
+        result_r, result_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        # No flush of this kernel's streams first: the child never writes through them (it
+        # gets streams of its own), and each flush is a round trip to the kernel's IOPub thread.
+        try:
+            pid = os.fork()
+        except OSError as exc:  # a process limit reached
+            for fd in (start_r, start_w, result_r, result_w, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            return f"this kernel cannot fork now: {exc.strerror}"
+        if pid == 0:  # -- the child: never returns --
+            code = 1
+            try:
+                for fd in (start_w, result_r, out_r, err_r):
+                    os.close(fd)
+                code = _child(start_r, result_w, out_w, err_w)
+            except BaseException:  # noqa: BLE001 - the parent reports the exit code
+                pass
+            os._exit(code)
+        for fd in (start_r, result_w, out_w, err_w):
+            os.close(fd)
+        try:
+            os.setpgid(pid, pid)  # also done by the child: whichever runs first
+        except OSError:
+            pass
+        return cls(pid, start_w, result_r, out_r, err_r)
+
+    def hand_over(self, payload: bytes) -> bool:
+        """Send the child its run (then it starts); False if it is gone."""
+        data = memoryview(len(payload).to_bytes(8, "little") + payload)
+        try:
+            while data:
+                data = data[os.write(self.start_w, data):]
+        except OSError:
+            return False
+        finally:
+            os.close(self.start_w)
+            self.start_w = None
+        return True
+
+    def close(self) -> None:
+        for fd in (self.start_w, self.result_r, self.out_r, self.err_r):
+            if fd is not None:
+                os.close(fd)
+        self.start_w = self.result_r = self.out_r = self.err_r = None
+
+    def discard(self) -> None:
+        """Kill it unused (reaped later)."""
+        self.close()
+        _kill_group(self.pid)
+        _EXITING.append(self.pid)
+
+
+def _become_subreaper() -> None:
+    """Make this kernel the reaper of its descendants' orphans: a process an attempt left
+    running (``setsid``, a double fork) is re-parented here instead of to init, where
+    :func:`_kill_strays` finds it. Only for warm grading kernels, which start no process
+    of their own that must live on."""
+    if not _SUBREAPER:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(36, 1, 0, 0, 0) == 0:  # PR_SET_CHILD_SUBREAPER
+            _SUBREAPER.append(True)
+
+
+_SUBREAPER: list[bool] = []
+
+
+def _kill_strays() -> None:
+    """Before an attempt in a warm grading kernel: every process an earlier attempt left
+    behind is killed, so none can reach this one (kill it, write to its files, signal it).
+
+    The killed children are waited for first: only then are their orphans this kernel's
+    children (see :func:`_become_subreaper`). Each round kills the children there are and
+    waits for them, which hands their own orphans up; a fork bomb runs out of rounds before
+    it runs out of its process limit."""
+    reap_exiting(wait=True)
+    keep = {spare.pid for spare in _SPARE}
+    for _ in range(64):
+        strays = [pid for pid in _children() if pid not in keep]
+        if not strays:
+            return
+        for pid in strays:
+            _signal(pid, signal.SIGKILL)
+        for pid in strays:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _children() -> list[int]:
+    """This process's children, from its threads' ``children`` lists in /proc."""
+    found: list[int] = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as listing:
+                found += [int(pid) for pid in listing.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+# The child forked ahead for the next run of a warm grading kernel (see run_batch's spare).
+_SPARE: list[_Child] = []
+
+
+def _take_spare() -> _Child | None:
+    spare = _SPARE.pop() if _SPARE else None
+    if spare is not None and spare.owner != os.getpid():  # a live fork of this kernel: not ours
+        return None
+    return spare
+
+
+def _discard_spare() -> None:
+    while _SPARE:
+        spare = _SPARE.pop()
+        if spare.owner == os.getpid():
+            spare.discard()
+
+
+def _fork_spare_soon() -> None:
+    """Fork the spare once this request is answered (a call of the kernel's event loop)."""
+    import asyncio
+
+    def fork_spare() -> None:
+        if not _SPARE:
+            child = _Child.fork()
+            if not isinstance(child, str):
+                _SPARE.append(child)
+
+    try:
+        asyncio.get_running_loop().call_soon(fork_spare)
+    except RuntimeError:  # no loop running here: the next request forks its own
+        pass
 
 
 class _Raw:
@@ -167,8 +322,9 @@ def reap_exiting(*, wait: bool = False) -> None:
 
 
 def exiting() -> set[int]:
-    """Throwaway children killed after they answered, not reaped yet."""
-    return set(_EXITING)
+    """Throwaway children a fork of this kernel may ignore: those killed after they answered,
+    not reaped yet, and a spare waiting for its run (it holds nothing)."""
+    return set(_EXITING) | {spare.pid for spare in _SPARE if spare.owner == os.getpid()}
 
 
 def _copy_target(work_dir: str | None) -> tuple[str, str] | None:
@@ -432,9 +588,9 @@ class _Stream:
         return False
 
 
-def _child(spec: dict, cells: list[dict], compiled: list, max_output: int, result_w: int,
-           out_w: int, err_w: int, copy_dir: tuple[str, str] | None) -> int:  # fmt: skip
-    """Run the cells; return the exit code."""
+def _child(start_r: int, result_w: int, out_w: int, err_w: int) -> int:
+    """Get ready, wait for the run on ``start_r`` (see :meth:`_Child.hand_over`), run its cells;
+    return the exit code."""
     import gc
 
     from IPython import get_ipython
@@ -446,7 +602,7 @@ def _child(spec: dict, cells: list[dict], compiled: list, max_output: int, resul
     if asyncio_events is not None:  # the parent's loop is "running" in this thread
         asyncio_events._set_running_loop(None)
     signal.set_wakeup_fd(-1)  # the parent loop's self-pipe is shared with the parent
-    pipe = _Pipe(result_w, max_output)
+    pipe = _Pipe(result_w, 0)
     state = {"in_cell": False, "interrupted": False}
 
     def on_sigint(signum, frame):  # the budget ran out (the parent sends it only then)
@@ -455,7 +611,7 @@ def _child(spec: dict, cells: list[dict], compiled: list, max_output: int, resul
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_sigint)
-    _close_inherited_channels({result_w, out_w, err_w})
+    _close_inherited_channels({start_r, result_w, out_w, err_w})
     # fd-level output (subprocesses, C code) to the parent, not to the kernel's capture pipes.
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
@@ -477,6 +633,15 @@ def _child(spec: dict, cells: list[dict], compiled: list, max_output: int, resul
         return None
 
     Session.send = send
+    shell = get_ipython()
+    _fast_plain_python(shell)
+    run = _receive(start_r)
+    if run is None:  # discarded unused, or the kernel went away
+        return 0
+    spec, compiled, copy_dir = run
+    cells = spec["cells"]
+    pipe.max_output = int(spec["max_output_bytes"])
+    _remember_sources(cells, compiled)
     if copy_dir is not None:
         folder, relative = copy_dir
         work = os.path.join(folder, "w")
@@ -487,8 +652,6 @@ def _child(spec: dict, cells: list[dict], compiled: list, max_output: int, resul
         else:
             shutil.copytree(spec["work_dir"], work, symlinks=True)
         os.chdir(os.path.normpath(os.path.join(work, relative)))
-    shell = get_ipython()
-    _fast_plain_python(shell)
     for number, cell in enumerate(cells):
         pipe.line({"start": number})
         pipe.capturing = bool(cell.get("capture"))
@@ -530,6 +693,29 @@ def _child(spec: dict, cells: list[dict], compiled: list, max_output: int, resul
             pipe.line({"read_error": {"ename": type(exc).__name__, "evalue": str(exc)}})
     pipe.line({"done": True})  # the parent answers now, while this process is torn down
     return 0
+
+
+def _receive(start_r: int) -> tuple[dict, list, tuple[str, str] | None] | None:
+    """The run :meth:`_Child.hand_over` sent: (spec, compiled hidden cells, copy target)."""
+    data = b""
+    while len(data) < 8 or len(data) < 8 + int.from_bytes(data[:8], "little"):
+        chunk = os.read(start_r, 1 << 20)
+        if not chunk:
+            return None
+        data += chunk
+    os.close(start_r)
+    spec, compiled, copy_dir = marshal.loads(data[8:])
+    return spec, list(compiled), tuple(copy_dir) if copy_dir is not None else None
+
+
+def _remember_sources(cells: list[dict], compiled: list) -> None:
+    """Tracebacks of a hidden cell show its lines (a spare was forked before they were known)."""
+    import linecache
+
+    for cell, code in zip(cells, compiled):
+        if code is not None and code.co_filename not in linecache.cache:
+            lines = cell["code"].splitlines(keepends=True)
+            linecache.cache[code.co_filename] = (len(cell["code"]), None, lines, code.co_filename)
 
 
 # Hidden cells compiled by this kernel, by source (a task's setup, collect and grader cells recur

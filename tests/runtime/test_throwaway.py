@@ -3,6 +3,8 @@ and leaves the episode (variables, files, step count, history) as it was."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from kernelenv import KernelEnv, KernelPool
@@ -194,6 +196,67 @@ async def test_hidden_cells_run_as_a_silent_execute_does(env, no_leaks):
     )
     assert done[0].read == "[1, 2, [\"a\", \"b\"], 3, false]"
     await assert_untouched(env, steps=1)
+
+
+# An attempt that leaves processes behind: one in a new session, one double-forked, both
+# touching a marker file as long as they live.
+LEAVE_DAEMONS = """
+import os, subprocess, sys, tempfile
+marker = os.path.join(tempfile.gettempdir(), 'still-alive-MARK')
+loop = f"import os, time\\nwhile True:\\n    open({marker!r}, 'w').close(); time.sleep(0.05)"
+subprocess.Popen([sys.executable, '-c', loop], start_new_session=True)
+if os.fork() == 0:
+    if os.fork() == 0:
+        os.setsid(); os.execv(sys.executable, [sys.executable, '-c', loop])
+    os._exit(0)
+"""
+CHECK_DAEMONS = """
+import os, tempfile, time
+marker = os.path.join(tempfile.gettempdir(), 'still-alive-MARK')
+time.sleep(0.3)
+if os.path.exists(marker):
+    os.remove(marker)
+time.sleep(0.5)
+print('alive' if os.path.exists(marker) else 'gone')
+"""
+
+
+async def test_a_warm_kernels_attempts_never_meet_what_an_earlier_one_left(env, no_leaks):
+    """Grading runs attempts one after another in forks of one warm kernel (spare=True): a
+    process an attempt leaves behind must be gone before the next attempt starts, within a
+    request and across requests, or it could reach that attempt (its files, its process)."""
+    from kernelenv.runtime.throwaway_host import ForkCell, run_batch_in_forks
+
+    mark = uuid.uuid4().hex  # level none shares the host's temporary directory
+
+    def cells(code: str) -> list:
+        return [ForkCell(code.replace("MARK", mark), 10, capture=True)]
+
+    async def batch(*codes: str) -> list:
+        return await run_batch_in_forks(
+            env.kernel, [(cells(code), None) for code in codes],
+            max_output_bytes=env.max_output_bytes, grace_s=0.5, spare=True,
+        )  # fmt: skip
+
+    def printed(run) -> str:
+        return "".join(o["content"].get("text", "") for o in run.outputs)
+
+    # The probe sees a daemon it left itself (the probe works)...
+    (probe,) = await batch(LEAVE_DAEMONS + CHECK_DAEMONS)
+    assert printed(probe) == "alive\n", probe
+    # ...and never one an earlier attempt left, in the same request or the next.
+    left, checked = await batch(LEAVE_DAEMONS, CHECK_DAEMONS)
+    assert left.ends[0].status == "ok", left
+    assert printed(checked) == "gone\n"
+    (checked,) = await batch(CHECK_DAEMONS)
+    assert printed(checked) == "gone\n"
+    # The kernel's waiting child (the spare) is used and replaced: results as without it.
+    plain = await run_batch_in_forks(
+        env.kernel, [(cells("value * 6"), None)], max_output_bytes=env.max_output_bytes,
+        grace_s=0.5,
+    )  # fmt: skip
+    for spared in (await batch("value * 6", "value * 6")) + (await batch("value * 6")):
+        assert spared.outputs == plain[0].outputs and spared.ends == plain[0].ends
 
 
 async def test_a_throwaway_cannot_stream(env, no_leaks):
