@@ -113,8 +113,15 @@ def fork_problem() -> str | None:
     # This thread by its id now: in a kernel that is itself a fork, the main thread's
     # recorded native_id is still the one it had in the process it was forked from.
     py_native = {t.native_id for t in threading.enumerate()} | {threading.get_native_id()}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        # A live fork at sandbox level limits: Landlock grants its kernel's /proc folder, not
+        # its own. Its native threads cannot be listed (a fork of it may inherit a held lock:
+        # then it times out); its child processes, waitid tells.
+        return _children_problem_without_proc(throwaway)
     unknown = []
-    for tid in os.listdir("/proc/self/task"):
+    for tid in tids:
         if int(tid) in py_native:
             continue
         try:
@@ -131,7 +138,7 @@ def fork_problem() -> str | None:
             f"{', '.join(sorted(set(unknown)))}); a fork could inherit a held lock"
         )
     children = []
-    for tid in os.listdir("/proc/self/task"):
+    for tid in tids:
         try:
             children += open(f"/proc/self/task/{tid}/children").read().split()
         except OSError:
@@ -140,6 +147,17 @@ def fork_problem() -> str | None:
     if children:
         return f"the kernel has child processes ({', '.join(children)}) that a fork cannot copy"
     return None
+
+
+def _children_problem_without_proc(throwaway) -> str | None:
+    """:func:`fork_problem`'s child-process check for a kernel that cannot read its /proc."""
+    if throwaway is not None:  # killed throwaway children: wait for them, they end at once
+        throwaway.reap_exiting(wait=True)
+    try:  # WNOWAIT: a child that has exited stays for its owner to reap
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    return "the kernel has child processes that a fork cannot copy"
 
 
 _HOST_WATCHERS: list[threading.Thread] = []

@@ -231,9 +231,14 @@ def _kill_strays() -> None:
 
 
 def _children() -> list[int]:
-    """This process's children, from its threads' ``children`` lists in /proc."""
+    """This process's children, from its threads' ``children`` lists in /proc (none found
+    where its /proc cannot be read: a live fork at level limits, never a warm kernel)."""
     found: list[int] = []
-    for tid in os.listdir("/proc/self/task"):
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for tid in tids:
         try:
             with open(f"/proc/self/task/{tid}/children") as listing:
                 found += [int(pid) for pid in listing.read().split()]
@@ -835,8 +840,7 @@ _OUTPUT_TYPES = frozenset({
 def _close_inherited_channels(keep: set[int]) -> None:
     """Close this child's copies of the kernel's sockets, event fds, epoll sets and pipes, so
     attempt code cannot write into the warm kernel's messaging (the parent keeps its own)."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
+    for fd in _open_fds():
         if fd <= 2 or fd in keep:
             continue
         try:
@@ -848,6 +852,26 @@ def _close_inherited_channels(keep: set[int]) -> None:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _open_fds() -> list[int]:
+    """This process's descriptors. At sandbox level limits a fork cannot list /proc/self/fd
+    (Landlock grants the kernel's own /proc folder, and a fork has a pid of its own; reading a
+    link in it still works): then every number below the descriptor limit that poll does not
+    call invalid."""
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        pass
+    import resource
+
+    bound = max(resource.getrlimit(resource.RLIMIT_NOFILE))
+    bound = bound if 0 < bound <= 1 << 16 else 1 << 16  # unlimited: as many as a poll takes
+    poller = select.poll()
+    for fd in range(bound):
+        poller.register(fd, 0)
+    invalid = {fd for fd, events in poller.poll(0) if events & select.POLLNVAL}
+    return [fd for fd in range(bound) if fd not in invalid]
 
 
 def _json_default(value):

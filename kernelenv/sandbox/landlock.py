@@ -10,6 +10,11 @@ not restricted: ipykernel's subprocess-output pipe uses loopback TCP.
 Landlock only grants; a hole is made by granting the siblings along the path and listing on the
 parents: the hole's *names* stay listable, its files cannot be read. Stdlib only, so that it
 starts in a few milliseconds without site-packages.
+
+/proc: the kernel reads its own ``/proc/<pid>`` and the system-wide entries of
+:data:`PROC_SYSTEM`, never another process's folder (command line, name, status) nor the
+listing of /proc (every pid). Its forks (live forks, throwaway runs) have pids of their own,
+outside the grant: their ``/proc/self`` cannot be read.
 """
 
 from __future__ import annotations
@@ -29,6 +34,18 @@ FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
 READ_RIGHTS = EXECUTE | READ_FILE | READ_DIR
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1, 2
 PR_SET_NO_NEW_PRIVS = 38
+
+# "/proc/self" is resolved where the rules are applied, in the kernel itself (the exec wrapper
+# keeps its pid; a template's child applies them after its fork): the rule lands on the
+# kernel's own /proc/<pid>, with its threads (task/), /proc/thread-self, /proc/mounts, /proc/net.
+PROC_SELF = "/proc/self"
+# What ordinary code reads of /proc besides its own folder (psutil, glibc, numpy, os.getloadavg).
+# Not /proc itself: listing it names every process. Not sched_debug, timer_list, locks,
+# sysvipc (they name other processes), nor kallsyms, kcore, kmsg, cmdline and friends.
+PROC_SYSTEM = (
+    "cpuinfo", "meminfo", "stat", "uptime", "loadavg", "version", "filesystems", "sys", "cgroups",
+    "swaps", "vmstat", "diskstats", "partitions", "pressure", "devices", "crypto",
+)  # fmt: skip
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -57,6 +74,9 @@ def landlock_abi() -> int:
 def _error(what: str) -> OSError:
     errno = ctypes.get_errno()
     return OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+PINNED: list[int] = []  # O_PATH descriptors keeping the /proc entries of the rules cached
 
 
 class Ruleset:
@@ -98,7 +118,15 @@ class Ruleset:
                 SYS_ADD_RULE, self.fd, RULE_PATH_BENEATH, ctypes.byref(rule), ctypes.c_uint32(0)
             ):
                 raise _error(f"landlock_add_rule {path}")
-        finally:
+        except BaseException:
+            os.close(fd)
+            raise
+        if path.startswith("/proc/"):
+            # A rule holds an inode, and procfs makes a new inode each time it looks an entry
+            # up again: once the cached entry is reclaimed (memory pressure), the rule would
+            # match nothing. An open descriptor keeps the entry, so its inode, cached.
+            PINNED.append(fd)
+        else:
             os.close(fd)
 
     def enforce(self) -> None:
@@ -120,9 +148,10 @@ def landlock_rules(
     """The rules (``--ro``/``--rw``/``--list`` and a path, flattened) for a kernel run by ``python``.
 
     Readable: the same allow-list a bwrap kernel sees (:func:`kernelenv.sandbox.bwrap.system_binds`),
-    /proc and /dev (not /dev/shm: the host's is shared and unbounded); writable: ``writable``
-    (the episode's files and sockets) and the character devices; holes: the task-library
-    copies the allow-list masks and ``hidden``. The holes are expanded here, once per
+    the kernel's own /proc folder and /proc's system-wide entries (:data:`PROC_SYSTEM`), and
+    /dev (not /dev/shm: the host's is shared and unbounded); writable: ``writable`` (the
+    episode's files and sockets) and the character devices; holes: the task-library copies
+    the allow-list masks and ``hidden``. The holes are expanded here, once per
     process, so that applying the rules is only adding them.
     """
     rules = list(_read_rules(python, tuple(map(str, hidden)), tuple(map(str, extra_readable))))
@@ -161,8 +190,10 @@ def _read_rules(python: str, hidden: tuple[str, ...], extra: tuple[str, ...]) ->
     binds = system_binds(layout, extra)
     holes = [*binds.masks, *hidden, "/dev/shm"]
     rules: list[str] = []
-    for tree in [*binds.ro, "/proc", "/dev"]:
+    for tree in [*binds.ro, "/dev"]:
         _expand(tree, holes, rules)
+    for entry in (PROC_SELF, *(f"/proc/{name}" for name in PROC_SYSTEM)):
+        rules += ["--ro", entry]
     # sys.path entries (an editable install's checkout) must be listable for imports to
     # find kernelenv in them; their files stay unreadable.
     for entry in layout["path"]:
@@ -216,6 +247,8 @@ def main(argv: list[str]) -> None:
     """Apply the rules before ``--``, then exec the command after it."""
     split = argv.index("--")
     restrict(argv[:split])
+    for fd in PINNED:  # the kernel exec'd next keeps them (and its /proc rules working)
+        os.set_inheritable(fd, True)
     command = argv[split + 1 :]
     os.execvp(command[0], command)
 

@@ -5,6 +5,7 @@ with it; its folders are removed)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -47,13 +48,18 @@ class Server:
         assert reply.status_code == 200, reply.text
         return reply.json()["episode_id"]
 
-    def step(self, episode_id: str, code: str, timeout_s: float = 60) -> dict:
+    def step(self, episode_id: str, code: str, timeout_s: float = 60, keep: bool = True) -> dict:
+        action = {"code": code} if keep else {"code": code, "keep": False}
         reply = self.http.post(
-            "/step",
-            json={"episode_id": episode_id, "action": {"code": code}, "timeout_s": timeout_s},
+            "/step", json={"episode_id": episode_id, "action": action, "timeout_s": timeout_s}
         )
         assert reply.status_code == 200, reply.text
         return reply.json()["observation"]
+
+    def fork(self, episode_id: str) -> str:
+        reply = self.http.post("/fork", json={"episode_id": episode_id, "n": 1})
+        assert reply.status_code == 200, reply.text
+        return reply.json()["episode_ids"][0]
 
     def stop(self) -> str:
         """Stop the server (Ctrl-C); its output, stdout and stderr together."""
@@ -182,7 +188,7 @@ def test_at_limits_agent_code_learns_neither_the_token_nor_other_kernels(
     observation = server.step(attacker, PROC_SCAN.format(token=token, runtime=str(runtime)))
     assert observation["metadata"]["kernelenv"]["status"] == "ok", observation
     found = json.loads(observation["stdout"])
-    assert server.process.pid in found["listed"]  # the scan saw the server
+    assert found["listed"] == [], found  # /proc cannot be listed: the scan finds no process
     assert found["seen"] == [], found  # the token: in no command line, environment or file
     # No other process's environment or descriptors (the server's, the victim kernel's,
     # the template's), and no connection file, template socket or rules file of another.
@@ -191,6 +197,73 @@ def test_at_limits_agent_code_learns_neither_the_token_nor_other_kernels(
     # The victim's kernel is untouched.
     assert server.step(victim, "secret")["metadata"]["kernelenv"]["return_value"] == "42"
     server_sound(server.url, token)
+
+
+# Agent code reading other processes' /proc folders by pid (the server's, the template's,
+# another episode's kernel's, PID 1's), its own folder, and what ordinary code needs of /proc.
+PROC_PROBE = """
+import json, os, subprocess, sys
+def readable(path):
+    try:
+        with open(path, 'rb') as f:
+            f.read()
+        return True
+    except OSError:
+        return False
+def listable(path):
+    try:
+        return bool(os.listdir(path))
+    except OSError:
+        return False
+others = {others!r}
+print(json.dumps({{
+    'others_read': [f'/proc/{{pid}}/{{name}}' for pid in others
+                    for name in ('cmdline', 'comm', 'status', 'stat', 'environ')
+                    if readable(f'/proc/{{pid}}/{{name}}')],
+    'others_listed': [pid for pid in others if listable(f'/proc/{{pid}}')],
+    'proc_listed': listable('/proc'),
+    'own': readable('/proc/self/status') and listable('/proc/self/task')
+           and readable('/proc/thread-self/comm'),
+    'ordinary': [os.cpu_count() > 0, len(os.getloadavg()), readable('/proc/meminfo'),
+                 readable('/proc/cpuinfo'), readable('/proc/sys/kernel/osrelease'),
+                 subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True,
+                                text=True).stdout.strip()],
+}}))
+"""
+ORDINARY = [True, 3, True, True, True, "42"]
+
+
+def test_at_limits_agent_code_reads_no_other_process_in_proc(serve, server_sound) -> None:
+    if not _limits_confined():
+        pytest.skip("Landlock with the episode byte budget (a root server) is needed here")
+    server = serve("--sandbox", "limits", "--kernel-launch", "template")
+    victim = server.reset()
+    ids = server.step(victim, "import os\nos.getpid(), os.getppid()")["metadata"]["kernelenv"]
+    kernel, template = ast.literal_eval(ids["return_value"])
+    others = [server.process.pid, template, kernel, 1]
+    assert len(set(others)) == 4
+    attacker = server.reset()
+    probe = PROC_PROBE.format(others=others)
+
+    def run(episode: str, keep: bool = True) -> dict:
+        observation = server.step(episode, probe, keep=keep)
+        assert observation["metadata"]["kernelenv"]["status"] == "ok", observation
+        return json.loads(observation["stdout"])
+
+    found = run(attacker)
+    # No other process's command line, name or status, nor even the list of pids...
+    assert found["others_read"] == [] and found["others_listed"] == [], found
+    assert found["proc_listed"] is False
+    # ...while the kernel's own folder and what ordinary code reads of /proc stay readable.
+    assert found["own"] is True, found
+    assert found["ordinary"] == ORDINARY, found
+    # A throwaway step, a live fork and a throwaway step in it (forks of the kernel, with pids
+    # of their own: their /proc/self is out of reach) work, and read no other process either.
+    child = server.fork(attacker)
+    for found in (run(attacker, keep=False), run(child), run(child, keep=False)):
+        assert found["others_read"] == [] and found["others_listed"] == [], found
+        assert found["proc_listed"] is False and found["ordinary"] == ORDINARY, found
+    server_sound(server.url, server.token)
 
 
 # -- D: kernels get no descriptor of the server's ----------------------------------------------
