@@ -10,6 +10,12 @@ what the shell would have published on IOPub to a pipe as JSON lines; this kerne
 pipe, enforces each cell's budget (SIGINT at the deadline, SIGKILL after a grace, to the child's
 whole process group) and returns the lines it kept as one JSON text.
 
+The child gets ready first (its own streams, signals, none of the kernel's channels), then waits
+for its run on a pipe: the spec and the hidden cells this kernel compiled (:func:`_hidden_code`),
+marshalled. A warm grading kernel (``spare``) forks the next child as soon as it has answered,
+so that wait is where a child spends the time between requests; it also reaps, and kills before
+each attempt, whatever an earlier attempt left running (:func:`_kill_strays`).
+
 Lines the child writes (each a JSON object):
 
 - ``{"start": i}`` / ``{"end": i, "status": ..., "error": ..., "execution_count": n}``: cell ``i``
@@ -96,14 +102,18 @@ def _run(spec: dict, spare: bool = False) -> dict:
         child.discard()
         child = None
     if child is None:
-        child = _Child.fork()
-        if isinstance(child, str) or not child.hand_over(payload):
-            if not isinstance(child, str):
-                child.discard()
-                child = "the throwaway child died before it started"
-            if copy_dir is not None:
-                shutil.rmtree(copy_dir[0], ignore_errors=True)
-            return {"refused": child}
+        forked = _Child.fork()
+        if isinstance(forked, str):
+            problem = forked
+        elif not forked.hand_over(payload):
+            forked.discard()
+            problem = "the throwaway child died before it started"
+        else:
+            child = forked
+    if child is None:
+        if copy_dir is not None:
+            shutil.rmtree(copy_dir[0], ignore_errors=True)
+        return {"refused": problem}
     try:
         report = _supervise(child.pid, child.result_r, child.out_r, child.err_r, cells,
                             max_output, float(spec["grace_s"]))  # fmt: skip
@@ -731,7 +741,7 @@ _compiled_source = [0]
 
 
 def _hidden_code(source: str):
-    """``source`` compiled once in this kernel (before the fork: every child shares it), or None
+    """``source`` compiled once in this kernel (each child is handed the code object), or None
     when it is not plain Python (magics, shell escapes, top-level ``await``): then the child
     runs it with IPython's ``run_cell``. Hidden cells are task code, never attempt code.
 
