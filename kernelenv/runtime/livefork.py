@@ -228,6 +228,9 @@ def fork_here(
 
     from .child import abandon_parent_messaging, attach_and_run, reuse_parent_kernel
 
+    throwaway = sys.modules.get("kernelenv.runtime.throwaway")
+    if throwaway is not None:  # a child waiting for a throwaway run: not the forks' to reach
+        throwaway.discard_spare()
     problem = fork_problem()
     if problem is not None:
         return {"refused": problem}

@@ -58,7 +58,7 @@ _PIPE_CHUNK = 1 << 16
 _dumps = json.dumps
 
 
-def run_batch(specs_json: str, spare: bool = False) -> _Raw:
+def run_batch(specs_json: str, grading: bool = False) -> _Raw:
     """Run each spec of ``specs_json`` (a JSON list) in a throwaway fork of its own, one after
     the other; return ``{"batch": [report, ...]}`` as JSON text. One request for many attempts:
     the host's round trip is paid once.
@@ -70,25 +70,29 @@ def run_batch(specs_json: str, spare: bool = False) -> _Raw:
     files it writes there vanish with it). ASCII JSON: no character the pretty printer would
     split lines at.
 
-    ``spare``: the caller runs nothing but throwaways in this kernel (a warm grading kernel,
-    whose state never changes), so a child forked ahead of time is as good as one forked now:
-    the next child is forked once this request is answered and waits for its run, which takes
-    the fork off the next request's time. Without it, a waiting child is discarded.
+    Once it has answered, this kernel forks the next child ahead (the *spare*), which takes the
+    fork off the next throwaway's time: best-of-n on one state, or a grading kernel's next
+    attempt. The spare holds the state of the moment it was forked, so it runs the next
+    throwaway only if nothing else ran in this kernel since (:func:`_spare_is_current`); any
+    other cell discards it as it starts.
+
+    ``grading``: this is a warm grading kernel, which runs nothing but throwaways: it reaps, and
+    kills before each attempt, whatever an earlier attempt left running (:func:`_kill_strays`).
     """
-    if not spare:
-        _discard_spare()
-    else:
+    _watch_cells()
+    if grading:
         _become_subreaper()
-    report = _Raw(_dumps({"batch": [_run(spec, spare) for spec in json.loads(specs_json)]}))
-    if spare:
-        _fork_spare_soon()
+    spare = _take_spare()
+    report = _Raw(_dumps({"batch": [_run(spec, grading, spare if i == 0 else None)
+                                    for i, spec in enumerate(json.loads(specs_json))]}))
+    _fork_spare_soon()
     return report
 
 
-def _run(spec: dict, spare: bool = False) -> dict:
-    """One parsed spec of :func:`run_batch`; returns its report."""
-    if spare:
-        _kill_strays()
+def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict:
+    """One parsed spec of :func:`run_batch` (in ``spare`` if there is one); returns its report."""
+    if grading:
+        _kill_strays(keep=spare)
     else:
         reap_exiting()
     _warm_once()
@@ -97,7 +101,7 @@ def _run(spec: dict, spare: bool = False) -> dict:
     max_output = int(spec["max_output_bytes"])
     copy_dir = _copy_target(spec.get("work_dir"))
     payload = marshal.dumps((spec, compiled, copy_dir))
-    child = _take_spare() if spare else None
+    child = spare
     if child is not None and not child.hand_over(payload):  # the spare died waiting
         child.discard()
         child = None
@@ -135,6 +139,7 @@ class _Child:
     def __init__(self, pid: int, start_w: int, result_r: int, out_r: int, err_r: int) -> None:
         self.pid = pid
         self.owner = os.getpid()
+        self.cells_run = _CELLS_RUN[0]  # this kernel's cells until it was forked
         self.start_w: int | None = start_w
         self.result_r, self.out_r, self.err_r = result_r, out_r, err_r
 
@@ -217,7 +222,7 @@ def _become_subreaper() -> None:
 _SUBREAPER: list[bool] = []
 
 
-def _kill_strays() -> None:
+def _kill_strays(keep: _Child | None = None) -> None:
     """Before an attempt in a warm grading kernel: every process an earlier attempt left
     behind is killed, so none can reach this one (kill it, write to its files, signal it).
 
@@ -226,9 +231,9 @@ def _kill_strays() -> None:
     waits for them, which hands their own orphans up; a fork bomb runs out of rounds before
     it runs out of its process limit."""
     reap_exiting(wait=True)
-    keep = {spare.pid for spare in _SPARE}
+    kept = {spare.pid for spare in _SPARE} | ({keep.pid} if keep is not None else set())
     for _ in range(64):
-        strays = [pid for pid in _children() if pid not in keep]
+        strays = [pid for pid in _children() if pid not in kept]
         if not strays:
             return
         for pid in strays:
@@ -257,18 +262,50 @@ def _children() -> list[int]:
     return found
 
 
-# The child forked ahead for the next run of a warm grading kernel (see run_batch's spare).
+# The child forked ahead for the next throwaway (see run_batch), and how many cells this kernel
+# has started (IPython's pre_execute: silent ones too; not the throwaway requests, whose code
+# is empty: their expression runs without a cell).
 _SPARE: list[_Child] = []
+_CELLS_RUN = [0]
+_WATCHING: list[bool] = []
+
+
+def _watch_cells() -> None:
+    """Count this kernel's executes, and discard the spare as any cell an agent sent starts:
+    it is out of date then, and the cell's writes would copy the pages the two share."""
+    if _WATCHING:
+        return
+    _WATCHING.append(True)
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        shell.events.register("pre_execute", _count_execute)
+        shell.events.register("pre_run_cell", lambda info: discard_spare())
+
+
+def _count_execute() -> None:
+    _CELLS_RUN[0] += 1
+
+
+def _spare_is_current(spare: _Child) -> bool:
+    """Whether the spare holds this kernel's state: this process forked it, and no cell has
+    started here since."""
+    return spare.owner == os.getpid() and _CELLS_RUN[0] == spare.cells_run
 
 
 def _take_spare() -> _Child | None:
+    """The spare, if it is current (else it is discarded)."""
     spare = _SPARE.pop() if _SPARE else None
-    if spare is not None and spare.owner != os.getpid():  # a live fork of this kernel: not ours
+    if spare is not None and not _spare_is_current(spare):
+        if spare.owner == os.getpid():
+            spare.discard()
         return None
     return spare
 
 
-def _discard_spare() -> None:
+def discard_spare() -> None:
+    """Kill the spare (a live fork of this kernel must not inherit a way to it)."""
     while _SPARE:
         spare = _SPARE.pop()
         if spare.owner == os.getpid():
@@ -279,11 +316,14 @@ def _fork_spare_soon() -> None:
     """Fork the spare once this request is answered (a call of the kernel's event loop)."""
     import asyncio
 
+    cells_run = _CELLS_RUN[0]
+
     def fork_spare() -> None:
-        if not _SPARE:
-            child = _Child.fork()
-            if not isinstance(child, str):
-                _SPARE.append(child)
+        if _SPARE or _CELLS_RUN[0] != cells_run:  # another execute came first: out of date
+            return
+        child = _Child.fork()
+        if not isinstance(child, str):
+            _SPARE.append(child)
 
     try:
         asyncio.get_running_loop().call_soon(fork_spare)

@@ -107,14 +107,15 @@ async def run_batch_in_forks(
     max_output_bytes: int,
     grace_s: float,
     work_dir: Path | None = None,
-    spare: bool = False,
+    grading: bool = False,
 ) -> list[ForkRun]:
     """Run each ``(cells, read)`` of ``batch`` in a throwaway fork of its own, one after the
     other, in one request to the kernel (as :func:`run_in_fork` each). A kernel lost on the way
     loses the whole batch: every run says ``kernel_lost``.
 
-    ``spare``: ``kernel`` runs nothing but throwaways (a warm grading kernel), so it may fork
-    the next request's child ahead of time (see :func:`kernelenv.runtime.throwaway.run_batch`).
+    ``grading``: ``kernel`` runs nothing but throwaways (a warm grading kernel): what an
+    attempt leaves running is killed before the next (see
+    :func:`kernelenv.runtime.throwaway.run_batch`).
     """
     specs = [
         {
@@ -132,7 +133,7 @@ async def run_batch_in_forks(
     ]  # fmt: skip
     expression = (
         "__import__('kernelenv.runtime.throwaway', fromlist=['run_batch'])"
-        f".run_batch({json.dumps(specs)!r}, spare={spare!r})"
+        f".run_batch({json.dumps(specs)!r}, grading={grading!r})"
     )
     budget = EVALUATE_MARGIN_S + sum(
         sum(c.timeout_s for c in cells) + (len(cells) + 2) * grace_s for cells, _ in batch

@@ -85,7 +85,7 @@ class WarmGraders:
         kernel = await self._warm(which)
         runs = await run_batch_in_forks(
             kernel, batch, max_output_bytes=DEFAULT_MAX_OUTPUT_BYTES, grace_s=GRACE_S,
-            work_dir=kernel.work_dir, spare=True,
+            work_dir=kernel.work_dir, grading=True,
         )  # fmt: skip
         if any(run.kernel_lost for run in runs):  # an attempt killed its parent: replace it
             self.pool.release(kernel)

@@ -222,7 +222,7 @@ print('alive' if os.path.exists(marker) else 'gone')
 
 
 async def test_a_warm_kernels_attempts_never_meet_what_an_earlier_one_left(env, no_leaks):
-    """Grading runs attempts one after another in forks of one warm kernel (spare=True): a
+    """Grading runs attempts one after another in forks of one warm kernel (grading=True): a
     process an attempt leaves behind must be gone before the next attempt starts, within a
     request and across requests, or it could reach that attempt (its files, its process)."""
     from kernelenv.runtime.throwaway_host import ForkCell, run_batch_in_forks
@@ -235,7 +235,7 @@ async def test_a_warm_kernels_attempts_never_meet_what_an_earlier_one_left(env, 
     async def batch(*codes: str) -> list:
         return await run_batch_in_forks(
             env.kernel, [(cells(code), None) for code in codes],
-            max_output_bytes=env.max_output_bytes, grace_s=0.5, spare=True,
+            max_output_bytes=env.max_output_bytes, grace_s=0.5, grading=True,
         )  # fmt: skip
 
     def printed(run) -> str:
@@ -250,13 +250,30 @@ async def test_a_warm_kernels_attempts_never_meet_what_an_earlier_one_left(env, 
     assert printed(checked) == "gone\n"
     (checked,) = await batch(CHECK_DAEMONS)
     assert printed(checked) == "gone\n"
-    # The kernel's waiting child (the spare) is used and replaced: results as without it.
+    # The child each request forks ahead (the spare) is used: results as without it.
     plain = await run_batch_in_forks(
         env.kernel, [(cells("value * 6"), None)], max_output_bytes=env.max_output_bytes,
         grace_s=0.5,
     )  # fmt: skip
     for spared in (await batch("value * 6", "value * 6")) + (await batch("value * 6")):
         assert spared.outputs == plain[0].outputs and spared.ends == plain[0].ends
+
+
+async def test_a_throwaway_always_sees_the_state_of_its_moment(env, no_leaks):
+    """The second throwaway in a row runs in the child forked ahead after the first; a cell
+    run in between (a step, or a silent execute as the env's own code sends) makes it out of
+    date, and a live fork must not inherit it."""
+    for value in range(3):
+        await env.step(f"value = {value}")
+        for _ in range(3):
+            assert (await env.step("value", keep=False)).return_value == str(value)
+    await env.kernel.execute("value = 99", timeout_s=10, silent=True)
+    assert (await env.step("value", keep=False)).return_value == "99"
+    (child,) = await env.fork(1)
+    async with child:
+        assert (await child.step("value")).return_value == "99"
+        assert (await child.step("value + 1", keep=False)).return_value == "100"
+    assert (await env.step("value", keep=False)).return_value == "99"
 
 
 async def test_a_throwaway_cannot_stream(env, no_leaks):
