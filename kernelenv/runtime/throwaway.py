@@ -81,7 +81,7 @@ def run_batch(specs_json: str, grading: bool = False) -> _Raw:
     """
     _watch_cells()
     if grading:
-        _become_subreaper()
+        _guard_grading_kernel()
     spare = _take_spare()
     report = _Raw(_dumps({"batch": [_run(spec, grading, spare if i == 0 else None)
                                     for i, spec in enumerate(json.loads(specs_json))]}))
@@ -206,20 +206,30 @@ class _Child:
         _EXITING.append(self.pid)
 
 
-def _become_subreaper() -> None:
-    """Make this kernel the reaper of its descendants' orphans: a process an attempt left
-    running (``setsid``, a double fork) is re-parented here instead of to init, where
-    :func:`_kill_strays` finds it. Only for warm grading kernels, which start no process
-    of their own that must live on."""
-    if not _SUBREAPER:
+def _guard_grading_kernel() -> None:
+    """Keep a warm grading kernel out of its attempts' reach (once; only grading kernels,
+    which run no code of an agent's own and start no process that must live on):
+
+    - non-dumpable: an attempt is a fork of this kernel, same user, same sandbox, and could
+      read and write this kernel's memory (``process_vm_writev``: objects sit at the same
+      addresses in both), changing what every later attempt runs; its forks inherit the flag,
+      so attempts cannot reach one another either;
+    - the reaper of its descendants' orphans: a process an attempt left running (``setsid``,
+      a double fork) is re-parented here instead of to init, where :func:`_kill_strays`
+      finds it.
+    """
+    if not _GUARDED:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(36, 1, 0, 0, 0) == 0:  # PR_SET_CHILD_SUBREAPER
-            _SUBREAPER.append(True)
+        for option, value in ((4, 0), (36, 1)):  # PR_SET_DUMPABLE 0, PR_SET_CHILD_SUBREAPER 1
+            if libc.prctl(option, value, 0, 0, 0) != 0:
+                errno = ctypes.get_errno()
+                raise OSError(errno, f"prctl({option}): {os.strerror(errno)}")
+        _GUARDED.append(True)
 
 
-_SUBREAPER: list[bool] = []
+_GUARDED: list[bool] = []
 
 
 def _kill_strays(keep: _Child | None = None) -> None:
@@ -227,7 +237,7 @@ def _kill_strays(keep: _Child | None = None) -> None:
     behind is killed, so none can reach this one (kill it, write to its files, signal it).
 
     The killed children are waited for first: only then are their orphans this kernel's
-    children (see :func:`_become_subreaper`). Each round kills the children there are and
+    children (see :func:`_guard_grading_kernel`). Each round kills the children there are and
     waits for them, which hands their own orphans up; a fork bomb runs out of rounds before
     it runs out of its process limit."""
     reap_exiting(wait=True)

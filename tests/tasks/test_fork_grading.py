@@ -90,3 +90,45 @@ async def test_an_attempt_that_kills_the_warm_kernel_fails_alone_in_its_batch(im
         report = await evaluate(items, library=imported_library, workers=1, pool=pool)
     assert [r.passed for r in report.results] == [True, False, True, True]
     assert report.results[1].status == "kernel_died"
+
+
+# Found by an outside red team: an attempt is a fork of its warm kernel (same user, same
+# sandbox) and wrote into the kernel's memory, where objects sit at the addresses the attempt
+# sees: `builtins.globals` swapped for `locals` made every later attempt's collect find nothing.
+REWRITE_THE_WARM_KERNEL = r'''
+import builtins, ctypes, os, struct
+parent = os.getppid()
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+def move(call, address, buffer):
+    mine = iovec(ctypes.addressof(buffer), len(buffer))
+    theirs = iovec(address, len(buffer))
+    return call(parent, ctypes.byref(mine), 1, ctypes.byref(theirs), 1, 0)
+needle = struct.pack("<QQ", id("globals"), id(builtins.globals))
+written = 0
+for line in open(f"/proc/{parent}/maps"):
+    span, mode = line.split()[:2]
+    if not mode.startswith("rw"):
+        continue
+    start, end = (int(x, 16) for x in span.split("-"))
+    for at in range(start, end, 1 << 20):
+        buffer = ctypes.create_string_buffer(min(1 << 20, end - at))
+        got = move(libc.process_vm_readv, at, buffer)
+        found = buffer.raw[:max(got, 0)].find(needle)
+        if found >= 0:
+            value = ctypes.create_string_buffer(struct.pack("<Q", id(builtins.locals)), 8)
+            written += move(libc.process_vm_writev, at + found + 8, value) > 0
+print("written", written)
+def add(a, b):
+    return a + b
+'''
+
+
+async def test_an_attempt_cannot_rewrite_its_warm_kernels_memory(imported_library):
+    right = "    return a + b\n"
+    items = [{"task_id": "HumanEval/0", "completion": c}
+             for c in (right, REWRITE_THE_WARM_KERNEL, right, right)]  # fmt: skip
+    async with KernelPool(size=2) as pool:
+        report = await evaluate(items, library=imported_library, workers=1, pool=pool)
+    assert [r.passed for r in report.results[2:]] == [True, True], report.results
