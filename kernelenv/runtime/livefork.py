@@ -160,6 +160,17 @@ def _children_problem_without_proc(throwaway) -> str | None:
     return "the kernel has child processes that a fork cannot copy"
 
 
+def _no_memory_access() -> None:
+    """Make this kernel non-dumpable, and so the forks it makes (they inherit the flag): each
+    fork is an episode of its own, run by the same user and, where there is no PID namespace
+    between them (levels limits and none), it could otherwise read and write the memory of its
+    parent and its siblings (``process_vm_readv``/``writev``, ptrace)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+
+
 _HOST_WATCHERS: list[threading.Thread] = []
 
 
@@ -234,6 +245,7 @@ def fork_here(
     problem = fork_problem()
     if problem is not None:
         return {"refused": problem}
+    _no_memory_access()
     app = IPKernelApp.instance()
     cwds = cwds or [None] * len(connection_files)
     ready_sockets = ready_sockets or [None] * len(connection_files)

@@ -110,6 +110,35 @@ async def test_hostile_children_leave_the_parent_and_siblings_working(level_pool
                 await child.close()
 
 
+# A fork reading its parent's memory where the object sits in both (found by an outside red
+# team at level limits, where forks share one Landlock domain and one user).
+PEEK = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+buffer = ctypes.create_string_buffer(8)
+mine, theirs = iovec(ctypes.addressof(buffer), 8), iovec(id(counter), 8)
+print(libc.process_vm_readv({pid}, ctypes.byref(mine), 1, ctypes.byref(theirs), 1, 0))
+"""
+
+
+async def test_forks_cannot_read_one_anothers_memory(level_pool, no_leaks):
+    level, pool = level_pool
+    if level == "none":
+        pytest.skip("level none contains nothing (a root server's kernels may ptrace anything)")
+    async with KernelEnv(pool=pool) as parent:
+        await parent.reset()
+        await parent.step(STATE)
+        first, second = await parent.fork(2)
+        async with first, second:
+            for reader, target in ((first, parent), (first, second), (parent, first)):
+                pid = target.kernel.pid
+                seen = await reader.step(PEEK.format(pid=pid))
+                assert seen.stdout.strip() == "-1", (level, seen.stdout, seen.stderr)
+            assert (await second.step("counter")).return_value == "10"
+
+
 @pytest.mark.skipif(cgroup_parent() is None, reason="no writable pids cgroup here")
 async def test_each_child_has_a_pids_cgroup_of_its_own(no_leaks):
     async with KernelPool(size=0, sandbox="limits") as pool, KernelEnv(pool=pool) as parent:
