@@ -14,7 +14,7 @@ The child gets ready first (its own streams, signals, none of the kernel's chann
 for its run on a pipe: the spec and the hidden cells this kernel compiled (:func:`_hidden_code`),
 marshalled. A warm grading kernel (``spare``) forks the next child as soon as it has answered,
 so that wait is where a child spends the time between requests; it also reaps, and kills before
-each attempt, whatever an earlier attempt left running (:func:`_kill_strays`).
+each attempt, whatever an earlier attempt left running or wrote (:func:`_clear_after_attempts`).
 
 Lines the child writes (each a JSON object):
 
@@ -37,6 +37,7 @@ IPython, and nothing at all until used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import marshal
 import os
@@ -77,7 +78,8 @@ def run_batch(specs_json: str, grading: bool = False) -> _Raw:
     other cell discards it as it starts.
 
     ``grading``: this is a warm grading kernel, which runs nothing but throwaways: it reaps, and
-    kills before each attempt, whatever an earlier attempt left running (:func:`_kill_strays`).
+    clears before each attempt what an earlier attempt left: processes, files in its folders
+    (:func:`_clear_after_attempts`).
     """
     _watch_cells()
     if grading:
@@ -92,7 +94,7 @@ def run_batch(specs_json: str, grading: bool = False) -> _Raw:
 def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict:
     """One parsed spec of :func:`run_batch` (in ``spare`` if there is one); returns its report."""
     if grading:
-        _kill_strays(keep=spare)
+        _clear_after_attempts(spare, spec.get("work_dir"))
     else:
         reap_exiting()
     _warm_once()
@@ -215,8 +217,8 @@ def _guard_grading_kernel() -> None:
       addresses in both), changing what every later attempt runs; its forks inherit the flag,
       so attempts cannot reach one another either;
     - the reaper of its descendants' orphans: a process an attempt left running (``setsid``,
-      a double fork) is re-parented here instead of to init, where :func:`_kill_strays`
-      finds it.
+      a double fork) is re-parented here instead of to init, where
+      :func:`_clear_after_attempts` finds it.
     """
     if not _GUARDED:
         import ctypes
@@ -232,9 +234,52 @@ def _guard_grading_kernel() -> None:
 _GUARDED: list[bool] = []
 
 
+def _clear_after_attempts(keep: _Child | None, work_dir: str | None) -> None:
+    """Before an attempt in a warm grading kernel: what earlier attempts left is gone, so none
+    can reach this one. Their processes are killed (:func:`_kill_strays`); the files they wrote
+    by absolute path into this kernel's own folders are removed: its working directory (which
+    each attempt works in a copy of: a module left there would be imported by later attempts)
+    and what was not there at first in its episode's /tmp and /dev/shm."""
+    _kill_strays(keep)
+    for folder, baseline in _scratch_folders(work_dir).items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name in baseline:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+# A grading kernel's own folders, each with the names it held when first seen.
+_SCRATCH: dict[str, set[str]] = {}
+
+
+def _scratch_folders(work_dir: str | None) -> dict[str, set[str]]:
+    """This kernel's working directory (kept empty), and its episode's tmp and shm folders
+    where it has them (a sandboxed kernel: ``<episode>/fs/{work,tmp,shm}``; never a shared
+    /tmp), each with what it held first."""
+    if not work_dir:
+        return {}
+    if not _SCRATCH:
+        _SCRATCH[work_dir] = set()
+        root = os.path.dirname(work_dir)
+        if os.path.basename(work_dir) == "work" and os.path.basename(root) == "fs":
+            for name in ("tmp", "shm"):
+                folder = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    _SCRATCH[folder] = set(os.listdir(folder))
+    return _SCRATCH
+
+
 def _kill_strays(keep: _Child | None = None) -> None:
-    """Before an attempt in a warm grading kernel: every process an earlier attempt left
-    behind is killed, so none can reach this one (kill it, write to its files, signal it).
+    """Every process an earlier attempt left behind is killed, so none can reach the next
+    attempt (kill it, write to its files, signal it).
 
     The killed children are waited for first: only then are their orphans this kernel's
     children (see :func:`_guard_grading_kernel`). Each round kills the children there are and

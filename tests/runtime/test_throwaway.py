@@ -3,6 +3,8 @@ and leaves the episode (variables, files, step count, history) as it was."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 
 import pytest
@@ -257,6 +259,52 @@ async def test_a_warm_kernels_attempts_never_meet_what_an_earlier_one_left(env, 
     )  # fmt: skip
     for spared in (await batch("value * 6", "value * 6")) + (await batch("value * 6")):
         assert spared.outputs == plain[0].outputs and spared.ends == plain[0].ends
+
+
+# An attempt that writes, by absolute path, into its warm kernel's own working directory
+# (each attempt works in a copy of it: later attempts would import the module left there)
+# and into the episode's temporary directory.
+PLANT = """
+import os, tempfile
+for folder in ({work_dir!r}, tempfile.gettempdir()):
+    open(os.path.join(folder, 'planted_{mark}.py'), 'w').write('planted = True')
+"""
+FIND = """
+import os, tempfile
+print([os.path.exists(os.path.join(folder, 'planted_{mark}.py'))
+       for folder in ({work_dir!r}, tempfile.gettempdir())])
+try:
+    import planted_{mark}
+    print('imported')
+except ImportError:
+    print('not importable')
+"""
+
+
+async def test_a_warm_kernels_attempts_never_find_files_an_earlier_one_left(env, no_leaks):
+    from kernelenv.runtime.throwaway_host import ForkCell, run_batch_in_forks
+
+    values = {"work_dir": str(env.kernel.work_dir), "mark": uuid.uuid4().hex}
+
+    async def batch(*codes: str) -> list[str]:
+        runs = await run_batch_in_forks(
+            env.kernel, [([ForkCell(code.format(**values), 10, capture=True)], None)
+                         for code in codes],
+            max_output_bytes=env.max_output_bytes, grace_s=0.5, grading=True,
+            work_dir=env.kernel.work_dir,
+        )  # fmt: skip
+        return ["".join(o["content"].get("text", "") for o in run.outputs) for run in runs]
+
+    (seen,) = await batch(PLANT + FIND)  # the probe finds what it planted itself
+    assert seen == "[True, True]\nnot importable\n"  # (its copy was made before)
+    # Not what an earlier attempt planted (level none shares the host's /tmp: left alone).
+    tmp_kept = env.level == "none"
+    _, seen = await batch(PLANT, FIND)
+    assert seen == f"[False, {tmp_kept}]\nnot importable\n"
+    (seen,) = await batch(FIND)
+    assert seen == f"[False, {tmp_kept}]\nnot importable\n"
+    if tmp_kept:
+        os.remove(os.path.join(tempfile.gettempdir(), f"planted_{values['mark']}.py"))
 
 
 async def test_a_throwaway_always_sees_the_state_of_its_moment(env, no_leaks):
