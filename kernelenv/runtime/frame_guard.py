@@ -113,16 +113,23 @@ async def _connect_unix(target: str) -> tuple[asyncio.StreamReader, asyncio.Stre
     """A stream connection to the Unix socket ``target`` (a path, or ``\0name`` for an abstract
     one: connected here, since uvloop's ``open_unix_connection`` takes no abstract address).
 
-    A socket file is in its kernel's sandbox, where agent code can swap it for a symbolic link
-    to any socket on the host: it is opened without following links, must be a socket, and is
-    connected to through that descriptor.
+    A socket file is in its kernel's sandbox, where agent code can swap it (or its folder, the
+    kernel's socket directory) for a symbolic link to any socket on the host: both are opened
+    without following links, the file must be a socket, and it is connected to through that
+    descriptor. (The folders above belong to the pool, out of the sandbox's reach.)
 
     Raises:
         OSError: no such socket, or ``target`` is a link or not a socket (ELOOP, ENOTSOCK).
     """
     path_fd = None
     if not target.startswith("\0"):
-        path_fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        folder, name = os.path.split(target)
+        no_follow = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+        folder_fd = os.open(folder or ".", no_follow | os.O_DIRECTORY)
+        try:
+            path_fd = os.open(name, no_follow, dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
         try:
             mode = os.fstat(path_fd).st_mode
             if not stat.S_ISSOCK(mode):

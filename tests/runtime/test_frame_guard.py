@@ -66,16 +66,23 @@ async def test_the_guard_never_follows_a_link_put_in_place_of_a_kernel_socket(tm
         reached.append(await reader.read(64))
         writer.close()
 
-    kernel_ip = str(tmp_path / "kernel")
+    (tmp_path / "run").mkdir()
+    kernel_ip = str(tmp_path / "run" / "kernel")
     ports = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4}
-    host_service = await asyncio.start_unix_server(record, path=str(tmp_path / "host.sock"))
+    host_service = await asyncio.start_unix_server(record, path=str(tmp_path / "host-2"))
     real_kernel = await asyncio.start_unix_server(record, path=f"{kernel_ip}-1")
-    (tmp_path / "kernel-2").symlink_to(tmp_path / "host.sock")  # the swapped socket
+    (tmp_path / "run" / "kernel-2").symlink_to(tmp_path / "host-2")  # the swapped socket
     guard = FrameGuard(max_message_bytes=1 << 20)
     prefix = await guard.start(kernel_ip, ports, parent=tmp_path / "guards")
+    # The swapped socket folder: a link to a folder holding a host socket of the right name.
+    (tmp_path / "swapped").symlink_to(tmp_path)
+    swapped = FrameGuard(max_message_bytes=1 << 20)
+    swapped_prefix = await swapped.start(
+        str(tmp_path / "swapped" / "host"), ports, parent=tmp_path / "guards"
+    )
     try:
-        for port in (1, 2):
-            reader, writer = await asyncio.open_unix_connection(f"{prefix}-{port}")
+        for port, guard_prefix in ((1, prefix), (2, prefix), (2, swapped_prefix)):
+            reader, writer = await asyncio.open_unix_connection(f"{guard_prefix}-{port}")
             writer.write(GREETING)
             await writer.drain()
             # Through to the real kernel socket (which closes after reading), closed at once
@@ -93,6 +100,7 @@ async def test_the_guard_never_follows_a_link_put_in_place_of_a_kernel_socket(tm
         assert reached == [GREETING[:64]]  # the real kernel's only, never the host service
     finally:
         await guard.aclose()
+        await swapped.aclose()
         for server in (host_service, real_kernel):
             server.close()
             await server.wait_closed()
