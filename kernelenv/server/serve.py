@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -14,13 +15,19 @@ import uvicorn
 from fastapi import FastAPI
 
 from ..errors import KernelEnvError
-from ..runtime.limits import raise_open_file_limit
+from ..runtime.limits import (
+    DESCRIPTORS_PER_KERNEL,
+    kernels_within_open_file_limit,
+    raise_open_file_limit,
+)
 from .app import create_app
 from .config import ServerConfig
 from .discovery import url_host, write_server_info
 from .log_redaction import install_token_redaction
 from .slow_clients import head_timeout_protocol
 from .ws import READ_AHEAD
+
+log = logging.getLogger(__name__)
 
 
 def uvicorn_config(
@@ -66,6 +73,14 @@ def serve(
         **options: Further ``uvicorn.Config`` options (e.g. ``log_level``).
     """
     raise_open_file_limit()
+    room = kernels_within_open_file_limit()
+    if room is not None and room < config.max_sessions:
+        log.warning(
+            "max_sessions is %d, but this process's open-file limit leaves room for about %d "
+            "kernels (each holds some %d descriptors here): raise the limit (ulimit -n; a hard "
+            "limit needs root with CAP_SYS_RESOURCE) or lower max_sessions, or kernel starts "
+            "will fail past that", config.max_sessions, room, DESCRIPTORS_PER_KERNEL,
+        )  # fmt: skip
     hide_process_memory()
     _AnnouncedServer(uvicorn_config(config, **options), config, on_listening).run()
 

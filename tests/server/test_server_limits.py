@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import resource
 import select
 import socket
 import subprocess
@@ -306,6 +308,29 @@ def _send_until_refused(sock: socket.socket, frame: bytes, limit: int) -> int:
         sent += n
         offset = (offset + n) % len(frame)
     return sent
+
+
+def test_a_server_whose_open_file_limit_cannot_hold_max_sessions_says_so():
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kernelenv", "serve", "--port", "0", "--no-token"],
+        env={**os.environ, "KERNELENV_MAX_SESSIONS": "100"}, preexec_fn=low_limit,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if "running on" in line:
+                break
+        said = "".join(lines)
+        assert "max_sessions is 100" in said and "room for about 24 kernels" in said, said
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        process.stderr.close()
 
 
 def test_the_server_lifts_its_open_file_limit_to_the_hard_one():
