@@ -688,7 +688,7 @@ async def bench_fresh(cfg: SuiteConfig, results: Results) -> None:
     results.check("fresh.p50", "reset with size=0 + first step, template (p50)", template_p50,
                   "ms", "<= 60 ms", 60)
     results.check("fresh.cpu", "CPU per fresh kernel, template (p50)",
-                  results.p50("fresh.template_cpu"), "ms", "<= 50 ms", 50)
+                  results.p50("fresh.template_cpu"), "ms", "<= 30 ms", 30)
     if template_p50 and cold_p50:
         results.notes.append(
             f"Fresh kernel, reset + first step: the template is {cold_p50 / template_p50:.1f}x "
