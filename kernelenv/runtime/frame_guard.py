@@ -263,9 +263,11 @@ class FrameGuard:
         servers, self._servers = self._servers, []
         for server in servers:
             server.close()
-        # Connections accepted just before are handed to _accept in callbacks already queued:
-        # let them run (they close themselves), else their sockets go to the garbage collector.
-        for _ in range(2):
+        # Connections accepted just before are handed to _accept through a chain of callbacks
+        # already queued (the accept, the transport, connection_made, the _accept task), one
+        # loop turn each: let them run (they close themselves), else their sockets go to the
+        # garbage collector. Under load two turns were seen not to be enough.
+        for _ in range(8):
             await asyncio.sleep(0)
         for writer in list(self._writers):
             writer.close()
