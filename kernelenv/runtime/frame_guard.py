@@ -203,13 +203,24 @@ class FrameGuard:
             raise
         return self.prefix
 
-    async def _accept(
+    def _accept(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: str
     ) -> None:
+        """Called as the connection is made, before any await: from then on aclose() knows it
+        (a coroutine here would start a loop turn later, and a guard closing meanwhile would
+        leave the socket to the garbage collector)."""
         if self._closed:  # accepted just before the guard closed: nothing to relay to
             writer.close()
             return
         self._writers.add(writer)
+        task = asyncio.get_running_loop().create_task(self._relay(reader, writer, target))
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
+
+    async def _relay(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: str
+    ) -> None:
+        """Connect on to the kernel's socket and pump both ways."""
         try:
             kernel_reader, kernel_writer = await _connect_unix(target)
         except BaseException as exc:  # the kernel is gone, or the guard closes: so is this
@@ -269,8 +280,10 @@ class FrameGuard:
         # garbage collector. Under load two turns were seen not to be enough.
         for _ in range(8):
             await asyncio.sleep(0)
+        # abort(), not close(): a close waits for pending writes to drain (to a peer that may
+        # never read them again), and the loop may end first, leaving the socket open.
         for writer in list(self._writers):
-            writer.close()
+            writer.transport.abort()
         self._writers.clear()
         pumps = list(self._pumps)
         for task in pumps:
