@@ -223,15 +223,12 @@ class FrameGuard:
         """Connect on to the kernel's socket and pump both ways."""
         try:
             kernel_reader, kernel_writer = await _connect_unix(target)
-        except BaseException as exc:  # the kernel is gone, or the guard closes: so is this
-            writer.close()
-            self._writers.discard(writer)
-            if isinstance(exc, OSError):
-                return
-            raise
-        if self._closed:  # closed while connecting: aclose() did not see these two
-            writer.close()
-            kernel_writer.close()
+        except OSError:  # the kernel is gone: so is this connection
+            await self._close((writer,))
+            return
+        if self._closed:  # closed while connecting: aclose() did not see the kernel's side
+            writer.transport.abort()
+            kernel_writer.transport.abort()
             return
         self._writers.add(kernel_writer)
         frames = FrameReader(self.max_message_bytes)
@@ -264,9 +261,20 @@ class FrameGuard:
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
-            for writer in pair:
-                writer.close()
-                self._writers.discard(writer)
+            await self._close(pair)
+
+    async def _close(self, writers: tuple[asyncio.StreamWriter, ...]) -> None:
+        """Close connections, and wait until they are. They stay known to aclose() meanwhile:
+        a close waits for pending writes to drain, to a peer that may never read them, and
+        aclose() aborts what is still open. Waiting also takes a broken connection's error
+        out of its stream's future: left there, the garbage collector, which finalises the
+        stream's objects in any order, may report it as never retrieved (seen in CI)."""
+        for writer in writers:
+            writer.close()
+        for writer in writers:
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self._writers.discard(writer)
 
     async def aclose(self) -> None:
         """Stop listening and close every connection. Safe to call twice."""
@@ -290,6 +298,9 @@ class FrameGuard:
             task.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(*pumps, return_exceptions=True)
+        # A transport closes its socket a loop turn after an abort(): the last aborts (of a
+        # relay that was connecting as the guard closed) close before this returns.
+        await asyncio.sleep(0)
         for server in servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()

@@ -3,6 +3,12 @@ server, is in tests/server/test_attacks.py), and where it connects on to."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
+import select
+import socket
+
 import pytest
 
 from kernelenv.runtime.frame_guard import MAX_MESSAGE_PARTS, FrameError, FrameReader
@@ -104,3 +110,95 @@ async def test_the_guard_never_follows_a_link_put_in_place_of_a_kernel_socket(tm
         for server in (host_service, real_kernel):
             server.close()
             await server.wait_closed()
+
+
+async def _guarded_pair(tmp_path, on_kernel_connection):
+    """A guard in front of a stand-in kernel socket (``on_kernel_connection`` serves it), and a
+    connection through the guard to its shell port."""
+    from kernelenv.runtime.frame_guard import FrameGuard
+
+    kernel_ip = str(tmp_path / "kernel")
+    kernel = await asyncio.start_unix_server(on_kernel_connection, path=f"{kernel_ip}-1")
+    guard = FrameGuard(max_message_bytes=1 << 20)
+    ports = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4}
+    prefix = await guard.start(kernel_ip, ports, parent=tmp_path / "guards")
+    reader, writer = await asyncio.open_unix_connection(f"{prefix}-1")
+    return kernel, guard, reader, writer
+
+
+@pytest.mark.anyio
+async def test_closing_the_guard_closes_a_connection_whose_peer_stopped_reading(tmp_path) -> None:
+    """A kernel that ends its side and reads no more leaves the guard's writes to it pending:
+    closing the guard must still close that connection, not leave it open to the end of the
+    process (where the garbage collector found such sockets in CI)."""
+    kernel_sockets: list[socket.socket] = []
+    ended, release = asyncio.Event(), asyncio.Event()
+
+    async def stop_reading_and_end(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        kernel_sockets.append(writer.get_extra_info("socket"))
+        await asyncio.sleep(0.5)  # the host's writes fill its receive buffer meanwhile
+        writer.write_eof()  # ends its side; never reads
+        ended.set()
+        await release.wait()
+        writer.transport.abort()
+
+    kernel, guard, reader, writer = await _guarded_pair(tmp_path, stop_reading_and_end)
+    try:
+        writer.write(b"x" * (8 << 20))  # far more than the socket buffers hold
+        await asyncio.wait_for(ended.wait(), 10)
+        with contextlib.suppress(OSError):  # the guard saw the end, and ended this side too
+            await asyncio.wait_for(reader.read(), 10)
+        await guard.aclose()
+        (kernel_side,) = kernel_sockets
+        poller = select.poll()
+        poller.register(kernel_side.fileno(), select.POLLHUP | select.POLLRDHUP)
+        assert poller.poll(5000), "the guard's connection to the kernel is still open"
+    finally:
+        writer.transport.abort()
+        await guard.aclose()
+        release.set()
+        kernel.close()
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.anyio
+async def test_a_broken_connection_leaves_no_error_unretrieved(tmp_path) -> None:
+    """A host socket closed while the kernel still sends breaks the guard's writes to it. That
+    error is kept in a future of the guard's stream, in a reference cycle with it: not taken
+    out, the garbage collector may report "Future exception was never retrieved" (as it did in
+    CI, failing a run)."""
+    gc.collect()  # what earlier tests left
+
+    async def send_until_cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        writer.write(GREETING)
+        try:
+            while True:
+                writer.write(frame(b"x" * 60_000))
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    kernel, guard, reader, writer = await _guarded_pair(tmp_path, send_until_cut)
+    try:
+        await reader.readexactly(100_000)
+        writer.transport.abort()  # unread data left: the guard's next write to it fails
+        await asyncio.sleep(0.5)
+        await guard.aclose()
+        await asyncio.sleep(0.1)
+        # Looked for before a collection, which would report them (or not: it finalises in an
+        # arbitrary order) and drop them.
+        unretrieved = [
+            repr(obj)
+            for obj in gc.get_objects()
+            if isinstance(obj, asyncio.Future) and getattr(obj, "_log_traceback", False)
+        ]
+        assert unretrieved == []
+    finally:
+        writer.transport.abort()
+        await guard.aclose()
+        kernel.close()
+        await asyncio.sleep(0.05)
