@@ -192,12 +192,17 @@ class FrameGuard:
                 target = f"{kernel_ip}-{port}"
                 if target.startswith("@"):  # ZMQ's spelling of an abstract socket; Python's:
                     target = "\0" + target[1:]
+                # Known to aclose() before it serves: asyncio's server start awaits a loop turn
+                # once serving, and a start cancelled there (a pool closing) returned no server,
+                # whose listening socket stayed in the event loop until it closed.
                 server = await asyncio.start_unix_server(
                     lambda r, w, target=target: self._accept(r, w, target),
                     path=f"{self.prefix}-{port}",
                     limit=CHUNK_BYTES,
+                    start_serving=False,
                 )
                 self._servers.append(server)
+                await server.start_serving()
         except BaseException:
             await self.aclose()
             raise

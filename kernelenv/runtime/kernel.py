@@ -360,7 +360,10 @@ class Kernel:
         self._closed = True
         host, self._host = self._host, None
         try:
-            await self._stop()
+            # Cleanup runs to its end, also in a cancelled scope: else a cancel at its first
+            # wait leaves the process, its relay's sockets and its folder behind.
+            with anyio.CancelScope(shield=True):
+                await self._stop()
         finally:
             if host is not None:
                 host._guests.discard(self)

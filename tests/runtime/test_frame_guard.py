@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import select
 import socket
 
@@ -202,3 +203,31 @@ async def test_a_broken_connection_leaves_no_error_unretrieved(tmp_path) -> None
         await guard.aclose()
         kernel.close()
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.anyio
+async def test_a_start_cancelled_at_any_point_leaves_no_socket_listening(tmp_path) -> None:
+    """A pool that closes cancels the kernels it is starting, each at whatever wait it is:
+    no guard socket may stay open in the event loop (asyncio's server start, cancelled after
+    it began serving, returned no server to close: its socket stayed until the loop closed)."""
+    from kernelenv.runtime.frame_guard import FrameGuard
+
+    ports = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4}
+
+    def open_fds() -> set[str]:
+        return set(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    for turns in range(12):  # a cancel after 0, 1, ... loop turns: each wait of start()
+        guard = FrameGuard(max_message_bytes=1 << 20)
+        start = asyncio.create_task(
+            guard.start(str(tmp_path / "kernel"), ports, parent=tmp_path / "guards")
+        )
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        start.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await start
+        await guard.aclose()
+    await asyncio.sleep(0)
+    assert open_fds() - before == set()
