@@ -94,7 +94,11 @@ def run_batch(specs_json: str, grading: bool = False) -> _Raw:
 def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict:
     """One parsed spec of :func:`run_batch` (in ``spare`` if there is one); returns its report."""
     if grading:
-        _clear_after_attempts(spare, spec.get("work_dir"))
+        if _clear_after_attempts(spare, spec.get("work_dir")) and spare is not None:
+            # It waited beside a process an attempt left running, which could have stopped
+            # or signalled it: a fresh child runs this attempt.
+            spare.discard()
+            spare = None
     else:
         reap_exiting()
     _warm_once()
@@ -131,6 +135,11 @@ def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict
         _kill_group(child.pid)
         if copy_dir is not None:
             shutil.rmtree(copy_dir[0], ignore_errors=True)
+    if grading:
+        # Nothing an attempt started outlives its answer: a process it left would wait beside
+        # the next attempt's child (forked ahead once this request is answered) and could stop
+        # it, or this kernel, between requests. Killed before the next one as well.
+        _kill_strays()
     return report
 
 
@@ -234,13 +243,14 @@ def _guard_grading_kernel() -> None:
 _GUARDED: list[bool] = []
 
 
-def _clear_after_attempts(keep: _Child | None, work_dir: str | None) -> None:
+def _clear_after_attempts(keep: _Child | None, work_dir: str | None) -> bool:
     """Before an attempt in a warm grading kernel: what earlier attempts left is gone, so none
     can reach this one. Their processes are killed (:func:`_kill_strays`); the files they wrote
     by absolute path into this kernel's own folders are removed: its working directory (which
     each attempt works in a copy of: a module left there would be imported by later attempts)
-    and what was not there at first in its episode's /tmp and /dev/shm."""
-    _kill_strays(keep)
+    and what was not there at first in its episode's /tmp and /dev/shm. Returns whether a
+    process was left."""
+    strays = _kill_strays(keep)
     for folder, baseline in _scratch_folders(work_dir).items():
         try:
             entries = list(os.scandir(folder))
@@ -254,6 +264,7 @@ def _clear_after_attempts(keep: _Child | None, work_dir: str | None) -> None:
             else:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
+    return strays
 
 
 # A grading kernel's own folders, each with the names it held when first seen.
@@ -277,9 +288,9 @@ def _scratch_folders(work_dir: str | None) -> dict[str, set[str]]:
     return _SCRATCH
 
 
-def _kill_strays(keep: _Child | None = None) -> None:
+def _kill_strays(keep: _Child | None = None) -> bool:
     """Every process an earlier attempt left behind is killed, so none can reach the next
-    attempt (kill it, write to its files, signal it).
+    attempt (kill it, write to its files, signal it); returns whether there was one.
 
     The killed children are waited for first: only then are their orphans this kernel's
     children (see :func:`_guard_grading_kernel`). Each round kills the children there are and
@@ -287,10 +298,12 @@ def _kill_strays(keep: _Child | None = None) -> None:
     it runs out of its process limit."""
     reap_exiting(wait=True)
     kept = {spare.pid for spare in _SPARE} | ({keep.pid} if keep is not None else set())
+    found = False
     for _ in range(64):
         strays = [pid for pid in _children() if pid not in kept]
         if not strays:
-            return
+            return found
+        found = True
         for pid in strays:
             _signal(pid, signal.SIGKILL)
         for pid in strays:
@@ -298,6 +311,7 @@ def _kill_strays(keep: _Child | None = None) -> None:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+    return found
 
 
 def _children() -> list[int]:

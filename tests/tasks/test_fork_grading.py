@@ -3,9 +3,11 @@ attempt cannot reach the warm kernels or the next attempt."""
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
-from kernelenv import KernelEnv, KernelPool
+from kernelenv import KernelEnv, KernelPool, SandboxConfig
+from kernelenv.sandbox.config import bwrap_problem
 from kernelenv.tasks.evaluation import evaluate
 from kernelenv.tasks.fork_grading import WarmGraders, forkable
 from kernelenv.tasks.library import default_library
@@ -132,3 +134,46 @@ async def test_an_attempt_cannot_rewrite_its_warm_kernels_memory(imported_librar
     async with KernelPool(size=2) as pool:
         report = await evaluate(items, library=imported_library, workers=1, pool=pool)
     assert [r.passed for r in report.results[2:]] == [True, True], report.results
+
+
+# A daemon an attempt leaves, once the attempt has answered, stops every pid it can signal but
+# its own and its parent's: the warm kernel's threads (so the kernel itself, between requests)
+# and the child forked ahead for the next attempt. Only in a PID namespace of the warm kernel's
+# own (bwrap): there is nothing else there to stop.
+STOP_THE_NEXT_ATTEMPT = r'''
+import os, signal, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(0.2)  # re-parented to the warm kernel by now
+        me, warm = os.getpid(), os.getppid()
+        while True:
+            for pid in range(2, 400):
+                if pid not in (me, warm):
+                    try:
+                        os.kill(pid, signal.SIGSTOP)
+                    except OSError:
+                        pass
+            time.sleep(0.01)
+    os._exit(0)
+def is_palindrome(text):
+    return text == text[::-1]
+'''
+
+
+async def test_a_process_an_attempt_leaves_cannot_stop_the_next_attempt():
+    if bwrap_problem() is not None:
+        pytest.skip(f"needs a pid namespace of its own (bwrap): {bwrap_problem()}")
+    task = default_library().get("functions_easy_palindrome")
+    right = "\n\n".join(task.solution)
+    async with KernelPool(size=2, sandbox=SandboxConfig(level="bwrap")) as pool:
+        graders = WarmGraders(pool)
+        try:
+            first = await graders.grade_steps(task, [(right, 5.0)])
+            await graders.grade_steps(task, [(STOP_THE_NEXT_ATTEMPT, 5.0)])
+            await anyio.sleep(0.5)  # the daemon has had its time with the waiting child
+            after = await graders.grade_steps(task, [(right, 5.0)])
+        finally:
+            await graders.aclose()
+    assert first.passed
+    assert after.passed, after.feedback
