@@ -30,7 +30,7 @@ def test_demo_without_bubblewrap_says_so_once(tmp_path):
         (tmp_path / tool).symlink_to(shutil.which(tool))
     path = f"{tmp_path}{os.pathsep}{Path(sys.executable).parent}"
     proc = subprocess.run([sys.executable, "-m", "kernelenv", "demo", "--timeout", "1"],
-                          capture_output=True, text=True, timeout=300,
+                          capture_output=True, text=True, timeout=280,
                           env={**os.environ, "PATH": path})
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("bubblewrap is not usable") == 1, proc.stderr

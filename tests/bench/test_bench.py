@@ -22,7 +22,7 @@ from kernelenv.bench.suite import ROWS
 pytestmark = pytest.mark.slow
 
 # The quick run: measured once per module, then inspected by the tests below.
-QUICK_TIMEOUT_S = 600
+QUICK_TIMEOUT_S = 280
 
 
 def processes_using(path: Path) -> list[psutil.Process]:

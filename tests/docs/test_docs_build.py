@@ -14,7 +14,7 @@ from doc_blocks import REPO
 def test_the_site_builds_with_warnings_as_errors(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=280,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert run.returncode == 0, run.stdout + run.stderr

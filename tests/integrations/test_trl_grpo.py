@@ -28,7 +28,7 @@ def trl_python() -> Path:
 def test_grpo_trainer_step_runs_tools_in_kernels_and_gets_rewards(trl_python, tmp_path):
     run = subprocess.run(
         [str(trl_python), str(STEP), str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=540, cwd=tmp_path,
+        capture_output=True, text=True, timeout=280, cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])

@@ -32,7 +32,7 @@ def test_openenv_validate_passes_the_manifest(openenv_python: Path, tmp_path):
     run = subprocess.run(
         [str(openenv_python.parent / "openenv"), "validate", str(package), "--skip-build",
          "--json"],
-        capture_output=True, text=True, timeout=540,
+        capture_output=True, text=True, timeout=280,
     )
     report = json.loads(run.stdout)
     results = {r["check_id"]: r["status"] for r in report["results"]}

@@ -111,7 +111,7 @@ def test_imported_tasks_validate(imported_library):
     run = subprocess.run(
         [sys.executable, "-m", "kernelenv", "tasks", "validate", "--library",
          str(imported_library), "--json"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=280,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     results = json.loads(run.stdout)
