@@ -85,8 +85,21 @@ def run_batch(specs_json: str, grading: bool = False) -> _Raw:
     if grading:
         _guard_grading_kernel()
     spare = _take_spare()
-    report = _Raw(_dumps({"batch": [_run(spec, grading, spare if i == 0 else None)
-                                    for i, spec in enumerate(json.loads(specs_json))]}))
+    # An attempt can signal its warm kernel: an interrupt must not end the batch (the host
+    # never interrupts a grading kernel; it replaces one that stops answering).
+    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if grading else None
+    try:
+        reports = []
+        for i, spec in enumerate(json.loads(specs_json)):
+            try:
+                reports.append(_run(spec, grading, spare if i == 0 else None))
+            except Exception as exc:  # noqa: BLE001 - what one run sent broke the harness
+                why = f"the harness failed on what this run sent ({exc!r:.200})"
+                reports.append({"refused": why})
+    finally:
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
+    report = _Raw(_dumps({"batch": reports}))
     _fork_spare_soon()
     return report
 
@@ -106,7 +119,7 @@ def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict
     compiled = [_hidden_code(cell["code"]) if cell.get("silent") else None for cell in cells]
     max_output = int(spec["max_output_bytes"])
     copy_dir = _copy_target(spec.get("work_dir"))
-    payload = marshal.dumps((spec, compiled, copy_dir))
+    payload = marshal.dumps(({**spec, "grading": grading}, compiled, copy_dir))
     child = spare
     if child is not None and not child.hand_over(payload):  # the spare died waiting
         child.discard()
@@ -231,6 +244,8 @@ def _guard_grading_kernel() -> None:
     """
     if not _GUARDED:
         import ctypes
+
+        from . import no_connect  # noqa: F401 - loaded here, once: each attempt's child uses it
 
         libc = ctypes.CDLL(None, use_errno=True)
         for option, value in ((4, 0), (36, 1)):  # PR_SET_DUMPABLE 0, PR_SET_CHILD_SUBREAPER 1
@@ -486,6 +501,7 @@ def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict
     # Before the first cell starts (the folder copy): the first cell's budget.
     deadline: float | None = time.monotonic() + float(cells[0]["timeout_s"]) if cells else None
     current: int | None = None
+    next_cell = 0
     interrupted: set[int] = set()
     killed_in: int | None = None
     overflow = False
@@ -539,24 +555,30 @@ def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict
                         break
                     try:
                         item = json.loads(raw)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         continue  # not ours (attempt code can write to the pipe)
                     if not isinstance(item, dict):
                         continue
-                    items.append(item)
+                    # Attempt code can write the harness's lines too: a cell starts once, in
+                    # order, and ends once, so its budget cannot be started again.
                     if "start" in item:
-                        current = item["start"]
-                        if not isinstance(current, int) or not 0 <= current < len(cells):
+                        if type(item["start"]) is not int or item["start"] != next_cell:
+                            continue
+                        current, next_cell = next_cell, next_cell + 1
+                        if current >= len(cells):
                             current = None
                             continue
                         deadline = time.monotonic() + float(cells[current]["timeout_s"])
-                    elif item.get("done") is True:
-                        done = True
                     elif "end" in item:
+                        if current is None or item["end"] != current:
+                            continue
                         # Between cells, and for the read at the end, the harness runs: bounded
                         # by the last cell's budget (an answer whose encoding never ends).
                         current = None
                         deadline = time.monotonic() + float(cells[-1]["timeout_s"])
+                    elif item.get("done") is True:
+                        done = True
+                    items.append(item)
                 if overflow:
                     pending = b""
                     poller.unregister(result_r)
@@ -764,6 +786,13 @@ def _child(start_r: int, result_w: int, out_w: int, err_w: int) -> int:
         return 0
     spec, compiled, copy_dir = run
     cells = spec["cells"]
+    if spec.get("grading"):
+        # It holds its warm kernel's session key and knows its sockets: connected to them, it
+        # had the warm kernel run code of its own (see no_connect).
+        from . import no_connect
+
+        if no_connect.supported():
+            no_connect.refuse_connections()  # raises: the run ends before any cell
     pipe.max_output = int(spec["max_output_bytes"])
     _remember_sources(cells, compiled)
     if copy_dir is not None:

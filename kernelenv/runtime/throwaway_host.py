@@ -144,8 +144,12 @@ async def run_batch_in_forks(
         log.info("kernel %s lost during a throwaway: %s", kernel.kernel_id, exc)
         return [ForkRun(kernel_lost=True, exit_code=kernel.exit_code()) for _ in batch]
     if reply.get("status") != "ok":
+        why = f"{reply.get('ename')}: {reply.get('evalue')}"
+        if grading:  # a warm grading kernel that fails this way is damaged: replaced, regraded
+            log.info("warm kernel %s failed a batch (%s): replaced", kernel.kernel_id, why)
+            return [ForkRun(kernel_lost=True, exit_code=kernel.exit_code()) for _ in batch]
         # The kernel could not even start the fork (its own modules broken by earlier steps).
-        return [ForkRun(refused=f"{reply.get('ename')}: {reply.get('evalue')}") for _ in batch]
+        return [ForkRun(refused=why) for _ in batch]
     try:
         report = json.loads(reply["data"]["text/plain"])
         reports = list(report["batch"])

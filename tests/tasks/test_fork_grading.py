@@ -177,3 +177,74 @@ async def test_a_process_an_attempt_leaves_cannot_stop_the_next_attempt():
             await graders.aclose()
     assert first.passed
     assert after.passed, after.feedback
+
+
+# Found by an outside red team: an attempt is a fork of its warm kernel, so it holds the
+# kernel's session key and knows its socket paths. It connected to the kernel's shell socket
+# and queued code the warm kernel ran: here a patch of the harness that blanks every later
+# completion (the same access forged grades and read other completions).
+HAVE_THE_WARM_KERNEL_RUN_CODE = r'''
+import time
+import zmq
+from ipykernel.kernelapp import IPKernelApp
+from jupyter_client.session import Session
+app = IPKernelApp.instance()
+session = Session(key=get_ipython().kernel.session.key, signature_scheme="hmac-sha256")
+shell = zmq.Context().socket(zmq.DEALER)
+shell.connect(f"ipc://{app.ip}-{app.shell_port}")
+patch = """
+import kernelenv.runtime.throwaway as harness
+run = harness._run
+def blank(spec, *args):
+    for cell in spec["cells"]:
+        if cell.get("capture"):
+            cell["code"] = "pass"
+    return run(spec, *args)
+harness._run = blank
+"""
+shell.send_multipart(session.serialize(session.msg("execute_request", {
+    "code": patch, "silent": True, "store_history": False, "user_expressions": {},
+    "allow_stdin": False, "stop_on_error": False})))
+time.sleep(0.5)
+'''
+
+
+async def test_an_attempt_cannot_have_its_warm_kernel_run_code(imported_library):
+    right = "    return a + b\n"
+    # One worker, batches of four: the attack in the first, the second is all correct.
+    items = [{"task_id": "HumanEval/0", "completion": c}
+             for c in [right + HAVE_THE_WARM_KERNEL_RUN_CODE] + [right] * 7]  # fmt: skip
+    async with KernelPool(size=2) as pool:
+        report = await evaluate(items, library=imported_library, workers=1, pool=pool)
+    assert [r.passed for r in report.results] == [True] * 8, report.results
+
+
+# Found by an outside red team: what an attempt sends its warm kernel (an interrupt) or writes
+# into its harness's result pipe (a line of JSON nested too deep to decode) failed the harness
+# itself, and with it every attempt of the batch.
+SIGNAL_THE_WARM_KERNEL = (
+    "import os, signal, time\nos.kill(os.getppid(), signal.SIGINT)\ntime.sleep(0.5)\n"
+)
+NEST_A_HARNESS_LINE = (
+    "import os, sys\n"
+    "os.write(sys.stdout.pipe.fd, b'{\"x\": ' + b'[' * 5000 + b']' * 5000 + b'}\\n')\n"
+)
+# ...and writing the line that starts a cell again and again kept its budget from running out.
+START_THE_BUDGET_AGAIN = (
+    "import os, sys, time\n"
+    "while True:\n"
+    "    os.write(sys.stdout.pipe.fd, b'{\"start\": 0}\\n')\n"
+    "    time.sleep(0.5)\n"
+)
+
+
+async def test_what_an_attempt_sends_its_harness_costs_that_attempt_alone(imported_library):
+    right, wrong = "    return a + b\n", "    return a - b\n"
+    completions = [right, wrong + SIGNAL_THE_WARM_KERNEL, wrong + NEST_A_HARNESS_LINE, right,
+                   right + START_THE_BUDGET_AGAIN, right, right, right]
+    items = [{"task_id": "HumanEval/0", "completion": c} for c in completions]
+    async with KernelPool(size=2) as pool:
+        report = await evaluate(items, library=imported_library, workers=1, pool=pool)
+    passed = [r.passed for r in report.results]
+    assert passed == [True, False, False, True, False, True, True, True], report.results
+    assert report.results[4].status == "timeout", report.results[4]  # its 4 s budget held
