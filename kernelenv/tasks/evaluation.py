@@ -35,7 +35,7 @@ from .importers import read_records
 from .library import TaskLibrary, answer_key_dirs
 
 MAX_COMPLETION_CHARS = 200_000
-# The most completions a worker grades in one request to its warm kernels.
+# The most completions a worker grades at once (their answers: one request to the grader).
 BATCH_SIZE = 8
 
 
@@ -222,8 +222,8 @@ async def grade_completion(
 async def grade_completions_in_forks(
     graders: WarmGraders, tasks: Sequence[Task], completions: Sequence[Completion]
 ) -> list[AttemptResult]:
-    """Grade completions in throwaway forks of ``graders``' warm kernels, all in one request to
-    each: the rows :func:`grade_completion` gives (see :mod:`kernelenv.tasks.fork_grading`).
+    """Grade completions in throwaway forks of ``graders``' warm kernels, together (see
+    :meth:`WarmGraders.run_completions`): the rows :func:`grade_completion` gives.
     Each row's ``duration_s`` is its share of the batch's time."""
     started = time.monotonic()
     try:
@@ -315,8 +315,8 @@ async def evaluate(
     sink = open(out, "w", encoding="utf-8") if out is not None else None  # noqa: SIM115
     bar = tqdm(total=len(items), desc="grading", unit="attempt", disable=not progress)
     queue = iter(range(len(items)))
-    # Completions a worker sends its warm kernels in one request: fewer round trips, and a
-    # batch is small enough that the workers stay busy to the end.
+    # Completions a worker grades together (their answers in one request): fewer round trips,
+    # and a batch is small enough that the workers stay busy to the end.
     batch_size = max(1, min(BATCH_SIZE, len(items) // (2 * workers)))
 
     def done(position: int, result: AttemptResult) -> None:

@@ -82,6 +82,11 @@ class WarmGraders:
     async def _fork_batch(
         self, which: str, batch: list[tuple[list[ForkCell], str | None]]
     ) -> list[ForkRun]:
+        if which == "_attempt" and len(batch) > 1:
+            # One attempt a request: a child forked while its request held the batch found its
+            # batch-mates' completions in its memory, and passed by running one (a red team's
+            # attack). Answers, which the grader kernel gets, reach no attempt: they batch.
+            return [run for item in batch for run in await self._fork_batch(which, [item])]
         kernel = await self._warm(which)
         runs = await run_batch_in_forks(
             kernel, batch, max_output_bytes=DEFAULT_MAX_OUTPUT_BYTES, grace_s=GRACE_S,
@@ -129,9 +134,10 @@ class WarmGraders:
     async def run_completions(
         self, attempts: Sequence[tuple[Task, str, float]]
     ) -> list[tuple[CodeObservation, Grade]]:
-        """:meth:`run_completion` for several ``(task, code, timeout_s)`` at once: one request
-        to each warm kernel for all of them (each still in a fork of its own). An attempt that
-        kills the warm kernel costs the others nothing: they are graded again one by one."""
+        """:meth:`run_completion` for several ``(task, code, timeout_s)`` at once, each in a fork
+        of its own: one request each to the attempt kernel (see :meth:`_fork_batch`), one for
+        all their answers to the grader kernel. An attempt that kills the warm kernel costs the
+        others nothing: they are graded again one by one."""
         plans = []
         for task, code, timeout_s in attempts:
             hidden = _hidden_cells(task, (task.setup, "setup"))

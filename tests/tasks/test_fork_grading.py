@@ -248,3 +248,35 @@ async def test_what_an_attempt_sends_its_harness_costs_that_attempt_alone(import
     passed = [r.passed for r in report.results]
     assert passed == [True, False, False, True, False, True, True, True], report.results
     assert report.results[4].status == "timeout", report.results[4]  # its 4 s budget held
+
+
+# Attempts batched in one request were forked while the warm kernel held the whole batch, so
+# an attempt found its batch-mates' completions in its memory (the collector lists every
+# object once unfrozen) and passed by running a correct one: in an RL group, every completion
+# of a prompt sits in one batch.
+COPY_A_BATCH_MATE = r'''
+import gc
+gc.unfreeze()
+def _texts():
+    for o in gc.get_objects():
+        values = o.values() if isinstance(o, dict) else o if isinstance(o, (list, tuple)) else ()
+        for v in values:
+            if isinstance(v, str) and "return a + b" in v and "_texts" not in v:
+                yield v
+for _text in _texts():
+    if (_start := _text.find("def add")) >= 0:
+        try:
+            exec(_text[_start:], globals())
+            break
+        except Exception:
+            pass
+'''
+
+
+async def test_an_attempt_cannot_copy_a_batch_mates_completion(imported_library):
+    right = "    return a + b\n"
+    items = [{"task_id": "HumanEval/0", "completion": c}
+             for c in [right, COPY_A_BATCH_MATE] * 4]  # fmt: skip
+    async with KernelPool(size=2) as pool:
+        report = await evaluate(items, library=imported_library, workers=1, pool=pool)
+    assert [r.passed for r in report.results] == [True, False] * 4, report.results
