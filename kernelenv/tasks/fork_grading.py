@@ -84,8 +84,8 @@ class WarmGraders:
     ) -> list[ForkRun]:
         if which == "_attempt" and len(batch) > 1:
             # One attempt a request: a child forked while its request held the batch found its
-            # batch-mates' completions in its memory, and passed by running one (a red team's
-            # attack). Answers, which the grader kernel gets, reach no attempt: they batch.
+            # batch-mates' completions in its memory, and passed by running one. Answers, which
+            # the grader kernel gets, reach no attempt: they go in batches.
             return [run for item in batch for run in await self._fork_batch(which, [item])]
         kernel = await self._warm(which)
         runs = await run_batch_in_forks(
