@@ -99,9 +99,30 @@ def run_batch(specs_json: str, grading: bool = False) -> _Raw:
     finally:
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)
+    if grading:
+        _forget_request()
+        if _UNREMOVED:  # the next attempt would meet it: the host replaces this kernel
+            raise RuntimeError(f"could not remove what an attempt left: {_UNREMOVED[0]}")
     report = _Raw(_dumps({"batch": reports}))
     _fork_spare_soon()
     return report
+
+
+def _forget_request() -> None:
+    """Drop the content of the request being answered, which holds the attempt's code: the
+    kernel keeps the message as its "parent" (ipykernel's context variable, which the spare,
+    forked after the answer, copies), and an attempt read the one before it there and ran it
+    as its own."""
+    from IPython import get_ipython
+
+    kernel = getattr(get_ipython(), "kernel", None)
+    try:
+        content = kernel.get_parent().get("content")
+    except Exception:  # noqa: BLE001 - no kernel here (a test), or an ipykernel without it
+        return
+    if isinstance(content, dict):
+        content["user_expressions"] = {}
+        content["code"] = ""
 
 
 def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict:
@@ -135,7 +156,7 @@ def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict
             child = forked
     if child is None:
         if copy_dir is not None:
-            shutil.rmtree(copy_dir[0], ignore_errors=True)
+            _remove_tree(copy_dir[0])
         return {"refused": problem}
     try:
         report = _supervise(child.pid, child.result_r, child.out_r, child.err_r, cells,
@@ -147,7 +168,7 @@ def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict
         child.close()
         _kill_group(child.pid)
         if copy_dir is not None:
-            shutil.rmtree(copy_dir[0], ignore_errors=True)
+            _remove_tree(copy_dir[0])
     if grading:
         # Nothing an attempt started outlives its answer: a process it left would wait beside
         # the next attempt's child (forked ahead once this request is answered) and could stop
@@ -275,7 +296,7 @@ def _clear_after_attempts(keep: _Child | None, work_dir: str | None) -> bool:
             if entry.name in baseline:
                 continue
             if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
+                _remove_tree(entry.path)
             else:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
@@ -307,26 +328,54 @@ def _kill_strays(keep: _Child | None = None) -> bool:
     """Every process an earlier attempt left behind is killed, so none can reach the next
     attempt (kill it, write to its files, signal it); returns whether there was one.
 
-    The killed children are waited for first: only then are their orphans this kernel's
-    children (see :func:`_guard_grading_kernel`). Each round kills the children there are and
-    waits for them, which hands their own orphans up; a fork bomb runs out of rounds before
-    it runs out of its process limit."""
-    reap_exiting(wait=True)
+    Each round kills every child there is (the attempts that answered and are exiting too)
+    and then waits for them: a dead child's orphans become this kernel's children (see
+    :func:`_guard_grading_kernel`) for the next round; a fork bomb runs out of rounds before
+    it runs out of its process limit. Nothing is waited for before its round's kills: an
+    attempt's exited process cannot be reaped while a process of its own traces it (it made
+    itself dumpable and was seized), and waiting first stalled the kernel to the host's budget.
+    """
     kept = {spare.pid for spare in _SPARE} | ({keep.pid} if keep is not None else set())
     found = False
     for _ in range(64):
-        strays = [pid for pid in _children() if pid not in kept]
-        if not strays:
-            return found
-        found = True
-        for pid in strays:
+        children = [pid for pid in _children() if pid not in kept]
+        if not children:
+            break
+        found = found or any(pid not in _EXITING for pid in children)
+        for pid in children:
             _signal(pid, signal.SIGKILL)
-        for pid in strays:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+        _wait_dead(children)
+    reap_exiting()
     return found
+
+
+def _wait_dead(pids: list[int], timeout_s: float = 1.0) -> dict[int, int]:
+    """Wait until each child of ``pids`` has died, then reap those that can be (their exit
+    codes): a process another traces is reaped only once its tracer is gone. An attempt had a
+    process of its own seize it, and a blocking wait stalled its kernel to the host's budget."""
+    fds = []
+    for pid in pids:
+        with contextlib.suppress(OSError):  # reaped already
+            fds.append(os.pidfd_open(pid))
+    try:
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)  # readable once the process has exited
+        left, deadline = len(fds), time.monotonic() + timeout_s
+        while left and (remaining := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(int(remaining * 1000) + 1):
+                poller.unregister(fd)
+                left -= 1
+    finally:
+        for fd in fds:
+            os.close(fd)
+    codes = {}
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+            if reaped:
+                codes[pid] = os.waitstatus_to_exitcode(status)
+    return codes
 
 
 def _children() -> list[int]:
@@ -600,8 +649,10 @@ def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict
     if done:  # its exit (unmapping its copy of the memory) is not waited for: reaped later
         exit_code = 0
         _EXITING.append(pid)
-    else:
-        exit_code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    else:  # ended or killed: its code, unless a tracer of its own holds it (reaped later)
+        exit_code = _wait_dead([pid]).get(pid)
+        if exit_code is None:
+            _EXITING.append(pid)
     return {
         "items": items,
         "exit_code": exit_code,
@@ -611,6 +662,27 @@ def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict
         "fd_output": {k: b"".join(v).decode("utf-8", "replace") for k, v in fd_output.items()},
         "fd_output_dropped": fd_bytes > max_output,
     }
+
+
+# What an attempt left that this kernel could not remove: it is replaced (see run_batch).
+_UNREMOVED: list[str] = []
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a folder an attempt wrote into. ``shutil.rmtree`` holds a descriptor a level and
+    gave up on a tree deeper than the descriptor limit (an attempt made one 1100 deep, full
+    of files, and every later attempt found the disk full): ``rm`` walks any depth."""
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path):
+        return
+    import subprocess
+
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], timeout=60,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)  # fmt: skip
+    if os.path.lexists(path):
+        _UNREMOVED.append(path)
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -273,10 +273,71 @@ for _text in _texts():
 '''
 
 
+# Found by a second outside red team: the warm kernel kept the request before as its "parent"
+# (a context variable the next attempt's child copied), and the attempt ran the code in it.
+COPY_THE_ONE_BEFORE = r'''
+import ast, json
+_parent = get_ipython().kernel.get_parent()
+for _expression in ((_parent.get("content") or {}).get("user_expressions") or {}).values():
+    for _spec in json.loads(ast.parse(_expression, mode="eval").body.args[0].value):
+        for _cell in _spec["cells"]:
+            if _cell.get("capture") and "_parent" not in _cell["code"]:
+                exec(_cell["code"], globals())
+'''
+
+
 async def test_an_attempt_cannot_copy_a_batch_mates_completion(imported_library):
     right = "    return a + b\n"
     items = [{"task_id": "HumanEval/0", "completion": c}
-             for c in [right, COPY_A_BATCH_MATE] * 4]  # fmt: skip
+             for c in [right, COPY_A_BATCH_MATE, right, COPY_THE_ONE_BEFORE] * 2]  # fmt: skip
     async with KernelPool(size=2) as pool:
         report = await evaluate(items, library=imported_library, workers=1, pool=pool)
     assert [r.passed for r in report.results] == [True, False] * 4, report.results
+
+
+# Found by a second outside red team. An attempt made itself dumpable and had a process of its
+# own seize it with ptrace: killed, it stays a zombie its warm kernel cannot reap while the
+# tracer lives, and the kernel waited for it to the host's budget (55 s for a 4 s step)...
+HAVE_A_TRACER_HOLD_ME = r'''
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(4, 1, 0, 0, 0)
+me = os.getpid()
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        libc.ptrace(0x4206, me, 0, 0)  # PTRACE_SEIZE
+        time.sleep(150)
+    os._exit(0)
+time.sleep(0.5)
+'''
+# ...and one left a folder 1100 deep, full of files, in its copy of the working directory:
+# its removal ran out of descriptors and left the episode's file system without inodes.
+FILL_THE_DISK_OUT_OF_REACH = r'''
+import os
+here = os.open(".", os.O_RDONLY)
+for _ in range(1100):
+    os.mkdir("d", dir_fd=here)
+    below = os.open("d", os.O_RDONLY, dir_fd=here)
+    os.close(here)
+    here = below
+n = 0
+try:
+    while True:
+        os.close(os.open(str(n), os.O_CREAT | os.O_WRONLY, dir_fd=here))
+        n += 1
+except OSError:
+    pass
+'''
+
+
+async def test_what_an_attempt_leaves_cannot_stall_or_fill_its_warm_kernel(imported_library):
+    right, wrong = "    return a + b\n", "    return a - b\n"
+    completions = [wrong + HAVE_A_TRACER_HOLD_ME, right, wrong + FILL_THE_DISK_OUT_OF_REACH,
+                   right, right]
+    items = [{"task_id": "HumanEval/0", "completion": c} for c in completions]
+    async with KernelPool(size=2) as pool:
+        report = await evaluate(items, library=imported_library, workers=1, pool=pool)
+    assert [r.passed for r in report.results] == [False, True, False, True, True], report.results
+    # Graded (its step may have timed out: held by its tracer), not a lost warm kernel.
+    assert report.results[0].status != "kernel_died", report.results[0]
