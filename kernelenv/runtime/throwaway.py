@@ -13,8 +13,9 @@ whole process group) and returns the lines it kept as one JSON text.
 The child gets ready first (its own streams, signals, none of the kernel's channels), then waits
 for its run on a pipe: the spec and the hidden cells this kernel compiled (:func:`_hidden_code`),
 marshalled. A warm grading kernel (``spare``) forks the next child as soon as it has answered,
-so that wait is where a child spends the time between requests; it also reaps, and kills before
-each attempt, whatever an earlier attempt left running or wrote (:func:`_clear_after_attempts`).
+so that wait is where a child spends the time between requests. It kills what an attempt left
+running once the attempt has answered (:func:`_kill_strays`), and before each attempt clears
+what earlier ones wrote into its folders (:func:`_clear_after_attempts`).
 
 Lines the child writes (each a JSON object):
 
@@ -77,9 +78,11 @@ def run_batch(specs_json: str, grading: bool = False) -> _Raw:
     throwaway only if nothing else ran in this kernel since (:func:`_spare_is_current`); any
     other cell discards it as it starts.
 
-    ``grading``: this is a warm grading kernel, which runs nothing but throwaways: it reaps, and
-    clears before each attempt what an earlier attempt left: processes, files in its folders
-    (:func:`_clear_after_attempts`).
+    ``grading``: this is a warm grading kernel, which runs nothing but throwaways: it kills
+    what each attempt left running once it has answered, clears before each attempt what
+    earlier ones wrote into its folders (:func:`_clear_after_attempts`), ignores interrupts
+    while it grades, and drops the request's content once answered (:func:`_forget_request`);
+    each attempt's process refuses itself ``connect()`` (:mod:`.no_connect`).
     """
     _watch_cells()
     if grading:
