@@ -40,9 +40,8 @@ MAX_COMMAND_BYTES = 64 * 1024
 CHUNK_BYTES = 64 * 1024
 GREETING_BYTES = 64
 _MORE, _LONG, _COMMAND = 1, 2, 4
-CHANNELS = ("shell", "iopub", "stdin", "control")
-# The folder of a pool's root holding its kernels' guards (see FrameGuard.start).
-GUARDS_DIR = "guards"
+# Not stdin: kernelenv never allows input requests, so it never connects to it.
+CHANNELS = ("shell", "iopub", "control")
 
 
 class FrameError(ValueError):

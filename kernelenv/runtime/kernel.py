@@ -29,7 +29,7 @@ from ..errors import KernelCommunicationError, KernelStartError
 from ..models import CodeObservation, ErrorInfo, StepStatus
 from ..sandbox.episode_fs import EpisodeFS, episode_fs_problem
 from ..sandbox.host_paths import OwnedFolder
-from .frame_guard import GUARDS_DIR, FrameGuard
+from .guard_host import GuardHost, HostedGuard
 from .limits import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ConnectionWatch,
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # How often a running step checks that the kernel process is still alive.
 LIVENESS_POLL_S = 0.1
+# Why a step could not finish when the kernel's frame guard host ended (see _Run.broken).
+RELAY_LOST = "the frame guard host ended"
 # How long after its reply a step waits for its IOPub idle before it probes for it: the idle
 # can be dropped (a kernel flooding IOPub past its queue), and the probe's own idle, which
 # the kernel publishes after everything of the cell, tells that nothing more will come.
@@ -87,7 +89,7 @@ class Kernel:
         directory: Path,
         kernel_id: str,
         fs: EpisodeFS | None = None,
-        guard_parent: Path | None = None,
+        guards: GuardHost | None = None,
     ) -> None:
         self.manager = manager
         # The manager's context: a client left to make its own would, even when only
@@ -100,9 +102,9 @@ class Kernel:
         self.max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
         self._late = LateBacklog(DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_MESSAGE_BYTES)
         self._watch: ConnectionWatch | None = None
-        self._guard: FrameGuard | None = None
-        # Where its frame guard's sockets go: a folder no kernel can reach (the pool's root).
-        self.guard_parent = guard_parent
+        self._guard: HostedGuard | None = None
+        # What runs its frame guard (its pool's), out of this process.
+        self.guards = guards
         self.folder: OwnedFolder | None = None  # a live fork's directory, removed through it
         self._iopub_sync: zmq.Socket | None = None
         self._closed = False
@@ -130,6 +132,7 @@ class Kernel:
         cls,
         *,
         root: Path,
+        guards: GuardHost,
         kernel_name: str,
         spec_manager: KernelSpecManager,
         start_timeout_s: float = 60.0,
@@ -177,7 +180,7 @@ class Kernel:
             connection_file=str(directory / "run" / "connection.json"),
             context=bounded_context(max_message_bytes),
         )
-        kernel = cls(manager, directory, kernel_id, fs, guard_parent=Path(root) / GUARDS_DIR)
+        kernel = cls(manager, directory, kernel_id, fs, guards=guards)
         kernel.max_message_bytes = max_message_bytes
 
         async def launch() -> None:
@@ -196,12 +199,12 @@ class Kernel:
         kernel_id: str,
         timeout_s: float,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        guard_parent: Path | None = None,
+        guards: GuardHost | None = None,
         folder: OwnedFolder | None = None,
     ) -> Kernel:
         """A kernel that already runs (a live fork, see :mod:`.livefork`), once it is ready;
         ``folder``, its directory's handle, removes it at the end (else by path)."""
-        kernel = cls(manager, directory, kernel_id, guard_parent=guard_parent)
+        kernel = cls(manager, directory, kernel_id, guards=guards)
         kernel.folder = folder
         kernel.max_message_bytes = max_message_bytes
         await kernel._become_ready(None, timeout_s)
@@ -253,18 +256,20 @@ class Kernel:
 
     async def _connect(self, max_message_bytes: int) -> None:
         """Open the client's channels, bounded as :mod:`kernelenv.runtime.limits` says,
-        through a :class:`FrameGuard` that bounds each message as a whole."""
+        through a frame guard (run by the pool's :class:`GuardHost`) that bounds each message
+        as a whole."""
         self.max_message_bytes = self._late.max_message_bytes = max_message_bytes
         # Shared, bounded (see bounded_context); no heartbeat channel: liveness is the
         # process's (is_alive), and a heartbeat costs a thread and an event loop a kernel.
         self.client = self.manager.client(context=bounded_context(max_message_bytes))
         manager = self.manager
         if manager.transport == "ipc":
-            self._guard = FrameGuard(max_message_bytes)
-            guarded = await self._guard.start(
-                manager.ip, manager.get_connection_info(), parent=self.guard_parent
+            if self.guards is None:
+                raise KernelStartError(f"kernel {self.kernel_id}: no frame guard host")
+            self._guard = await self.guards.open(
+                manager.ip, manager.get_connection_info(), max_message_bytes
             )
-            self.client.ip = guarded
+            guarded = self.client.ip = self._guard.prefix
             # The manager's own control socket (interrupts by message, shutdown requests),
             # connected straight to the kernel at its start: through the guard as well.
             kernel_ip, manager.ip = manager.ip, guarded
@@ -273,7 +278,8 @@ class Kernel:
                 manager._connect_control_socket()
             finally:
                 manager.ip = kernel_ip
-        self.client.start_channels(hb=False)
+        # No stdin channel either: every request says allow_stdin=False.
+        self.client.start_channels(hb=False, stdin=False)
         self._watch = ConnectionWatch(self.client)
 
     async def _wait_ready(self) -> None:
@@ -296,6 +302,11 @@ class Kernel:
                     got_welcome = msg["msg_type"] == "iopub_welcome" or (
                         msg["parent_header"].get("msg_id") == msg_id
                     )
+
+    @property
+    def relay_lost(self) -> bool:
+        """Whether the process relaying this kernel's channels (its guard host) ended."""
+        return self._guard is not None and not self._guard.alive
 
     async def is_alive(self) -> bool:
         """Whether the kernel process is still running."""
@@ -454,7 +465,7 @@ class Kernel:
         duration = time.perf_counter() - started
         outcome = await self._outcome(run, collector, duration, timed_out, interrupted_in_time,
                                       timeout_s)
-        if run.output_lost and not run.died:
+        if run.output_lost and not run.died and run.broken != RELAY_LOST:
             _report_lost(outcome.observation, self.max_message_bytes)
         late, dropped, lost = self._late.take()
         outcome.late_output, outcome.late_output_dropped_bytes = late, dropped
@@ -492,6 +503,8 @@ class Kernel:
             return StepOutcome(self._died_observation(collector, duration), True)
         if run.broken is not None:
             await self.kill()
+            if run.broken == RELAY_LOST:
+                return StepOutcome(self._relay_lost_observation(collector, duration), True)
             return StepOutcome(self._broken_observation(collector, duration, run.broken), True)
         if timed_out:
             if not interrupted_in_time:
@@ -569,6 +582,17 @@ class Kernel:
         )
         return collector.to_observation(StepStatus.KERNEL_DIED, error=error, duration_s=duration)
 
+    def _relay_lost_observation(
+        self, collector: OutputCollector, duration: float
+    ) -> CodeObservation:
+        error = ErrorInfo(
+            ename="KernelConnectionLost",
+            evalue="The relay between the kernel and this process (its frame guard host) "
+            "ended while this cell ran, so its outcome is unknown. The kernel was stopped; "
+            "the episode's variables are lost and the next step runs on a fresh kernel.",
+        )
+        return collector.to_observation(StepStatus.KERNEL_DIED, error=error, duration_s=duration)
+
     # Output written after a cell's idle (by background threads) cannot be attributed
     # reliably; it is kept apart (bounded, see LateBacklog) and reported with the next step
     # as ``late_output``.
@@ -576,6 +600,8 @@ class Kernel:
         """Read what IOPub queued since the last step; after a dropped connection, wait until
         IOPub is subscribed again, so that the next cell's first outputs are not lost."""
         resubscribe_by: float | None = None
+        if self.relay_lost:  # nothing comes through; the step says so
+            return
         for _ in range(MAX_DRAIN_MESSAGES):
             if "iopub" in self.poll_connections():
                 self._late.note_lost()
@@ -778,6 +804,9 @@ class _Run:
                     self._check_connections()
                 if not done and not await self.kernel.is_alive():
                     self.died = True
+                    return
+                if not done and self.kernel.relay_lost:
+                    self.broken = RELAY_LOST
                     return
                 self._probe_if_idle_overdue()
         finally:

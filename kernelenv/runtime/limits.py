@@ -201,8 +201,9 @@ def _marker_item(text: str) -> dict[str, Any]:
 
 # Descriptors enough for some thousands of kernels, where the system allows that many.
 _OPEN_FILES_WANTED = 1 << 17
-# What a kernel holds in the process that drives it (measured: 20 sockets, 10 event fds).
-DESCRIPTORS_PER_KERNEL = 32
+# What a session holds in the process that drives its kernel (measured: 5 sockets, 8 event
+# fds, a pidfd; its frame guard's are the guard host's), and a client's connection.
+DESCRIPTORS_PER_KERNEL = 16
 
 
 def kernels_within_open_file_limit() -> int | None:
@@ -216,15 +217,15 @@ def kernels_within_open_file_limit() -> int | None:
 def raise_open_file_limit() -> None:
     """Lift this process's soft limit on open files to its hard limit (as servers do).
 
-    Each kernel holds about thirty descriptors in the process that drives it (its ZMQ
-    sockets, its frame guard's listening and relayed sockets, a pidfd, a lease), so the common
-    soft limit of 1024 would fail kernel starts past about thirty kernels. A pool calls this
+    Each kernel holds about fifteen descriptors in the process that drives it (its ZMQ
+    sockets and their event fds, a pidfd), so the common soft limit of 1024 would fail kernel
+    starts past about sixty kernels. A pool calls this
     when it starts; a server's ``max_sessions`` and ``max_connections`` still bound them.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < _OPEN_FILES_WANTED:
-        # A privileged process may lift the hard limit too (a root server: at thirty
-        # descriptors a kernel, a hard limit of 20000 fails its 700th session).
+        # A privileged process may lift the hard limit too (a root server: at sixteen
+        # descriptors a session, a hard limit of 20000 fails its 1200th).
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (_OPEN_FILES_WANTED, _OPEN_FILES_WANTED))
             return

@@ -545,7 +545,7 @@ async def fork_kernel(
             # through folders the agent can swap for links.
             folder = OwnedFolder(base_fd, kernel_id)
             children.append(await Kernel.adopt(
-                manager, directory, kernel_id, timeout_s, guard_parent=parent.guard_parent,
+                manager, directory, kernel_id, timeout_s, guards=parent.guards,
                 folder=folder,
             ))
         return children

@@ -20,13 +20,14 @@ import anyio
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ..errors import EnvClosedError, KernelStartError, PoolExhaustedError
+from ..sandbox.bwrap import template_bwrap_args
 from ..sandbox.cgroup import reap_stale_cgroups
 from ..sandbox.config import SandboxConfig, as_sandbox_config, scrub_env
-from ..sandbox.bwrap import template_bwrap_args
 from ..sandbox.episode_fs import reap_stale_mounts, share_mount
 from ..sandbox.kernelspec import AGENT_KERNEL_ARGS, KERNEL_NAME, kernel_spec, write_kernel_spec
 from ..sandbox.landlock import landlock_abi
 from ..sandbox.template_provisioner import template_problem
+from .guard_host import GuardHost
 from .kernel import Kernel
 from .limits import raise_open_file_limit
 from .livefork import become_subreaper, fork_kernel
@@ -102,6 +103,7 @@ class KernelPool:
         self.sandbox = as_sandbox_config(sandbox).resolved()
         self.hidden_paths = [Path(p) for p in hidden_paths]
         self.root: Path | None = None
+        self.guards: GuardHost | None = None  # runs the kernels' frame guards (see guard_host)
         self.kernel_name = KERNEL_NAME
         self._spec_manager: KernelSpecManager | None = None
         self._ready: asyncio.Queue[Kernel] | None = None
@@ -206,11 +208,14 @@ class KernelPool:
                 env=env, warmup_code=self.warmup_code, wrapper=self._template_wrapper(),
             )  # fmt: skip
         self._spec_manager = KernelSpecManager(kernel_dirs=[str(self.root / "kernelspecs")])
+        # Up beside the template, not on the first kernel's path.
+        self.guards = GuardHost(self.root / "guards")
+        self.guards.start()
         self._ready = asyncio.Queue()
         self._start_slots = asyncio.Semaphore(self.max_concurrent_starts)
         # If the program exits without closing the pool, still kill kernels and remove files.
         self._finalizer = weakref.finalize(
-            self, _emergency_cleanup, self.root, self._live, self._template
+            self, _emergency_cleanup, self.root, self._live, self._template, self.guards
         )
 
     def _template_wrapper(self) -> list[str]:
@@ -252,9 +257,10 @@ class KernelPool:
                         f"no kernel became ready within {timeout_s} s; "
                         "raise the pool size or the timeout"
                     ) from exc
-                if await kernel.is_alive():
+                if await kernel.is_alive() and not kernel.relay_lost:
                     return kernel
-                log.warning("pooled kernel %s died while idle; discarding it", kernel.kernel_id)
+                log.warning("pooled kernel %s died (or lost its frame guard) while idle; "
+                            "discarding it", kernel.kernel_id)  # fmt: skip
                 self.release(kernel)
         finally:
             self._waiting -= 1
@@ -360,6 +366,8 @@ class KernelPool:
                     await self._template_task
             if self._template is not None:
                 await self._template.aclose()
+            if self.guards is not None:
+                await self.guards.aclose()
             reap_stale_mounts(self.root)  # any a failed shutdown left
             shutil.rmtree(self.root, ignore_errors=True)
             if self._owner_lock is not None:
@@ -426,6 +434,7 @@ class KernelPool:
                 await self._wait_first_template()
                 kernel = await Kernel.start(
                     root=self.root,
+                    guards=self.guards,
                     kernel_name=self.kernel_name,
                     spec_manager=self.spec_manager,
                     start_timeout_s=self.start_timeout_s,
@@ -472,8 +481,11 @@ def _forked(kernel: Kernel) -> bool:
     return getattr(kernel.manager.provisioner, "forked", False)
 
 
-def _emergency_cleanup(root: Path, live: set[Kernel], template: KernelTemplate | None) -> None:
+def _emergency_cleanup(
+    root: Path, live: set[Kernel], template: KernelTemplate | None, guards: GuardHost
+) -> None:
     """At interpreter exit: kill what is left and remove the pool's directory (no event loop)."""
+    guards.kill_now()
     if template is not None:  # its kernels die with it
         template.kill_now()
     for kernel in list(live):

@@ -254,7 +254,8 @@ async def test_a_kernel_start_given_up_midway_dies_quietly(level, capfd, monkeyp
         for _ in range(5):
             with pytest.raises(asyncio.CancelledError):
                 await Kernel.start(
-                    root=pool.root, kernel_name=pool.kernel_name, spec_manager=pool.spec_manager,
+                    root=pool.root, guards=pool.guards, kernel_name=pool.kernel_name,
+                    spec_manager=pool.spec_manager,
                     disk_budget_bytes=pool._disk_budget_bytes(),
                 )  # fmt: skip
         await asyncio.sleep(1.0)  # given-up children are killed asynchronously
