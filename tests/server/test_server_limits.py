@@ -326,7 +326,7 @@ def test_a_server_whose_open_file_limit_cannot_hold_max_sessions_says_so():
             if "running on" in line:
                 break
         said = "".join(lines)
-        assert "max_sessions is 100" in said and "room for about 24 kernels" in said, said
+        assert "max_sessions is 100" in said and "room for about 48 kernels" in said, said
     finally:
         process.terminate()
         process.wait(timeout=30)
