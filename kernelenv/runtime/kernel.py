@@ -120,6 +120,11 @@ class Kernel:
         return self.fs.work if self.fs is not None else self.directory / "work"
 
     @property
+    def run_dir(self) -> Path:
+        """The kernel's socket folder (its connection file, IPC sockets, the tool bridge's)."""
+        return Path(self.manager.connection_file).parent
+
+    @property
     def pid(self) -> int | None:
         """The kernel process id (of the outermost launched process), if known."""
         process = getattr(self.manager.provisioner, "process", None)
@@ -159,7 +164,7 @@ class Kernel:
         """
         kernel_id = f"k{next(cls._counter)}-{uuid.uuid4().hex[:8]}"
         directory = Path(root) / kernel_id
-        (directory / "run").mkdir(parents=True)
+        directory.mkdir(parents=True)
         fs = None
         if disk_budget_bytes is not None and episode_fs_problem() is None:
             try:
@@ -171,13 +176,17 @@ class Kernel:
             _warn_no_episode_fs()
         if fs is None:
             (directory / "work").mkdir()
+        # Its socket folder, writable by the kernel: inside its byte budget when it has one
+        # (else whatever it wrote there went to the host's disk unbounded).
+        run_dir = (fs.root if fs is not None else directory) / "run"
+        run_dir.mkdir()
         # Each kernel gets its own IPC path: kernels started together otherwise collide.
         manager = AsyncKernelManager(
             kernel_name=kernel_name,
             kernel_spec_manager=spec_manager,
             transport="ipc",
-            ip=ipc_endpoint(directory, kernel_id, abstract=abstract_ipc),
-            connection_file=str(directory / "run" / "connection.json"),
+            ip=ipc_endpoint(run_dir, kernel_id, abstract=abstract_ipc),
+            connection_file=str(run_dir / "connection.json"),
             context=bounded_context(max_message_bytes),
         )
         kernel = cls(manager, directory, kernel_id, fs, guards=guards)
@@ -661,8 +670,8 @@ class Kernel:
         return msg["msg_type"]
 
 
-def ipc_endpoint(directory: Path, kernel_id: str, *, abstract: bool) -> str:
-    """The ``ip`` of a kernel's IPC sockets (``{ip}-{port}``): in its ``run`` folder, or with
+def ipc_endpoint(run_dir: Path, kernel_id: str, *, abstract: bool) -> str:
+    """The ``ip`` of a kernel's IPC sockets (``{ip}-{port}``): in its ``run_dir``, or with
     ``abstract`` in the abstract Unix namespace (``@...``, no file at all).
 
     Landlock does not cover ``connect()`` on a socket file: at level ``limits`` a kernel could
@@ -673,7 +682,7 @@ def ipc_endpoint(directory: Path, kernel_id: str, *, abstract: bool) -> str:
     """
     if abstract:
         return f"@kernelenv-{kernel_id}-{uuid.uuid4().hex[:12]}"
-    return str(directory / "run" / "kernel")
+    return str(run_dir / "kernel")
 
 
 def peek_msg_type(session: Session, frames: list[bytes]) -> str:

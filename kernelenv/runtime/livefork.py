@@ -591,7 +591,9 @@ def _prepare_child(
             kernel_spec_manager=parent.manager.kernel_spec_manager,
             transport="ipc",
             # Abstract sockets if the parent has them (level limits: see kernel.ipc_endpoint).
-            ip=ipc_endpoint(directory, kernel_id, abstract=parent.manager.ip.startswith("@")),
+            ip=ipc_endpoint(
+                directory / "run", kernel_id, abstract=parent.manager.ip.startswith("@")
+            ),
             connection_file=str(directory / "run" / "connection.json"),
             context=bounded_context(parent.max_message_bytes),
         )

@@ -304,7 +304,7 @@ class KernelPool:
         if kernel.fs is not None:
             base, nested = kernel.fs.root / "f", True
         elif self.sandbox.level == "bwrap":
-            base, nested = kernel.directory / "run" / "f", True
+            base, nested = kernel.run_dir / "f", True
         else:
             base, nested = self.root, False
         limited = self.sandbox.level != "none"

@@ -198,8 +198,8 @@ def bwrap_args(
 
     Later mounts cover earlier ones, so the order is: /proc, /dev, /tmp and /dev/shm (the
     episode's own folders, else size-capped tmpfs), the read-only allow-list (a venv under /tmp
-    is bound over the private /tmp), the masks, the episode's socket directory, connection file
-    and working directory; last, the sandbox's root and /dev are remounted read-only (bwrap
+    is bound over the private /tmp), the masks, the episode's byte budget, its socket directory
+    (in the budget when there is one), connection file and working directory; last, the sandbox's root and /dev are remounted read-only (bwrap
     makes both writable tmpfs with no cap otherwise).
 
     Args:
@@ -221,12 +221,13 @@ def bwrap_args(
         python, allow_network=allow_network, hidden=hidden, extra_readable=extra_readable,
         tmp=(episode_tmp, tmp_bytes), shm=(episode_shm, shm_bytes),
     )  # fmt: skip
+    # The budget first: the socket folder and the connection file may be inside it.
+    if episode_root is not None:  # at its host path too: live forks of the kernel live there
+        args += ["--bind", str(episode_root), str(episode_root)]
     if run_dir is not None:
         args += ["--bind", str(run_dir), str(run_dir)]
     if connection_file is not None:
         args += ["--ro-bind", str(connection_file), str(connection_file)]
-    if episode_root is not None:  # at its host path too: live forks of the kernel live there
-        args += ["--bind", str(episode_root), str(episode_root)]
     args += ["--bind", str(work), str(work)]
     args += ["--remount-ro", "/dev", "--remount-ro", "/"]
     args += [

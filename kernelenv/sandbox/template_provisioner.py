@@ -319,7 +319,8 @@ class TemplateProvisioner(SandboxProvisioner):
         cwd = Path(kwargs.get("cwd") or os.getcwd()).absolute()
         run_dir = Path(km.connection_file).absolute().parent
         fs = EpisodeFS.at(cwd)
-        rw = [run_dir, *([fs.root] if fs is not None else []), cwd]
+        # The budget first: the socket folder is in it (a later bind covers an earlier one).
+        rw = [*([fs.root] if fs is not None else []), run_dir, cwd]
         outside = [str(p) for p in rw if not p.is_relative_to(root)]
         if not self.template_root or outside:
             raise TemplateUnavailable(0, f"{outside} not in the template's view ({root})")

@@ -129,7 +129,7 @@ class ToolBridge:
                 "host-side tools need kernels on this machine (a Unix socket in the kernel's "
                 "directory); use the local backend with tools="
             )
-        socket_path = kernel.directory / "run" / SOCKET_NAME
+        socket_path = kernel.run_dir / SOCKET_NAME
         if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
             raise ToolSetupError(
                 f"the tool socket path {socket_path} is too long for a Unix socket; "

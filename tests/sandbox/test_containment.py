@@ -259,6 +259,21 @@ async def test_many_files_cannot_pass_the_working_directory_budget(env):
     assert (await run(env, "import os; os.remove('big-0.bin'); 'ok'")).return_value == "'ok'"
 
 
+async def test_the_socket_folder_is_inside_the_budget(env):
+    """The kernel's socket folder (connection file, IPC sockets) is writable to it: it used to
+    be a folder on the host's disk beside the budget, where an episode wrote gigabytes."""
+    contained_only(env)
+    kernel = env[0].kernel
+    run_dir = kernel.run_dir
+    obs = await run(env, FILL + f"print(*fill({str(run_dir / 'blob')!r}, limit=12))")
+    assert obs.status is StepStatus.OK, obs.stderr
+    written, why = obs.stdout.split()
+    assert why == "ENOSPC" and int(written) <= BUDGET_MB * 2**20, obs.stdout
+    assert (run_dir / "blob").stat().st_size <= BUDGET_MB * 2**20
+    assert kernel.fs is not None and run_dir.is_relative_to(kernel.fs.root)
+    assert (await run(env, "6 * 7")).return_value == "42"  # its sockets still serve
+
+
 # -- other pools -----------------------------------------------------------------------------
 
 

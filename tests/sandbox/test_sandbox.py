@@ -256,17 +256,19 @@ async def test_a_bwrap_kernel_sees_only_what_its_interpreter_needs(no_leaks):
 
 def test_bwrap_mount_order_keeps_masks_over_binds_and_the_root_read_only():
     """The private /tmp first (a venv under /tmp is bound over it), masks after the binds they
-    mask, the episode's folders after the masks, and the read-only remounts last."""
+    mask, the episode's folders after the masks (its byte budget before the socket folder and
+    connection file inside it), and the read-only remounts last."""
     import sys
 
     from kernelenv.sandbox.bwrap import bwrap_args
 
-    work, run = "/tmp/pool/k1/fs/work", "/tmp/pool/k1/run"
+    work, run = "/tmp/pool/k1/fs/work", "/tmp/pool/k1/fs/run"
     args = bwrap_args(
         sys.executable,
         work=work,
         run_dir=run,
         connection_file=run + "/connection.json",
+        episode_root="/tmp/pool/k1/fs",
         episode_tmp="/tmp/pool/k1/fs/tmp",
         episode_shm="/tmp/pool/k1/fs/shm",
         hidden=[sys.prefix + "/lib"],
@@ -283,6 +285,9 @@ def test_bwrap_mount_order_keeps_masks_over_binds_and_the_root_read_only():
     venv = position("--ro-bind", sys.prefix, sys.prefix)
     mask = position("--tmpfs", sys.prefix + "/lib")
     connection = position("--ro-bind", *[run + "/connection.json"] * 2)
+    budget = position("--bind", "/tmp/pool/k1/fs", "/tmp/pool/k1/fs")
+    sockets = position("--bind", run, run)
+    assert mask < budget < sockets < connection
     own = position("--bind", work, work)
     last = position("--remount-ro", "/dev", "--remount-ro", "/")
     assert position("--bind", "/tmp/pool/k1/fs/shm", "/dev/shm") < venv < mask < connection

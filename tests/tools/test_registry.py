@@ -158,7 +158,7 @@ async def test_unfinished_request_lines_cannot_pile_up_on_the_host(tool_env):
 
     await tool_env.reset()
     bridge = tool_env._tool_bridge
-    path = str(tool_env.kernel.directory / "run" / SOCKET_NAME)
+    path = str(tool_env.kernel.run_dir / SOCKET_NAME)
     # Agent code opens many connections to the tool socket, each with half a request line.
     opened = await tool_env.step(
         "import socket\nheld = []\n"
