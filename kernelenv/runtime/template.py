@@ -27,6 +27,8 @@ Protocol, on a Unix stream socket, one JSON object per line:
   :mod:`kernelenv.sandbox.landlock`; ``namespaces``: the bwrap level's, for a template that
   runs inside bubblewrap, see :mod:`kernelenv.sandbox.namespaces`);
 - ``<- {"pid": N}`` from the template (N as the template sees it);
+- ``<- {"early": N}`` from the child itself as it starts, if the request says ``"announce":
+  true`` (the bwrap level: the host moves it into its cgroups meanwhile, see ``bound``);
 - ``<- {"bound": N}`` from the child itself once its sockets are bound. The host reads it with
   ``SO_PASSCRED``, so Linux hands it the child's pid as the *host* sees it;
 - ``<- {"exit": N, "status": code}`` when the child exits (negative: killed by that signal).
@@ -237,6 +239,11 @@ def spawn_child(app: object, request: dict, lease_fd: int, server_fds: list[int]
     if sandboxed:
         os.close(report_r)
         _enter_namespaces(request, report_w, lease_fd, server_fds)  # returns in the kernel
+        if request.get("announce"):  # the host moves us into our cgroups while we set up
+            try:
+                os.write(lease_fd, json.dumps({"early": os.getpid()}).encode() + b"\n")
+            except OSError:  # the host gave this kernel up
+                os._exit(0)
     code = 1
     try:
         child_after_fork()

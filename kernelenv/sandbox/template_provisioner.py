@@ -26,6 +26,7 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,9 +176,14 @@ def readable_within(fd: int, timeout_s: float) -> bool:
 
 
 async def spawn_from_template(
-    socket_path: str, request: dict[str, Any], timeout_s: float = SPAWN_TIMEOUT_S
+    socket_path: str,
+    request: dict[str, Any],
+    timeout_s: float = SPAWN_TIMEOUT_S,
+    on_early: Callable[[int], None] | None = None,
 ) -> ForkedProcess:
     """Ask the template at ``socket_path`` to fork a kernel; returns once its sockets are bound.
+    ``on_early`` gets the kernel's pid (as this process sees it) as soon as the kernel says it
+    (``"announce"`` in the request), before it has bound anything.
 
     The kernel's pid as *this* process sees it comes from the kernel itself: it writes its
     "bound" line on the lease socket, and with ``SO_PASSCRED`` Linux attaches the sender's
@@ -217,6 +223,8 @@ async def spawn_from_template(
                         template_pid = message["pid"]
                     elif "bound" in message:
                         host_pid = sender or message["bound"]
+                    elif "early" in message and on_early is not None and sender:
+                        on_early(sender)
                     elif "exit" in message:
                         raise TemplateUnavailable(
                             0, f"the forked kernel exited during start (status {message['status']})"
@@ -258,15 +266,29 @@ class TemplateProvisioner(SandboxProvisioner):
         """Fork the kernel from the template; start ``cmd`` cold if the template cannot."""
         if not self.template_socket or template_problem(self.config_model) is not None:
             return await super().launch_kernel(cmd, **kwargs)
+        cgroup = self._cgroup
+        moves: dict[int, asyncio.Future] = {}
+
+        def move_early(pid: int) -> None:
+            if cgroup is not None and not moves:
+                move = asyncio.ensure_future(asyncio.to_thread(_ensure_in_cgroup, pid, cgroup))
+                move.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+                moves[pid] = move
+
         try:
-            process = await spawn_from_template(self.template_socket, self._request(kwargs))
+            process = await spawn_from_template(
+                self.template_socket, self._request(kwargs), on_early=move_early
+            )
         except (TemplateUnavailable, TimeoutError, OSError) as exc:
             log.warning("kernel template unavailable (%s): starting kernel %s cold (~0.5 s)",
                         exc, self.kernel_id)  # fmt: skip
             return await super().launch_kernel(cmd, **kwargs)
         try:
-            if self._cgroup is not None:
-                await asyncio.to_thread(_ensure_in_cgroup, process.pid, self._cgroup)
+            if cgroup is not None:
+                if process.pid in moves:
+                    await moves[process.pid]
+                else:
+                    await asyncio.to_thread(_ensure_in_cgroup, process.pid, cgroup)
         except BaseException:
             process.kill()
             process.close()
@@ -308,6 +330,9 @@ class TemplateProvisioner(SandboxProvisioner):
             request["namespaces"] = self._namespaces(config, kwargs)
             # The cgroup file system is not in the sandbox: the host moves the kernel.
             request["cgroup_procs"] = []
+            # A move takes a grace period of RCU (about 15 ms, waiting): the kernel says its
+            # pid as it starts, and the host moves it while it builds its sockets.
+            request["announce"] = True
             env.update(HOME="/tmp", TMPDIR="/tmp")
         return request
 
