@@ -42,6 +42,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from jupyter_client import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
@@ -536,18 +537,30 @@ async def fork_kernel(
                         pids_parent=pids_parent,
                         memory_parent=memory_parent,
                     )
-                    cgroup.add(host_pid)  # moves every thread of it
                 manager.provisioner = AdoptedProvisioner.adopt(manager, host_pid, cgroup, pidfd)
             except BaseException:
                 os.close(pidfd)
                 raise
+            # A move waits out an RCU grace period (about 12 ms): it runs while the host
+            # connects to the child, and ends before the child gets a request.
+            moving = None
+            if cgroup is not None:
+                moving = asyncio.ensure_future(asyncio.to_thread(cgroup.add, host_pid))
+                moving.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
             # Its folder is removed as it was made, through a descriptor: the path leads
             # through folders the agent can swap for links.
             folder = OwnedFolder(base_fd, kernel_id)
-            children.append(await Kernel.adopt(
-                manager, directory, kernel_id, timeout_s, guards=parent.guards,
-                folder=folder,
-            ))
+            try:
+                children.append(await Kernel.adopt(
+                    manager, directory, kernel_id, timeout_s, guards=parent.guards,
+                    folder=folder,
+                ))
+            finally:
+                if moving is not None:  # its thread runs to its end whatever happens here
+                    with anyio.CancelScope(shield=True):
+                        await asyncio.wait([moving])
+            if moving is not None:
+                moving.result()  # every thread of the child is in its cgroups, or it is killed
         return children
     except BaseException:
         with contextlib.suppress(Exception):
