@@ -81,6 +81,10 @@ class GuardHost:
         self._lock = asyncio.Lock()
         # Which host a guard belongs to: a guard of a host that died went with it.
         self._generation = 0
+        # Requests are numbered and answers say which they answer: a caller cancelled while
+        # it waited leaves its answer unread, and the next caller skips it.
+        self._next_id = 0
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
@@ -88,6 +92,8 @@ class GuardHost:
 
     def start(self) -> None:
         """Start the host ahead of the first guard (else the first guard starts it)."""
+        if self._closed:
+            raise KernelStartError("the frame guard host is closed (its pool is)")
         if not self.alive:
             self._reap()
             self._spawn()
@@ -144,26 +150,40 @@ class GuardHost:
         return self.process is not None and self.process.poll() is None
 
     async def _request(self, request: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """Send ``request``, return the host's answer. Shielded: a cancelled caller must not
-        leave an answer unread, which the next request would take for its own."""
+        """Send ``request``, return the host's answer to it.
+
+        Raises:
+            KernelStartError: the host is closed, broke (it is replaced: its kernels lose
+                their connections) or did not answer in time (it is kept: one slow request
+                must not end every session of the pool).
+        """
         async with self._lock:
-            with anyio.CancelScope(shield=True):
-                try:
-                    self.start()
-                    if self._streams is None:
-                        self._streams = await asyncio.open_unix_connection(sock=self._sock)
-                    reader, writer = self._streams
-                    with anyio.fail_after(REQUEST_TIMEOUT_S):
-                        writer.write(json.dumps(request).encode() + b"\n")
-                        await writer.drain()
+            self.start()
+            self._next_id += 1
+            request_id = request["id"] = self._next_id
+            try:
+                if self._streams is None:
+                    self._streams = await asyncio.open_unix_connection(sock=self._sock)
+                reader, writer = self._streams
+                with anyio.fail_after(REQUEST_TIMEOUT_S):
+                    writer.write(json.dumps(request).encode() + b"\n")
+                    await writer.drain()
+                    while True:
                         line = await reader.readline()
-                    if not line:
-                        raise ConnectionError("it ended")
-                    return json.loads(line), self._generation
-                except (OSError, TimeoutError, ValueError) as exc:
-                    log.warning("the frame guard host failed (%r): it is replaced", exc)
-                    await self._stop()
-                    raise KernelStartError(f"the frame guard host failed: {exc!r}") from exc
+                        if not line:
+                            raise ConnectionError("it ended")
+                        reply = json.loads(line)
+                        if reply.get("id") == request_id:
+                            return reply, self._generation
+                        if "prefix" in reply:  # a guard nobody waits for any more
+                            orphan = {"op": "close", "prefix": reply["prefix"], "id": 0}
+                            writer.write(json.dumps(orphan).encode() + b"\n")
+            except TimeoutError as exc:
+                raise KernelStartError("the frame guard host did not answer in time") from exc
+            except (OSError, ValueError) as exc:
+                log.warning("the frame guard host failed (%r): it is replaced", exc)
+                await self._stop()
+                raise KernelStartError(f"the frame guard host failed: {exc!r}") from exc
 
     def _reap(self) -> None:
         """Forget a host that ended (its streams, its socket)."""
@@ -191,6 +211,7 @@ class GuardHost:
 
     async def aclose(self) -> None:
         """End the host (its guards and their connections). Safe to call twice."""
+        self._closed = True
         async with self._lock:
             with anyio.CancelScope(shield=True):
                 process = self.process
@@ -228,6 +249,7 @@ async def _serve(sock: socket.socket) -> None:
                 if closing is not None:
                     await closing.aclose()
                 reply = {"cut": closing.cut if closing is not None else 0}
+            reply["id"] = request.get("id")
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
     except (OSError, ValueError, KeyError) as exc:  # the owner broke off, or is not one

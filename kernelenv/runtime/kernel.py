@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # How often a running step checks that the kernel process is still alive.
 LIVENESS_POLL_S = 0.1
+# How long an interrupt is given before it is sent again (see _interrupt_once_started).
+INTERRUPT_AGAIN_S = 1.0
 # Why a step could not finish when the kernel's frame guard host ended (see _Run.broken).
 RELAY_LOST = "the frame guard host ended"
 # How long after its reply a step waits for its IOPub idle before it probes for it: the idle
@@ -177,9 +179,26 @@ class Kernel:
         if fs is None:
             (directory / "work").mkdir()
         # Its socket folder, writable by the kernel: inside its byte budget when it has one
-        # (else whatever it wrote there went to the host's disk unbounded).
-        run_dir = (fs.root if fs is not None else directory) / "run"
-        run_dir.mkdir()
+        # (else whatever it wrote there went to the host's disk unbounded), pinned there (the
+        # budget's root is the kernel's to write, and the host removes files in it by path).
+        if fs is not None:
+            try:
+                run_dir = fs.make_pinned("run")
+            except OSError as exc:
+                fs.close()
+                shutil.rmtree(directory, ignore_errors=True)
+                raise KernelStartError(f"kernel {kernel_id}: no socket folder: {exc}") from exc
+        else:
+            run_dir = directory / "run"
+            run_dir.mkdir()
+        if len(os.fsencode(ipc_endpoint(run_dir, kernel_id, abstract=False))) + 6 > 107:
+            if fs is not None:
+                fs.close()
+            shutil.rmtree(directory, ignore_errors=True)
+            raise KernelStartError(
+                f"kernel {kernel_id}: its IPC socket paths in {run_dir} would be longer than "
+                "a Unix socket allows (107 bytes): give the pool a shorter root_dir"
+            )
         # Each kernel gets its own IPC path: kernels started together otherwise collide.
         manager = AsyncKernelManager(
             kernel_name=kernel_name,
@@ -496,8 +515,13 @@ class Kernel:
         ):
             with anyio.move_on_after(LIVENESS_POLL_S):
                 await run.wait()
-        if not run.finished:
+        # "busy" goes out before the cell's code runs: an interrupt landing in between is
+        # lost in ipykernel's own handling (seen under load), so it is sent again while the
+        # cell runs on, until it ends or the grace does (as a user presses it again).
+        while not (run.finished or run.died or run.broken is not None):
             await self.interrupt()
+            with anyio.move_on_after(INTERRUPT_AGAIN_S):
+                await run.wait()
 
     async def _outcome(
         self,

@@ -542,7 +542,8 @@ async def fork_kernel(
                 os.close(pidfd)
                 raise
             # A move waits out an RCU grace period (about 12 ms): it runs while the host
-            # connects to the child, and ends before the child gets a request.
+            # connects to the child and asks its kernel_info, and ends before the child is
+            # handed out (before any step of it).
             moving = None
             if cgroup is not None:
                 moving = asyncio.ensure_future(asyncio.to_thread(cgroup.add, host_pid))

@@ -3,6 +3,7 @@ owner, and whose death fails a step clearly instead of hanging it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -130,3 +131,32 @@ async def test_only_the_owner_can_ask_the_host_for_guards(no_leaks):
                 probe.sendall(b'{"op": "open"}\n')
                 assert probe.recv(64)[:1] == b"\xff"  # the kernel's ZMTP greeting
         assert (await env.step("print(1)")).stdout == "1\n"
+
+
+async def test_a_request_cancelled_while_waiting_leaves_no_answer_for_the_next(tmp_path):
+    """A caller cancelled between its request and the answer (a pool closing cancels the
+    kernel starts in flight) must not hand its answer to the next caller, whose kernel would
+    then be connected through another kernel's guard."""
+    import asyncio
+
+    from kernelenv.runtime.guard_host import GuardHost
+
+    ports = {"shell_port": 1, "iopub_port": 2, "control_port": 3}
+    host = GuardHost(tmp_path / "guards")
+    try:
+        first = await host.open(str(tmp_path / "k1"), ports, 1 << 20)
+        for turns in range(6):  # cancelled at each point of its exchange
+            task = asyncio.ensure_future(host.open(str(tmp_path / "k2"), ports, 1 << 20))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await first.aclose()
+        last = await host.open(str(tmp_path / "k3"), ports, 1 << 20)
+        assert last.prefix != first.prefix
+        await host._request({"op": "close", "prefix": "none"})  # a round trip: orphans closed
+        left = sorted(p.name for p in (tmp_path / "guards").iterdir())
+        assert left == [os.path.basename(os.path.dirname(last.prefix))], left
+    finally:
+        await host.aclose()

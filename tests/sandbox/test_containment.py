@@ -271,6 +271,13 @@ async def test_the_socket_folder_is_inside_the_budget(env):
     assert why == "ENOSPC" and int(written) <= BUDGET_MB * 2**20, obs.stdout
     assert (run_dir / "blob").stat().st_size <= BUDGET_MB * 2**20
     assert kernel.fs is not None and run_dir.is_relative_to(kernel.fs.root)
+    # The budget's root is the kernel's to write, but the folder cannot be swapped for a link
+    # (the host removes its connection file and sockets by path).
+    swap = await run(
+        env, f"import errno, os\ntry:\n    os.rename({str(run_dir)!r}, {str(run_dir) + '-x'!r})\n"
+        "except OSError as exc:\n    print(errno.errorcode[exc.errno])\nelse:\n    print('moved')",
+    )
+    assert swap.stdout.strip() in ("EBUSY", "EACCES", "EPERM"), swap.stdout + swap.stderr
     assert (await run(env, "6 * 7")).return_value == "42"  # its sockets still serve
 
 
