@@ -38,6 +38,8 @@ _HEADER_SLACK_BYTES = 64 * 1024
 # ZMTP commands (READY, PING...) are small; anything large is not a kernel talking.
 MAX_COMMAND_BYTES = 64 * 1024
 CHUNK_BYTES = 64 * 1024
+# How long a connection waits for its kernel's socket to appear (a cold kernel's start).
+KERNEL_BIND_WAIT_S = 60.0
 GREETING_BYTES = 64
 _MORE, _LONG, _COMMAND = 1, 2, 4
 # Not stdin: kernelenv never allows input requests, so it never connects to it.
@@ -226,7 +228,7 @@ class FrameGuard:
     ) -> None:
         """Connect on to the kernel's socket and pump both ways."""
         try:
-            kernel_reader, kernel_writer = await _connect_unix(target)
+            kernel_reader, kernel_writer = await self._connect_kernel(target)
         except OSError:  # the kernel is gone: so is this connection
             await self._close((writer,))
             return
@@ -243,6 +245,23 @@ class FrameGuard:
         ):
             self._pumps.add(task)
             task.add_done_callback(self._pumps.discard)
+
+    async def _connect_kernel(
+        self, target: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect to the kernel's socket, waiting for it while the kernel starts: a kernel
+        started cold binds its sockets after its client connects here, and a connection
+        closed meanwhile would look to the client like one libzmq dropped (output lost)."""
+        delay, waited = 0.005, 0.0
+        while True:
+            try:
+                return await _connect_unix(target)
+            except (FileNotFoundError, ConnectionRefusedError):
+                if waited >= KERNEL_BIND_WAIT_S or self._closed:
+                    raise
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.05)
 
     async def _pump(
         self,

@@ -231,3 +231,37 @@ async def test_a_start_cancelled_at_any_point_leaves_no_socket_listening(tmp_pat
         await guard.aclose()
     await asyncio.sleep(0)
     assert open_fds() - before == set()
+
+
+@pytest.mark.anyio
+async def test_a_connection_made_before_the_kernel_binds_waits_for_it(tmp_path) -> None:
+    """A kernel started cold binds its sockets after its client connects to the guard. That
+    connection must wait for the kernel, not be closed: the client would take the close for
+    a connection libzmq dropped, and its first step waited 5 s for IOPub to come back."""
+    from kernelenv.runtime.frame_guard import FrameGuard
+
+    kernel_ip = str(tmp_path / "kernel")
+    guard = FrameGuard(max_message_bytes=1 << 20)
+    ports = {"shell_port": 1, "iopub_port": 2, "control_port": 4}
+    prefix = await guard.start(kernel_ip, ports, parent=tmp_path / "guards")
+    greeting = b"\xff" + bytes(8) + b"\x7f\x03" + bytes(53)  # a ZMTP 3 greeting
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    kernel = None
+    reader, writer = await asyncio.open_unix_connection(f"{prefix}-1")
+    try:
+        await asyncio.sleep(0.3)  # the kernel is still starting
+        kernel = await asyncio.start_unix_server(greet, path=f"{kernel_ip}-1")
+        received = await asyncio.wait_for(reader.readexactly(len(greeting)), 10)
+        assert received == greeting
+    finally:
+        writer.transport.abort()
+        await guard.aclose()
+        if kernel is not None:
+            kernel.close()
+        await asyncio.sleep(0.05)
