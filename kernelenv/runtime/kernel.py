@@ -179,18 +179,10 @@ class Kernel:
         if fs is None:
             (directory / "work").mkdir()
         # Its socket folder, writable by the kernel: inside its byte budget when it has one
-        # (else whatever it wrote there went to the host's disk unbounded), pinned there (the
-        # budget's root is the kernel's to write, and the host removes files in it by path).
-        if fs is not None:
-            try:
-                run_dir = fs.make_pinned("run")
-            except OSError as exc:
-                fs.close()
-                shutil.rmtree(directory, ignore_errors=True)
-                raise KernelStartError(f"kernel {kernel_id}: no socket folder: {exc}") from exc
-        else:
-            run_dir = directory / "run"
-            run_dir.mkdir()
+        # (else whatever it wrote there went to the host's disk unbounded). The kernel may
+        # rename it there: see _stop.
+        run_dir = (fs.root if fs is not None else directory) / "run"
+        run_dir.mkdir()
         if len(os.fsencode(ipc_endpoint(run_dir, kernel_id, abstract=False))) + 6 > 107:
             if fs is not None:
                 fs.close()
@@ -424,6 +416,10 @@ class Kernel:
 
     async def _stop(self) -> None:
         self._stop_channels()
+        # The budget is detached first: the socket folder in it is the kernel's to rename,
+        # and jupyter_client removes the connection file and IPC sockets by path, which a
+        # link put in the folder's place would lead anywhere on the host.
+        self._detach_fs()
         try:
             if self.manager.has_kernel:
                 await self.manager.shutdown_kernel(now=True)
@@ -438,15 +434,17 @@ class Kernel:
             with contextlib.suppress(Exception):
                 self.manager.context.destroy(linger=0)
         await self._close_guard()
-        if self.fs is not None:  # before rmtree, which cannot remove a mount point
-            try:
-                self.fs.close()
-            except OSError as exc:
-                log.warning("kernel %s: could not detach its files: %s", self.kernel_id, exc)
         if self.folder is not None:
             self.folder.remove()
         else:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _detach_fs(self) -> None:
+        if self.fs is not None:  # also before rmtree, which cannot remove a mount point
+            try:
+                self.fs.close()
+            except OSError as exc:
+                log.warning("kernel %s: could not detach its files: %s", self.kernel_id, exc)
 
     # -- running code -------------------------------------------------------------------
 

@@ -95,23 +95,6 @@ class EpisodeFS:
         stats = os.statvfs(self.root)
         return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
 
-    def make_pinned(self, name: str) -> Path:
-        """A new folder ``name`` in the budget that the kernel cannot rename or replace: it is
-        a mount point (bound onto itself), which rename(2) refuses (EBUSY). For folders the
-        host then uses by path (the kernel's socket folder): a link put in its place would
-        lead the host's removals anywhere.
-
-        Raises:
-            OSError: the bind failed.
-        """
-        folder = self.root / name
-        folder.mkdir()
-        target = str(folder).encode()
-        if _libc().mount(target, target, None, MS_BIND, None) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"pinning {folder}: {os.strerror(errno)}", str(folder))
-        return folder
-
     def close(self) -> None:
         """Detach the tmpfs (lazily: a kernel still dying keeps its view until it exits)."""
         if self.mounted:

@@ -271,14 +271,36 @@ async def test_the_socket_folder_is_inside_the_budget(env):
     assert why == "ENOSPC" and int(written) <= BUDGET_MB * 2**20, obs.stdout
     assert (run_dir / "blob").stat().st_size <= BUDGET_MB * 2**20
     assert kernel.fs is not None and run_dir.is_relative_to(kernel.fs.root)
-    # The budget's root is the kernel's to write, but the folder cannot be swapped for a link
-    # (the host removes its connection file and sockets by path).
-    swap = await run(
-        env, f"import errno, os\ntry:\n    os.rename({str(run_dir)!r}, {str(run_dir) + '-x'!r})\n"
-        "except OSError as exc:\n    print(errno.errorcode[exc.errno])\nelse:\n    print('moved')",
-    )
-    assert swap.stdout.strip() in ("EBUSY", "EACCES", "EPERM"), swap.stdout + swap.stderr
     assert (await run(env, "6 * 7")).return_value == "42"  # its sockets still serve
+
+
+async def test_a_socket_folder_swapped_for_a_link_leads_the_cleanup_nowhere(pool, tmp_path):
+    """The socket folder is in the budget, whose root the kernel may write: it can rename the
+    folder and put a link to any host folder in its place. jupyter_client removes the
+    connection file and the IPC sockets by path at shutdown: those removals must not follow."""
+    if pool.sandbox.level == "none":
+        pytest.skip("level none bounds nothing")
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    async with KernelEnv(pool=pool) as env:
+        await env.reset()
+        run_dir = env.kernel.run_dir
+        for name in ["connection.json", *(p.name for p in run_dir.glob("kernel-*"))]:
+            (decoy / name).write_text("host file")
+        planted = sorted(p.name for p in decoy.iterdir())
+        obs = await env.step(
+            f"import os\nos.rename({str(run_dir)!r}, {str(run_dir) + '-x'!r})\n"
+            f"os.symlink({str(decoy)!r}, {str(run_dir)!r})\nprint('swapped')"
+        )
+        assert obs.stdout.strip() == "swapped", obs.stderr
+        directory = env.kernel.directory
+    for _ in range(150):  # the pool shuts a released kernel down in the background
+        if not directory.exists():
+            break
+        await anyio.sleep(0.1)
+    assert not directory.exists()
+    assert sorted(p.name for p in decoy.iterdir()) == planted  # nothing removed through it
+    assert "connection.json" in planted
 
 
 # -- other pools -----------------------------------------------------------------------------
