@@ -180,10 +180,12 @@ class Kernel:
             (directory / "work").mkdir()
         # Its socket folder, writable by the kernel: inside its byte budget when it has one
         # (else whatever it wrote there went to the host's disk unbounded). The kernel may
-        # rename it there: see _stop.
-        run_dir = (fs.root if fs is not None else directory) / "run"
+        # rename it there: see _stop. A short name there: IPC paths must fit in 107 bytes,
+        # and the budget's folder already adds three.
+        run_dir = fs.root / "r" if fs is not None else directory / "run"
         run_dir.mkdir()
-        if len(os.fsencode(ipc_endpoint(run_dir, kernel_id, abstract=False))) + 6 > 107:
+        # "-N": jupyter_client numbers a kernel's IPC sockets from 1 (five of them).
+        if len(os.fsencode(ipc_endpoint(run_dir, kernel_id, abstract=False))) + 2 > 107:
             if fs is not None:
                 fs.close()
             shutil.rmtree(directory, ignore_errors=True)
