@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -33,13 +32,15 @@ import anyio
 
 from ..errors import KernelStartError
 from .frame_guard import FrameGuard
+from .open_files import raise_open_file_limit
 
 log = logging.getLogger(__name__)
 
-# How long the owner waits for the host to answer a request before it replaces the host.
+# How long the owner waits for the host to answer a request (a slow one fails alone).
 REQUEST_TIMEOUT_S = 30.0
-# Descriptors the host wants: eleven a kernel for some thousands of kernels.
-_OPEN_FILES_WANTED = 1 << 17
+# Where kernelenv is (as template_host's: not imported from there, which loads the sandbox's
+# settings, a tenth of a second of the host's start).
+_PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
 class HostedGuard:
@@ -102,8 +103,9 @@ class GuardHost:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
-        package_parent = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_PACKAGE_PARENT), env.get("PYTHONPATH")) if p
+        )
         try:
             # Its own session: a Ctrl-C to the owner's terminal must not end the guards
             # before the owner has closed its kernels.
@@ -259,20 +261,10 @@ async def _serve(sock: socket.socket) -> None:
         writer.transport.abort()
 
 
-def _raise_open_file_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    for wanted in (_OPEN_FILES_WANTED, hard):  # a privileged host may lift its hard limit
-        if wanted != resource.RLIM_INFINITY and wanted <= soft:
-            continue
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
-            return
-
-
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(format="kernelenv guard host: %(message)s", level=logging.WARNING)
-    _raise_open_file_limit()
+    raise_open_file_limit()  # eleven descriptors a kernel
     sock = socket.socket(fileno=int(sys.argv[1]))
     try:  # relaying is all this process does: uvloop's streams cost less CPU a message
         import uvloop

@@ -185,13 +185,15 @@ class Kernel:
         run_dir = fs.root / "r" if fs is not None else directory / "run"
         run_dir.mkdir()
         # "-N": jupyter_client numbers a kernel's IPC sockets from 1 (five of them).
-        if len(os.fsencode(ipc_endpoint(run_dir, kernel_id, abstract=False))) + 2 > 107:
+        endpoint = ipc_endpoint(run_dir, kernel_id, abstract=False)
+        if len(os.fsencode(endpoint)) + 2 > MAX_IPC_PATH_BYTES:
             if fs is not None:
                 fs.close()
             shutil.rmtree(directory, ignore_errors=True)
             raise KernelStartError(
                 f"kernel {kernel_id}: its IPC socket paths in {run_dir} would be longer than "
-                "a Unix socket allows (107 bytes): give the pool a shorter root_dir"
+                f"a Unix socket allows ({MAX_IPC_PATH_BYTES} bytes): give the pool a shorter "
+                "root_dir"
             )
         # Each kernel gets its own IPC path: kernels started together otherwise collide.
         manager = AsyncKernelManager(
@@ -692,6 +694,10 @@ class Kernel:
         msg = decode_message(self.client.session, frames)
         self._late.add(msg, max(size, held_bytes(msg["content"])))  # decoded, it may hold more
         return msg["msg_type"]
+
+
+# sizeof(sockaddr_un.sun_path) - 1 on Linux: the longest path a Unix socket can bind.
+MAX_IPC_PATH_BYTES = 107
 
 
 def ipc_endpoint(run_dir: Path, kernel_id: str, *, abstract: bool) -> str:

@@ -58,9 +58,6 @@ from ..sandbox.host_paths import (
 )
 from .limits import bounded_context
 
-# sizeof(sockaddr_un.sun_path) - 1 on Linux: the longest path a Unix socket can bind.
-MAX_IPC_PATH_BYTES = 107
-
 if TYPE_CHECKING:
     from ..sandbox.cgroup import EpisodeCgroup
     from .kernel import Kernel
@@ -470,7 +467,7 @@ async def fork_kernel(
         ForkError: the kernel refused (threads, child processes) or a child did not start.
     """
     from ..sandbox.cgroup import EpisodeCgroup, cgroup_parent, memory_cgroup_parent
-    from .kernel import Kernel
+    from .kernel import MAX_IPC_PATH_BYTES, Kernel
 
     prepared = []
     children: list[Kernel] = []

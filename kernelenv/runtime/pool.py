@@ -29,8 +29,8 @@ from ..sandbox.landlock import landlock_abi
 from ..sandbox.template_provisioner import template_problem
 from .guard_host import GuardHost
 from .kernel import Kernel
-from .limits import raise_open_file_limit
 from .livefork import become_subreaper, fork_kernel
+from .open_files import raise_open_file_limit
 from .template_host import KernelTemplate
 
 log = logging.getLogger(__name__)

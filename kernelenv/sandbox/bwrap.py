@@ -199,8 +199,9 @@ def bwrap_args(
     Later mounts cover earlier ones, so the order is: /proc, /dev, /tmp and /dev/shm (the
     episode's own folders, else size-capped tmpfs), the read-only allow-list (a venv under /tmp
     is bound over the private /tmp), the masks, the episode's byte budget, its socket directory
-    (in the budget when there is one), connection file and working directory; last, the sandbox's root and /dev are remounted read-only (bwrap
-    makes both writable tmpfs with no cap otherwise).
+    (in the budget when there is one), connection file and working directory; last, the
+    sandbox's root and /dev are remounted read-only (bwrap makes both writable tmpfs with no
+    cap otherwise).
 
     Args:
         python: The kernel's interpreter (asked where it lives, once).

@@ -267,13 +267,14 @@ class TemplateProvisioner(SandboxProvisioner):
         if not self.template_socket or template_problem(self.config_model) is not None:
             return await super().launch_kernel(cmd, **kwargs)
         cgroup = self._cgroup
-        moves: dict[int, asyncio.Future] = {}
+        early: tuple[int, asyncio.Future] | None = None  # the pid the kernel said, its move
 
         def move_early(pid: int) -> None:
-            if cgroup is not None and not moves:
+            nonlocal early
+            if cgroup is not None and early is None:
                 move = asyncio.ensure_future(asyncio.to_thread(_ensure_in_cgroup, pid, cgroup))
                 move.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
-                moves[pid] = move
+                early = (pid, move)
 
         try:
             process = await spawn_from_template(
@@ -285,8 +286,8 @@ class TemplateProvisioner(SandboxProvisioner):
             return await super().launch_kernel(cmd, **kwargs)
         try:
             if cgroup is not None:
-                if process.pid in moves:
-                    await moves[process.pid]
+                if early is not None and early[0] == process.pid:
+                    await early[1]
                 else:
                     await asyncio.to_thread(_ensure_in_cgroup, process.pid, cgroup)
         except BaseException:

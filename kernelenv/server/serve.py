@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from ..errors import KernelEnvError
-from ..runtime.limits import (
+from ..runtime.open_files import (
     DESCRIPTORS_PER_KERNEL,
     kernels_within_open_file_limit,
     raise_open_file_limit,

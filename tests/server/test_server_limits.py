@@ -342,7 +342,7 @@ def test_the_server_lifts_its_open_file_limit_to_the_hard_one():
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "hard = min(hard, 20000)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
-        "from kernelenv.runtime.limits import raise_open_file_limit\n"
+        "from kernelenv.runtime.open_files import raise_open_file_limit\n"
         "raise_open_file_limit()\n"
         "status = open('/proc/self/status').read()\n"
         "caps = int(status.split('CapEff:')[1].split()[0], 16)\n"
