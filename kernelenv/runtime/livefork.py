@@ -75,6 +75,7 @@ def fork_problem() -> str | None:
     from ipykernel.kernelapp import IPKernelApp
 
     throwaway = sys.modules.get("kernelenv.runtime.throwaway")
+    _reap_intermediates(wait=True)  # exiting already: a moment at most
     dying: set[int] = set()
     if throwaway is not None:  # throwaway children that answered, killed and still exiting
         throwaway.reap_exiting()
@@ -266,6 +267,9 @@ def fork_here(
                 if grandchild:
                     if ready:  # the host learns "bound" from the ready socket: answer now
                         os.write(w, str(grandchild).encode())
+                    # EOF now: closed by the exit, it would come after the unmapping of this
+                    # process's copy of the kernel's memory, which nobody needs to wait for.
+                    os.close(w)
                     os._exit(0)
                 # -- the new kernel --
                 if ready:  # the parent reads the pipe to EOF: don't hold it open until bound
@@ -302,7 +306,7 @@ def fork_here(
                 traceback.print_exc(file=sys.__stderr__)
             os._exit(1)
         os.close(w)
-        os.waitpid(pid, 0)  # the intermediate exits at once
+        _INTERMEDIATES.append(pid)  # it exits at once; reaped after the reply
         pipes.append(r)
     pids = []
     for r in pipes:
@@ -311,7 +315,40 @@ def fork_here(
             data += chunk
         os.close(r)
         pids.append(None if not data else int(data) if data.isdigit() else data.decode(errors="replace"))
+    _reap_intermediates_soon()
     return {"pids": pids}
+
+
+# Intermediates of fork_here that may not have been reaped yet: each has answered and is
+# exiting (its memory being unmapped), which the reply need not wait for.
+_INTERMEDIATES: list[int] = []
+
+
+def _reap_intermediates(*, wait: bool = False) -> None:
+    for pid in list(_INTERMEDIATES):
+        try:
+            done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _INTERMEDIATES.remove(pid)
+
+
+def _reap_intermediates_soon() -> None:
+    """Reap the intermediates once the reply is sent (a zombie still counts against the
+    episode's process limit), from the kernel's event loop; without one, the next fork does."""
+    import asyncio
+
+    def reap() -> None:
+        _reap_intermediates()
+        if _INTERMEDIATES:  # still unmapping: look again shortly
+            loop.call_later(0.02, reap)
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    loop.call_soon(reap)
 
 
 def _copy_failure(exc: OSError | shutil.Error) -> str:

@@ -141,12 +141,6 @@ def attempt_code(task: Task, completion: str) -> str:
     return completion if defines else starter + completion
 
 
-def _task_index(library: TaskLibrary) -> dict[str, Task]:
-    index = {task.source_id: task for task in library.tasks.values() if task.source_id}
-    index.update(library.tasks)
-    return index
-
-
 def summarize(results: Sequence[AttemptResult], duration_s: float) -> EvalSummary:
     """Totals, pass rate, pass@k and throughput of some results (pure)."""
     per_task: dict[str, list[bool]] = defaultdict(list)
@@ -295,6 +289,7 @@ async def evaluate(
         DatasetFormatError: the completions file is malformed.
         UnknownTaskError: a completion names a task the library does not have.
     """
+    started = time.monotonic()  # the summary's rate counts reading the tasks too
     if not isinstance(library, TaskLibrary):
         library = TaskLibrary(library)
     if isinstance(completions, str | os.PathLike):
@@ -304,14 +299,12 @@ async def evaluate(
             c if isinstance(c, Completion) else Completion(**{"index": i, **c})
             for i, c in enumerate(completions)
         ]
-    index = _task_index(library)
-    tasks = [index.get(item.task_id) or library.get(item.task_id) for item in items]
     notebook_dir = Path(notebooks) if notebooks is not None else None
     if notebook_dir is not None:
         notebook_dir.mkdir(parents=True, exist_ok=True)
     workers = max(1, workers)
     results: list[AttemptResult | None] = [None] * len(items)
-    started = time.monotonic()
+    tasks: list[Task] = []
     sink = open(out, "w", encoding="utf-8") if out is not None else None  # noqa: SIM115
     bar = tqdm(total=len(items), desc="grading", unit="attempt", disable=not progress)
     queue = iter(range(len(items)))
@@ -351,6 +344,11 @@ async def evaluate(
                 await graders.aclose()
 
     async def run_all(shared: KernelPool) -> None:
+        # Read (and check) the named tasks while the pool's kernels start: that is host CPU,
+        # and a kernel's start is mostly its own process's.
+        tasks.extend(await anyio.to_thread.run_sync(
+            library.resolve, [item.task_id for item in items]
+        ))  # fmt: skip
         async with anyio.create_task_group() as group:
             for _ in range(min(workers, len(items)) or 1):
                 group.start_soon(worker, shared)

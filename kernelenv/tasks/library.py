@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -90,6 +92,8 @@ class TaskLibrary:
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_tasks_dir()
         self._tasks: dict[str, Task] | None = None
+        self._read: dict[str, Task] = {}  # tasks read one by one (resolve)
+        self._source_ids: dict[str, str] | None = None  # dataset id -> task id
 
     def paths(self) -> list[Path]:
         """The task notebooks of the folder, sorted by name."""
@@ -105,6 +109,44 @@ class TaskLibrary:
         if self._tasks is None:
             self._tasks = {task.id: task for task in map(load_task, self.paths())}
         return self._tasks
+
+    def resolve(self, names: Iterable[str]) -> list[Task]:
+        """The task each name names: a task id, or else a dataset's own id (``HumanEval/0``,
+        the ``source_id`` an import keeps). Reads only the notebooks named (and, for dataset
+        ids, the others' metadata), so a few completions against a large imported library
+        do not wait for every notebook to be parsed and checked.
+
+        Raises:
+            UnknownTaskError: a name is neither.
+            TaskFormatError: a named notebook is not a valid task.
+        """
+        if self._tasks is not None:
+            index = {t.source_id: t for t in self._tasks.values() if t.source_id}
+            index.update(self._tasks)
+            return [index.get(name) or self.get(name) for name in names]
+        files = {path.stem: path for path in self.paths()}  # a name is never a path
+        found = []
+        for name in names:
+            task_id = name if name in files else self._source_id_index().get(name)
+            if task_id is None or task_id not in files:
+                raise UnknownTaskError(name, [*files, *self._source_id_index()])
+            if task_id not in self._read:
+                self._read[task_id] = load_task(files[task_id])
+            found.append(self._read[task_id])
+        return found
+
+    def _source_id_index(self) -> dict[str, str]:
+        """Dataset ids to task ids, from the notebooks' metadata alone (a JSON read each)."""
+        if self._source_ids is None:
+            self._source_ids = {}
+            for path in self.paths():
+                try:
+                    meta = json.loads(path.read_bytes())["metadata"]["kernelenv"]["task"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # not a task notebook: load_task says why if it is named
+                if isinstance(meta, dict) and isinstance(meta.get("source_id"), str):
+                    self._source_ids[meta["source_id"]] = path.stem
+        return self._source_ids
 
     def ids(self) -> list[str]:
         """Task ids, sorted."""

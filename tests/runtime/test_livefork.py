@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from kernelenv import KernelEnv, KernelPool
@@ -54,6 +55,18 @@ async def test_children_hold_the_parent_state_and_are_independent(level_pool, no
             # The parent goes on unchanged: its variables and its own file.
             after = await parent.step("(counter, open('notes.txt').read())")
             assert after.return_value == "(10, 'from the parent')"
+            # Its forks' intermediates, reaped after its reply, hold no pid of its budget.
+            await anyio.sleep(0.5)
+            left = await parent.step(
+                "import os\n"
+                "try:\n"
+                "    os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)\n"
+                "    left = 'a child is left'\n"
+                "except ChildProcessError:\n"
+                "    left = 'none'\n"
+                "left"
+            )
+            assert left.return_value == "'none'", left.stderr
             kernel_pids = {parent.kernel.pid, *(c.kernel.pid for c in children)}
             assert len(kernel_pids) == 3
         finally:

@@ -111,3 +111,29 @@ def test_bad_completions_files_are_refused(imported_library, tmp_path):
     with pytest.raises(UnknownTaskError, match="mbpp_13"):
         anyio.run(lambda: evaluate([{"task_id": "mbpp_13", "completion": ""}],
                                    library=imported_library))
+
+
+def test_only_the_named_tasks_are_read(imported_library, tmp_path):
+    import shutil
+
+    from kernelenv.tasks.library import TaskLibrary
+
+    library_dir = tmp_path / "library"
+    shutil.copytree(imported_library, library_dir)
+    # A notebook nobody names is not read: a broken one does not stop the evaluation.
+    (library_dir / "broken.ipynb").write_text("{ not a notebook")
+    library = TaskLibrary(library_dir)
+    tasks = library.resolve(["HumanEval/0", "mbpp_12", "humaneval_0"])
+    assert [t.id for t in tasks] == ["humaneval_0", "mbpp_12", "humaneval_0"]
+    assert tasks[0] is tasks[2]  # read once
+    # A name is looked up, never opened as a path.
+    outside = tmp_path / "outside.ipynb"
+    shutil.copy(library_dir / "mbpp_12.ipynb", outside)
+    for name in ("../outside", str(outside.with_suffix("")), "broken/../mbpp_12"):
+        with pytest.raises(UnknownTaskError):
+            library.resolve([name])
+    rows = anyio.run(lambda: evaluate(
+        [{"task_id": "mbpp_12", "completion": "def min_max(xs):\n    return min(xs), max(xs)\n"}],
+        library=library,
+    ))
+    assert rows.summary.passed == 1
