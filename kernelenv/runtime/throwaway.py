@@ -82,7 +82,8 @@ def run_batch(specs_json: str, grading: bool = False) -> _Raw:
     what each attempt left running once it has answered, clears before each attempt what
     earlier ones wrote into its folders (:func:`_clear_after_attempts`), ignores interrupts
     while it grades, and drops the request's content once answered (:func:`_forget_request`);
-    each attempt's process refuses itself ``connect()`` (:mod:`.no_connect`).
+    each attempt's process refuses itself ``connect()`` and any signal or limit aimed at this
+    kernel (:mod:`.attempt_filter`).
     """
     _watch_cells()
     if grading:
@@ -199,6 +200,7 @@ class _Child:
         problem = fork_problem()
         if problem is not None:
             return problem
+        warm = (os.getpid(), os.getpgrp(), _thread_ids())  # what an attempt may not signal
         start_r, start_w = os.pipe()
         result_r, result_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -216,7 +218,7 @@ class _Child:
             try:
                 for fd in (start_w, result_r, out_r, err_r):
                     os.close(fd)
-                code = _child(start_r, result_w, out_w, err_w)
+                code = _child(start_r, result_w, out_w, err_w, warm)
             except BaseException:  # noqa: BLE001 - the parent reports the exit code
                 pass
             os._exit(code)
@@ -269,7 +271,7 @@ def _guard_grading_kernel() -> None:
     if not _GUARDED:
         import ctypes
 
-        from . import no_connect  # noqa: F401 - loaded here, once: each attempt's child uses it
+        from . import attempt_filter  # noqa: F401 - loaded here, once: each attempt's child uses it
 
         libc = ctypes.CDLL(None, use_errno=True)
         for option, value in ((4, 0), (36, 1)):  # PR_SET_DUMPABLE 0, PR_SET_CHILD_SUBREAPER 1
@@ -379,6 +381,15 @@ def _wait_dead(pids: list[int], timeout_s: float = 1.0) -> dict[int, int]:
             if reaped:
                 codes[pid] = os.waitstatus_to_exitcode(status)
     return codes
+
+
+def _thread_ids() -> list[int]:
+    """This process's thread ids (none where its /proc cannot be read: a live fork at level
+    limits, never a warm kernel)."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return []
 
 
 def _children() -> list[int]:
@@ -809,9 +820,12 @@ class _Stream:
         return False
 
 
-def _child(start_r: int, result_w: int, out_w: int, err_w: int) -> int:
+def _child(
+    start_r: int, result_w: int, out_w: int, err_w: int, warm: tuple[int, int, list[int]]
+) -> int:
     """Get ready, wait for the run on ``start_r`` (see :meth:`_Child.hand_over`), run its cells;
-    return the exit code."""
+    return the exit code. ``warm``: the pid, process group and threads of the kernel it was
+    forked from."""
     import gc
 
     from IPython import get_ipython
@@ -863,11 +877,12 @@ def _child(start_r: int, result_w: int, out_w: int, err_w: int) -> int:
     cells = spec["cells"]
     if spec.get("grading"):
         # It holds its warm kernel's session key and knows its sockets: connected to them, it
-        # had the warm kernel run code of its own (see no_connect).
-        from . import no_connect
+        # had the warm kernel run code of its own; stopped by it, the warm kernel stalled every
+        # attempt behind it (see attempt_filter).
+        from . import attempt_filter
 
-        if no_connect.supported():
-            no_connect.refuse_connections()  # raises: the run ends before any cell
+        if attempt_filter.supported():  # raises: the run ends before any cell
+            attempt_filter.install(attempt_filter.warm_kernel_pids(*warm))
     pipe.max_output = int(spec["max_output_bytes"])
     _remember_sources(cells, compiled)
     if copy_dir is not None:

@@ -175,10 +175,11 @@ async def test_answer_keys_in_other_installed_copies_are_out_of_reach(env):
             "        read.append((t, len(open(t).read())))\n"
             "    except OSError:\n"
             "        pass\n"
-            "found, deadline = [], time.monotonic() + 20\n"
+            "found, deadline, walked = [], time.monotonic() + 20, True\n"
             "for top, dirs, files in os.walk('/'):\n"
             "    dirs[:] = [d for d in dirs if os.path.join(top, d) not in ('/proc', '/sys', '/dev')]\n"
             "    if time.monotonic() > deadline:\n"
+            "        walked = False\n"
             "        break\n"
             "    for f in files:\n"
             "        if f.endswith('.ipynb'):\n"
@@ -187,14 +188,16 @@ async def test_answer_keys_in_other_installed_copies_are_out_of_reach(env):
             "                    found.append(os.path.join(top, f))\n"
             "            except OSError:\n"
             "                pass\n"
-            "print(read, found)",
+            "print(read, found, walked)",
             timeout_s=60,
         )
     finally:
         shutil.rmtree(other)
     assert obs.status is StepStatus.OK, obs.stderr
-    if level_of(env) == "none":  # read, and found by the walk
-        assert obs.stdout.count(str(copy / "leaked_task.ipynb")) == 2, obs.stdout
+    if level_of(env) == "none":  # read, and found by the walk (a whole host's disk may take
+        # longer than its 20 s: then it shows only that the walk itself works)
+        walked = obs.stdout.strip().endswith("True")
+        assert obs.stdout.count(str(copy / "leaked_task.ipynb")) == 1 + walked, obs.stdout
     else:
         assert secret not in obs.stdout
         assert obs.stdout.strip() == "[] []", obs.stdout

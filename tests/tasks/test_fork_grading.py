@@ -3,14 +3,17 @@ attempt cannot reach the warm kernels or the next attempt."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import anyio
 import pytest
 
 from kernelenv import KernelEnv, KernelPool, SandboxConfig
 from kernelenv.sandbox.config import bwrap_problem
-from kernelenv.tasks.evaluation import evaluate
+from kernelenv.tasks.evaluation import attempt_code, evaluate
 from kernelenv.tasks.fork_grading import WarmGraders, forkable
-from kernelenv.tasks.library import default_library
+from kernelenv.tasks.library import TaskLibrary, default_library
 
 from test_evaluation import CASES
 
@@ -59,7 +62,7 @@ async def test_an_attempt_cannot_leave_anything_for_the_next_one(imported_librar
         "import builtins, os, signal\n"
         "builtins.len = lambda x: 0\n"  # its own copy of the warm kernel's memory
         "open('json.py', 'w').write('raise SystemExit')\n"  # its own copy of the folder
-        "os.kill(os.getppid(), signal.SIGKILL)\n"  # the warm kernel itself: replaced
+        "os.kill(os.getppid(), signal.SIGKILL)\n"  # the warm kernel itself: refused
     )
     async with KernelPool(size=2) as pool:
         graders = WarmGraders(pool)
@@ -69,7 +72,6 @@ async def test_an_attempt_cannot_leave_anything_for_the_next_one(imported_librar
         finally:
             await graders.aclose()
     assert [r.passed for r in results] == [True, False, True]
-    assert "died" in results[1].feedback
 
 
 async def test_env_grade_keeps_its_warm_kernels_and_grades_a_seeded_episode():
@@ -84,14 +86,36 @@ async def test_env_grade_keeps_its_warm_kernels_and_grades_a_seeded_episode():
         assert first.score == again.score == 1.0
 
 
-async def test_an_attempt_that_kills_the_warm_kernel_fails_alone_in_its_batch(imported_library):
+async def test_a_warm_kernel_lost_mid_batch_costs_the_batch_nothing(imported_library):
+    # An attempt cannot signal its warm kernel (test_an_attempt_cannot_signal_or_limit_...),
+    # but a kernel can still die under a batch (the host's OOM killer, a crash): the host kills
+    # it here, while the batch's first attempt sleeps.
+    task = TaskLibrary(imported_library).get("humaneval_0")
     killer = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
-    right = "    return a + b\n"
-    items = [{"task_id": "HumanEval/0", "completion": c} for c in (right, killer, right, right)]
+    right = attempt_code(task, "    return a + b\n")
+    sleeper = "import time\ntime.sleep(2)\n\n" + attempt_code(task, "    return a - b\n")
     async with KernelPool(size=2) as pool:
-        report = await evaluate(items, library=imported_library, workers=1, pool=pool)
-    assert [r.passed for r in report.results] == [True, False, True, True]
-    assert report.results[1].status == "kernel_died"
+        graders = WarmGraders(pool)
+        try:
+            ((_, first),) = await graders.run_completions([(task, right, 5.0)])
+            warm = graders._attempt
+
+            async def kill_it() -> None:
+                await anyio.sleep(1.0)
+                os.kill(warm.pid, signal.SIGKILL)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(kill_it)
+                batch = await graders.run_completions(
+                    [(task, code, 5.0) for code in (sleeper, right, killer, right)]
+                )
+            replaced = graders._attempt is not warm
+        finally:
+            await graders.aclose()
+    assert first.passed and replaced
+    assert [grade.passed for _, grade in batch] == [False, True, False, True]
+    assert batch[2][0].status.value == "error"  # the killer's own kill was refused
+    assert "PermissionError" in batch[2][0].stderr
 
 
 # Found by an outside red team: an attempt is a fork of its warm kernel (same user, same
@@ -248,6 +272,64 @@ async def test_what_an_attempt_sends_its_harness_costs_that_attempt_alone(import
     passed = [r.passed for r in report.results]
     assert passed == [True, False, False, True, False, True, True, True], report.results
     assert report.results[4].status == "timeout", report.results[4]  # its 4 s budget held
+
+
+# An attempt knows its parent: a SIGSTOP to the warm kernel (or to one of its threads, or to
+# every process) stalled the attempts behind it until the host's budget ran out and the kernel
+# was replaced; prlimit on it could leave it no descriptors.
+REACH_THE_WARM_KERNEL = r'''
+import ctypes, os, platform, resource, signal
+warm = os.getppid()
+threads = [int(t) for t in os.listdir(f"/proc/{warm}/task") if int(t) != warm]
+libc = ctypes.CDLL(None, use_errno=True)
+
+def tkill(tid, sig):
+    if libc.syscall({"x86_64": 200, "aarch64": 130}[platform.machine()], tid, sig) != 0:
+        errno = ctypes.get_errno()
+        raise (PermissionError if errno == 1 else OSError)(errno, os.strerror(errno))
+
+attacks = {
+    "stop it": lambda: os.kill(warm, signal.SIGSTOP),
+    "stop it through a thread": lambda: os.kill(threads[0], signal.SIGSTOP),
+    "stop a thread alone": lambda: tkill(threads[0], signal.SIGSTOP),
+    "stop everyone": lambda: os.kill(-1, signal.SIGSTOP),
+    "stop its group": lambda: os.killpg(os.getpgid(warm), signal.SIGSTOP),
+    "starve it": lambda: resource.prlimit(warm, resource.RLIMIT_NOFILE, (4, 4)),
+    "by pidfd": lambda: signal.pidfd_send_signal(os.open(f"/proc/{warm}", os.O_RDONLY),
+                                                 signal.SIGSTOP),
+    "renice it": lambda: os.setpriority(os.PRIO_PROCESS, warm, 19),
+}
+reached = []
+for name, attack in attacks.items():
+    try:
+        attack()
+        reached.append(name)
+    except PermissionError:
+        pass
+os.kill(os.getpid(), 0)  # signals to itself still work
+print("reached:", reached)
+'''
+
+
+async def test_an_attempt_cannot_signal_or_limit_its_warm_kernel():
+    task = default_library().get("functions_easy_palindrome")
+    right = "\n\n".join(task.solution)
+    async with KernelPool(size=2) as pool:
+        graders = WarmGraders(pool)
+        try:
+            await graders.grade_steps(task, [(right, 5.0)])
+            warm = graders._attempt
+            ((seen, grade),) = await graders.run_completions(
+                [(task, REACH_THE_WARM_KERNEL + "\n" + right, 5.0)]
+            )
+            after = await graders.grade_steps(task, [(right, 5.0)])
+            kept = graders._attempt is warm  # not replaced: it never stopped answering
+            stat = await anyio.Path(f"/proc/{warm.pid}/stat").read_text() if kept else ""
+        finally:
+            await graders.aclose()
+    assert "reached: []" in seen.stdout, (seen.stdout, seen.stderr)
+    assert kept and stat.split(")")[1].split()[0] not in "Tt"  # running, not stopped
+    assert grade.passed and after.passed, (grade.feedback, after.feedback)
 
 
 # Attempts batched in one request were forked while the warm kernel held the whole batch, so
