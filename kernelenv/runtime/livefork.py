@@ -2,12 +2,13 @@
 
 Kernel side, :func:`fork_here` runs on the kernel's main thread (the host sends it as a silent
 execute's ``user_expressions``, so the parent's history, ``_`` and execution count are
-untouched). Per child it double-forks: the intermediate exits at once, so the parent kernel
-never collects zombies, and the new kernel is re-parented to the host (a child subreaper, see
-:func:`become_subreaper`) or, under bubblewrap, to the sandbox's init. The new kernel abandons
-the parent's messaging and attaches fresh sockets and threads to the same shell and user
-namespace (see :mod:`kernelenv.runtime.child`), then tells the host it is bound by connecting to
-a Unix socket, whose peer credentials give the host the pid in its own PID namespace.
+untouched). Per child it double-forks: the intermediate exits at once (reaped after the reply,
+which does not wait for its exit), and the new kernel is re-parented to the host (a child
+subreaper, see :func:`become_subreaper`) or, under bubblewrap, to the sandbox's init. The new
+kernel abandons the parent's messaging and attaches fresh sockets and threads to the same shell
+and user namespace (see :mod:`kernelenv.runtime.child`), then tells the host it is bound by
+connecting to a Unix socket, whose peer credentials give the host the pid in its own PID
+namespace.
 
 A fork refuses (the reason goes back to the host) when it could not be faithful: Python threads
 other than ipykernel's own (a child has only the forking thread), native threads other than
@@ -75,7 +76,6 @@ def fork_problem() -> str | None:
     from ipykernel.kernelapp import IPKernelApp
 
     throwaway = sys.modules.get("kernelenv.runtime.throwaway")
-    _reap_intermediates(wait=True)  # exiting already: a moment at most
     dying: set[int] = set()
     if throwaway is not None:  # throwaway children that answered, killed and still exiting
         throwaway.reap_exiting()
@@ -238,9 +238,9 @@ def fork_here(
 
     from .child import abandon_parent_messaging, attach_and_run, reuse_parent_kernel
 
-    throwaway = sys.modules.get("kernelenv.runtime.throwaway")
-    if throwaway is not None:  # a child waiting for a throwaway run: not the forks' to reach
-        throwaway.discard_spare()
+    from . import throwaway
+
+    throwaway.discard_spare()  # a child waiting for a throwaway run: not the forks' to reach
     problem = fork_problem()
     if problem is not None:
         return {"refused": problem}
@@ -306,7 +306,7 @@ def fork_here(
                 traceback.print_exc(file=sys.__stderr__)
             os._exit(1)
         os.close(w)
-        _INTERMEDIATES.append(pid)  # it exits at once; reaped after the reply
+        throwaway.reap_later(pid)  # it exits at once: reaped after the reply
         pipes.append(r)
     pids = []
     for r in pipes:
@@ -315,40 +315,7 @@ def fork_here(
             data += chunk
         os.close(r)
         pids.append(None if not data else int(data) if data.isdigit() else data.decode(errors="replace"))
-    _reap_intermediates_soon()
     return {"pids": pids}
-
-
-# Intermediates of fork_here that may not have been reaped yet: each has answered and is
-# exiting (its memory being unmapped), which the reply need not wait for.
-_INTERMEDIATES: list[int] = []
-
-
-def _reap_intermediates(*, wait: bool = False) -> None:
-    for pid in list(_INTERMEDIATES):
-        try:
-            done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
-        except ChildProcessError:
-            done = pid
-        if done:
-            _INTERMEDIATES.remove(pid)
-
-
-def _reap_intermediates_soon() -> None:
-    """Reap the intermediates once the reply is sent (a zombie still counts against the
-    episode's process limit), from the kernel's event loop; without one, the next fork does."""
-    import asyncio
-
-    def reap() -> None:
-        _reap_intermediates()
-        if _INTERMEDIATES:  # still unmapping: look again shortly
-            loop.call_later(0.02, reap)
-
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    loop.call_soon(reap)
 
 
 def _copy_failure(exc: OSError | shutil.Error) -> str:

@@ -506,8 +506,32 @@ def _warm_once() -> None:
         shell.display_formatter.format(0)
 
 
-# Throwaway children that answered and are still exiting (killed, not yet reaped).
+# Children that have done their part and are still exiting, not yet reaped: throwaway
+# children killed once they answered, a live fork's intermediates (see reap_later).
 _EXITING: list[int] = []
+
+
+def reap_later(pid: int) -> None:
+    """Reap child ``pid``, which is exiting and holds nothing any more (a live fork's
+    intermediate), soon after this request is answered: a zombie still counts against the
+    episode's process limit, but its exit (unmapping its copy of this kernel's memory) need
+    not be waited for. A fork ignores it meanwhile (see :func:`exiting`)."""
+    import asyncio
+
+    _EXITING.append(pid)
+    tries = [50]  # a second at most (a child a tracer holds is reaped by a later request)
+
+    def reap() -> None:
+        reap_exiting()
+        tries[0] -= 1
+        if pid in _EXITING and tries[0] > 0:
+            loop.call_later(0.02, reap)
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop here: the next throwaway or fork reaps it
+        return
+    loop.call_soon(reap)
 
 
 def reap_exiting(*, wait: bool = False) -> None:
@@ -524,8 +548,9 @@ def reap_exiting(*, wait: bool = False) -> None:
 
 
 def exiting() -> set[int]:
-    """Throwaway children a fork of this kernel may ignore: those killed after they answered,
-    not reaped yet, and a spare waiting for its run (it holds nothing)."""
+    """Children a fork of this kernel may ignore: those exiting, not reaped yet (throwaway
+    children killed after they answered, a live fork's intermediates), and a spare waiting for
+    its run (it holds nothing)."""
     return set(_EXITING) | {spare.pid for spare in _SPARE if spare.owner == os.getpid()}
 
 
