@@ -75,11 +75,12 @@ def fork_problem() -> str | None:
     """Why this kernel cannot be forked faithfully right now, or None."""
     from ipykernel.kernelapp import IPKernelApp
 
+    from .reaping import EXITING, reap_exiting
+
     throwaway = sys.modules.get("kernelenv.runtime.throwaway")
-    dying: set[int] = set()
-    if throwaway is not None:  # throwaway children that answered, killed and still exiting
-        throwaway.reap_exiting()
-        dying = throwaway.exiting()
+    reap_exiting()
+    # Children that have done their part and are exiting, and a throwaway's waiting spare.
+    dying = throwaway.exiting() if throwaway is not None else set(EXITING)
     app = IPKernelApp.instance()
     known = {threading.main_thread()}
     for t in (app.control_thread, app.shell_channel_thread, app.heartbeat, app.poller):
@@ -118,7 +119,7 @@ def fork_problem() -> str | None:
         # A live fork at sandbox level limits: Landlock grants its kernel's /proc folder, not
         # its own. Its native threads cannot be listed (a fork of it may inherit a held lock:
         # then it times out); its child processes, waitid tells.
-        return _children_problem_without_proc(throwaway)
+        return _children_problem_without_proc()
     unknown = []
     for tid in tids:
         if int(tid) in py_native:
@@ -148,10 +149,11 @@ def fork_problem() -> str | None:
     return None
 
 
-def _children_problem_without_proc(throwaway) -> str | None:
+def _children_problem_without_proc() -> str | None:
     """:func:`fork_problem`'s child-process check for a kernel that cannot read its /proc."""
-    if throwaway is not None:  # killed throwaway children: wait for them, they end at once
-        throwaway.reap_exiting(wait=True)
+    from .reaping import reap_exiting
+
+    reap_exiting(wait=True)  # children that are exiting: they end at once
     try:  # WNOWAIT: a child that has exited stays for its owner to reap
         os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
@@ -238,9 +240,11 @@ def fork_here(
 
     from .child import abandon_parent_messaging, attach_and_run, reuse_parent_kernel
 
-    from . import throwaway
+    from .reaping import reap_later
 
-    throwaway.discard_spare()  # a child waiting for a throwaway run: not the forks' to reach
+    throwaway = sys.modules.get("kernelenv.runtime.throwaway")
+    if throwaway is not None:  # a child waiting for a throwaway run: not the forks' to reach
+        throwaway.discard_spare()
     problem = fork_problem()
     if problem is not None:
         return {"refused": problem}
@@ -306,7 +310,7 @@ def fork_here(
                 traceback.print_exc(file=sys.__stderr__)
             os._exit(1)
         os.close(w)
-        throwaway.reap_later(pid)  # it exits at once: reaped after the reply
+        reap_later(pid)  # it exits at once: reaped after the reply
         pipes.append(r)
     pids = []
     for r in pipes:

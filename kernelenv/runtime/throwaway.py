@@ -49,6 +49,8 @@ import sys
 import tempfile
 import time
 
+from .reaping import EXITING, reap_exiting
+
 # Extra bytes kept over the output cap for lines' framing, errors, results and markers.
 _SLACK_BYTES = 64 * 1024
 # What the parent keeps of fd-level output (subprocesses, C code) beyond the output cap: none.
@@ -166,7 +168,7 @@ def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict
         report = _supervise(child.pid, child.result_r, child.out_r, child.err_r, cells,
                             max_output, float(spec["grace_s"]))  # fmt: skip
     except BaseException:  # an interrupt of this kernel: the child goes too, reaped later
-        _EXITING.append(child.pid)
+        EXITING.append(child.pid)
         raise
     finally:
         child.close()
@@ -253,7 +255,7 @@ class _Child:
         """Kill it unused (reaped later)."""
         self.close()
         _kill_group(self.pid)
-        _EXITING.append(self.pid)
+        EXITING.append(self.pid)
 
 
 def _guard_grading_kernel() -> None:
@@ -346,7 +348,7 @@ def _kill_strays(keep: _Child | None = None) -> bool:
         children = [pid for pid in _children() if pid not in kept]
         if not children:
             break
-        found = found or any(pid not in _EXITING for pid in children)
+        found = found or any(pid not in EXITING for pid in children)
         for pid in children:
             _signal(pid, signal.SIGKILL)
         _wait_dead(children)
@@ -506,52 +508,11 @@ def _warm_once() -> None:
         shell.display_formatter.format(0)
 
 
-# Children that have done their part and are still exiting, not yet reaped: throwaway
-# children killed once they answered, a live fork's intermediates (see reap_later).
-_EXITING: list[int] = []
-
-
-def reap_later(pid: int) -> None:
-    """Reap child ``pid``, which is exiting and holds nothing any more (a live fork's
-    intermediate), soon after this request is answered: a zombie still counts against the
-    episode's process limit, but its exit (unmapping its copy of this kernel's memory) need
-    not be waited for. A fork ignores it meanwhile (see :func:`exiting`)."""
-    import asyncio
-
-    _EXITING.append(pid)
-    tries = [50]  # a second at most (a child a tracer holds is reaped by a later request)
-
-    def reap() -> None:
-        reap_exiting()
-        tries[0] -= 1
-        if pid in _EXITING and tries[0] > 0:
-            loop.call_later(0.02, reap)
-
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # no loop here: the next throwaway or fork reaps it
-        return
-    loop.call_soon(reap)
-
-
-def reap_exiting(*, wait: bool = False) -> None:
-    """Reap the throwaway children that have exited (with ``wait``: all, waiting for them).
-    Those still exiting were killed and hold nothing: a fork may ignore them (see
-    :func:`exiting`), and the next throwaway does not wait for them."""
-    for pid in list(_EXITING):
-        try:
-            done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
-        except ChildProcessError:
-            done = pid
-        if done:
-            _EXITING.remove(pid)
-
-
 def exiting() -> set[int]:
     """Children a fork of this kernel may ignore: those exiting, not reaped yet (throwaway
     children killed after they answered, a live fork's intermediates), and a spare waiting for
     its run (it holds nothing)."""
-    return set(_EXITING) | {spare.pid for spare in _SPARE if spare.owner == os.getpid()}
+    return set(EXITING) | {spare.pid for spare in _SPARE if spare.owner == os.getpid()}
 
 
 def _copy_target(work_dir: str | None) -> tuple[str, str] | None:
@@ -687,11 +648,11 @@ def _supervise(pid: int, result_r: int, out_r: int, err_r: int, cells: list[dict
         os.close(pidfd)
     if done:  # its exit (unmapping its copy of the memory) is not waited for: reaped later
         exit_code = 0
-        _EXITING.append(pid)
+        EXITING.append(pid)
     else:  # ended or killed: its code, unless a tracer of its own holds it (reaped later)
         exit_code = _wait_dead([pid]).get(pid)
         if exit_code is None:
-            _EXITING.append(pid)
+            EXITING.append(pid)
     return {
         "items": items,
         "exit_code": exit_code,
