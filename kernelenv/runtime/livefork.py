@@ -239,8 +239,7 @@ def fork_here(
     from ipykernel.kernelapp import IPKernelApp
 
     from .child import abandon_parent_messaging, attach_and_run, reuse_parent_kernel
-
-    from .reaping import reap_later
+    from .reaping import EXITING, reap_later
 
     throwaway = sys.modules.get("kernelenv.runtime.throwaway")
     if throwaway is not None:  # a child waiting for a throwaway run: not the forks' to reach
@@ -278,6 +277,7 @@ def fork_here(
                 # -- the new kernel --
                 if ready:  # the parent reads the pipe to EOF: don't hold it open until bound
                     os.close(w)
+                EXITING.clear()  # its parent's children: a pid there may come to be its own
                 gc.freeze()  # never touch (copy) the parent's objects from the collector
                 os.setsid()
                 if cwd:

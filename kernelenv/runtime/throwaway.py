@@ -273,7 +273,9 @@ def _guard_grading_kernel() -> None:
     if not _GUARDED:
         import ctypes
 
-        from . import attempt_filter  # noqa: F401 - loaded here, once: each attempt's child uses it
+        # Loaded here, once: each attempt's child uses them.
+        from . import attempt_filter  # noqa: F401
+        from .template import landlock  # noqa: F401
 
         libc = ctypes.CDLL(None, use_errno=True)
         for option, value in ((4, 0), (36, 1)):  # PR_SET_DUMPABLE 0, PR_SET_CHILD_SUBREAPER 1
@@ -881,6 +883,13 @@ def _child(
         else:
             shutil.copytree(spec["work_dir"], work, symlinks=True)
         os.chdir(os.path.normpath(os.path.join(work, relative)))
+    if spec.get("grading"):
+        from . import attempt_filter
+
+        # Its own folders only (its working copy, scratch space): not its warm kernel's /proc.
+        attempt_filter.confine_writes(
+            [os.getcwd(), tempfile.gettempdir(), "/tmp", "/dev/shm", "/dev"]
+        )  # fmt: skip
     for number, cell in enumerate(cells):
         pipe.line({"start": number})
         pipe.capturing = bool(cell.get("capture"))

@@ -29,6 +29,8 @@ SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446  # the same 
 RULE_PATH_BENEATH = 1
 CREATE_RULESET_VERSION = 1
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1, 2, 4, 8
+# Every right that changes a file or a folder: writing, removing, making, linking, truncating.
+WRITE_RIGHTS = ((1 << 13) - 1) & ~(EXECUTE | READ_FILE | READ_DIR) | (1 << 13) | (1 << 14)
 REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
 READ_RIGHTS = EXECUTE | READ_FILE | READ_DIR
@@ -80,9 +82,13 @@ PINNED: list[int] = []  # O_PATH descriptors keeping the /proc entries of the ru
 
 
 class Ruleset:
-    """A Landlock ruleset being built; :meth:`enforce` applies it to this process."""
+    """A Landlock ruleset being built; :meth:`enforce` applies it to this process.
 
-    def __init__(self) -> None:
+    ``handled``: the file rights it restricts (default: all this Linux knows; others stay as
+    they were).
+    """
+
+    def __init__(self, handled: int | None = None) -> None:
         self.libc = _libc()
         self.abi = landlock_abi()
         if self.abi < 1:
@@ -94,6 +100,8 @@ class Ruleset:
             rights |= TRUNCATE
         if self.abi >= 5:
             rights |= IOCTL_DEV
+        if handled is not None:
+            rights &= handled
         self.all_rights = rights
         scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if self.abi >= 6 else 0
         attr = _RulesetAttr(rights, 0, scoped)

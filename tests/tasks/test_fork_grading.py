@@ -278,7 +278,7 @@ async def test_what_an_attempt_sends_its_harness_costs_that_attempt_alone(import
 # every process) stalled the attempts behind it until the host's budget ran out and the kernel
 # was replaced; prlimit on it could leave it no descriptors.
 REACH_THE_WARM_KERNEL = r'''
-import ctypes, os, platform, resource, signal
+import ctypes, fcntl, os, platform, resource, signal, socket, struct
 warm = os.getppid()
 threads = [int(t) for t in os.listdir(f"/proc/{warm}/task") if int(t) != warm]
 libc = ctypes.CDLL(None, use_errno=True)
@@ -298,6 +298,15 @@ attacks = {
     "by pidfd": lambda: signal.pidfd_send_signal(os.open(f"/proc/{warm}", os.O_RDONLY),
                                                  signal.SIGSTOP),
     "renice it": lambda: os.setpriority(os.PRIO_PROCESS, warm, 19),
+    # Found by a second red team: a descriptor's owner gets a signal of its owner's choosing
+    # as I/O comes, and /proc files of the warm kernel change how it is treated.
+    "own a pipe": lambda: fcntl.fcntl(os.pipe()[0], fcntl.F_SETOWN, warm),
+    "pick its signal": lambda: fcntl.fcntl(os.pipe()[0], 10, signal.SIGSTOP),  # F_SETSIG
+    "own a socket": lambda: fcntl.ioctl(socket.socketpair()[0].fileno(), 0x8901,
+                                        struct.pack("i", warm)),  # FIOSETOWN
+    "make it the OOM killer's choice": lambda: open(f"/proc/{warm}/oom_score_adj", "w").write(
+        "1000"),
+    "lower its CPU share": lambda: open(f"/proc/{warm}/autogroup", "w").write("19"),
 }
 reached = []
 for name, attack in attacks.items():
