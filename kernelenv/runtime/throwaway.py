@@ -109,6 +109,8 @@ def run_batch(specs_json: str, grading: bool = False) -> _Raw:
         _forget_request()
         if _UNREMOVED:  # the next attempt would meet it: the host replaces this kernel
             raise RuntimeError(f"could not remove what an attempt left: {_UNREMOVED[0]}")
+        if _UNKILLED:
+            raise RuntimeError("could not kill every process an attempt left")
     report = _Raw(_dumps({"batch": reports}))
     _fork_spare_soon()
     return report
@@ -351,11 +353,98 @@ def _kill_strays(keep: _Child | None = None) -> bool:
         if not children:
             break
         found = found or any(pid not in EXITING for pid in children)
-        for pid in children:
+        # Their whole trees, stopped first: a chain of processes, each the parent of the next,
+        # lost one link a round to kills of direct children and outgrew the rounds.
+        tree = _stop_trees(children)
+        try:
+            for pidfd in tree.values():
+                _pidfd_signal(pidfd, signal.SIGKILL)
+        finally:
+            for pidfd in tree.values():
+                os.close(pidfd)
+        for pid in children:  # the roots too, where a pidfd could not be had
             _signal(pid, signal.SIGKILL)
         _wait_dead(children)
+    else:  # still some after every round: the host replaces this kernel
+        if any(pid not in kept for pid in _children()):
+            _UNKILLED.append(True)
     reap_exiting()
     return found
+
+
+def _stop_trees(roots: list[int], rounds: int = 64) -> dict[int, int]:
+    """SIGSTOP ``roots`` (this kernel's children) and every descendant, until a look finds no
+    process not stopped yet (a stopped process forks no more); returns a pidfd of each.
+
+    A descendant is signalled through a pidfd opened while its parent is known to be in the
+    tree: a pid read from /proc may have been given to another process since (no PID
+    namespace at levels limits and none).
+    """
+    stopped: dict[int, int] = {}
+    try:
+        for _ in range(rounds):
+            new = [(pid, parent) for pid, parent in _tree(roots) if pid not in stopped]
+            if not new:
+                break
+            for pid, parent in new:
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except OSError:
+                    continue  # gone
+                if parent is not None and _parent_of(pid) != parent:
+                    os.close(pidfd)  # not the process the listing named
+                    continue
+                stopped[pid] = pidfd
+                _pidfd_signal(pidfd, signal.SIGSTOP)
+    except BaseException:
+        for pidfd in stopped.values():
+            os.close(pidfd)
+        raise
+    return stopped
+
+
+def _tree(roots: list[int]) -> list[tuple[int, int | None]]:
+    """``roots`` and their descendants from /proc's ``children`` lists, each with its parent
+    (None for a root)."""
+    found: list[tuple[int, int | None]] = []
+    todo: list[tuple[int, int | None]] = [(pid, None) for pid in roots]
+    seen: set[int] = set()
+    while todo and len(found) < 1 << 16:
+        pid, parent = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        found.append((pid, parent))
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as listing:
+                    todo += [(int(child), pid) for child in listing.read().split()]
+            except OSError:
+                pass
+    return found
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pidfd_signal(pidfd: int, signum: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, signum)
+    except ProcessLookupError:
+        pass
+
+
+# Set when processes an attempt left could not all be killed (see _kill_strays).
+_UNKILLED: list[bool] = []
 
 
 def _wait_dead(pids: list[int], timeout_s: float = 1.0) -> dict[int, int]:

@@ -341,6 +341,50 @@ async def test_an_attempt_cannot_signal_or_limit_its_warm_kernel():
     assert grade.passed and after.passed, (grade.feedback, after.feedback)
 
 
+# Found by a second red team: a chain of processes, each the parent of the next and the tail
+# forking on, lost one link a round to the kills of the warm kernel's direct children and
+# outgrew their rounds; every later attempt then found "child processes that a fork cannot
+# copy" and failed.
+GROW_A_CHAIN = r'''
+import os, sys, time
+NODE = """
+import os, sys, time
+deadline = float(sys.argv[1])
+while time.time() < deadline:
+    try:
+        pid = os.fork()
+    except OSError:
+        time.sleep(0.001)
+        continue
+    if pid == 0:
+        continue  # the new tail
+    time.sleep(max(0.0, deadline - time.time()))  # a link
+    os._exit(0)
+os._exit(0)
+"""
+if os.fork() == 0:
+    try:
+        os.setsid()
+        os.execv(sys.executable, [sys.executable, "-S", "-I", "-c", NODE, str(time.time() + 30)])
+    finally:
+        os._exit(0)
+time.sleep(1.0)
+'''
+
+
+async def test_a_chain_of_processes_an_attempt_leaves_is_killed_whole():
+    task = default_library().get("functions_easy_palindrome")
+    right = "\n\n".join(task.solution)
+    async with KernelPool(size=2) as pool:
+        graders = WarmGraders(pool)
+        try:
+            await graders.grade_steps(task, [(GROW_A_CHAIN + "\n" + right, 5.0)])
+            after = [await graders.grade_steps(task, [(right, 5.0)]) for _ in range(2)]
+        finally:
+            await graders.aclose()
+    assert all(grade.passed for grade in after), [grade.feedback for grade in after]
+
+
 # Attempts batched in one request were forked while the warm kernel held the whole batch, so
 # an attempt found its batch-mates' completions in its memory (the collector lists every
 # object once unfrozen) and passed by running a correct one: in an RL group, every completion
