@@ -180,8 +180,10 @@ def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict
     if grading:
         # Nothing an attempt started outlives its answer: a process it left would wait beside
         # the next attempt's child (forked ahead once this request is answered) and could stop
-        # it, or this kernel, between requests. Killed before the next one as well.
+        # it, or this kernel, between requests. Killed before the next one as well. What it
+        # wrote goes too, and a budget it leaves full has this kernel replaced (see run_batch).
         _kill_strays()
+        _remove_what_attempts_wrote(spec.get("work_dir"))
     return report
 
 
@@ -298,6 +300,14 @@ def _clear_after_attempts(keep: _Child | None, work_dir: str | None) -> bool:
     and what was not there at first in its episode's /tmp and /dev/shm. Returns whether a
     process was left."""
     strays = _kill_strays(keep)
+    _remove_what_attempts_wrote(work_dir)
+    return strays
+
+
+def _remove_what_attempts_wrote(work_dir: str | None) -> None:
+    """Remove what was not there at first in this kernel's folders (see
+    :func:`_scratch_folders`); if the episode's byte budget is not back near where it was
+    (bytes or inodes), note it: the host replaces this kernel."""
     for folder, baseline in _scratch_folders(work_dir).items():
         try:
             entries = list(os.scandir(folder))
@@ -311,27 +321,39 @@ def _clear_after_attempts(keep: _Child | None, work_dir: str | None) -> bool:
             else:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
-    return strays
+    if work_dir and _SPACE:
+        try:
+            now = os.statvfs(work_dir)
+        except OSError:
+            return
+        if now.f_bavail < 0.9 * _SPACE[0] or now.f_favail < 0.9 * _SPACE[1]:
+            _UNREMOVED.append("the space an attempt used in the episode's byte budget")
 
 
-# A grading kernel's own folders, each with the names it held when first seen.
+# A grading kernel's own folders, each with the names it held when first seen, and the free
+# bytes and inodes of its episode's byte budget then.
 _SCRATCH: dict[str, set[str]] = {}
+_SPACE: list[int] = []
 
 
 def _scratch_folders(work_dir: str | None) -> dict[str, set[str]]:
-    """This kernel's working directory (kept empty), and its episode's tmp and shm folders
-    where it has them (a sandboxed kernel: ``<episode>/fs/{work,tmp,shm}``; never a shared
-    /tmp), each with what it held first."""
+    """This kernel's working directory (kept empty), and where it has them (a sandboxed
+    kernel: ``<episode>/fs/{work,tmp,shm,r}``; never a shared /tmp) its episode's tmp, shm and
+    socket folders and the budget's root itself, each with what it held first: an attempt
+    reaches the root by its path, under /tmp, and filled the budget there for every later
+    attempt (found by an outside red team)."""
     if not work_dir:
         return {}
     if not _SCRATCH:
         _SCRATCH[work_dir] = set()
         root = os.path.dirname(work_dir)
         if os.path.basename(work_dir) == "work" and os.path.basename(root) == "fs":
-            for name in ("tmp", "shm"):
-                folder = os.path.join(root, name)
+            for folder in (*(os.path.join(root, n) for n in ("tmp", "shm", "r")), root):
                 with contextlib.suppress(OSError):
                     _SCRATCH[folder] = set(os.listdir(folder))
+            with contextlib.suppress(OSError):
+                space = os.statvfs(root)
+                _SPACE[:] = [space.f_bavail, space.f_favail]
     return _SCRATCH
 
 

@@ -385,6 +385,46 @@ async def test_a_chain_of_processes_an_attempt_leaves_is_killed_whole():
     assert all(grade.passed for grade in after), [grade.feedback for grade in after]
 
 
+# Found by a third red team: the episode's byte budget is mounted at its own path, under /tmp,
+# so an attempt reached its root (which no cleanup looked at) and filled its bytes and inodes
+# for every later attempt.
+FILL_THE_BUDGET_AT_ITS_ROOT = r'''
+import glob, os
+junk = os.path.join(glob.glob("/tmp/kernelenv-*/k*/fs")[0], "junk")
+os.makedirs(junk, exist_ok=True)
+try:
+    with open(os.path.join(junk, "big"), "wb") as f:
+        while True:
+            f.write(b"\0" * (1 << 24))
+except OSError:
+    pass
+try:
+    for n in range(1 << 20):
+        open(os.path.join(junk, str(n)), "w").close()
+except OSError:
+    print("full")
+'''
+WRITE_A_TEMP_FILE = (
+    "import tempfile\nwith tempfile.TemporaryFile() as f:\n    f.write(b'x' * 100_000)\n"
+)
+
+
+async def test_an_attempt_cannot_fill_the_budget_for_the_next():
+    if bwrap_problem() is not None:
+        pytest.skip(f"the budget's root is reachable at bwrap: {bwrap_problem()}")
+    task = default_library().get("functions_easy_palindrome")
+    right = WRITE_A_TEMP_FILE + "\n\n".join(task.solution)
+    async with KernelPool(size=2, sandbox=SandboxConfig(level="bwrap")) as pool:
+        graders = WarmGraders(pool)
+        try:
+            ((seen, _),) = await graders.run_completions([(task, FILL_THE_BUDGET_AT_ITS_ROOT, 30.0)])
+            after = [await graders.grade_steps(task, [(right, 5.0)]) for _ in range(2)]
+        finally:
+            await graders.aclose()
+    assert "full" in seen.stdout, (seen.stdout, seen.stderr)  # the attack reached the root
+    assert all(grade.passed for grade in after), [grade.feedback for grade in after]
+
+
 # Attempts batched in one request were forked while the warm kernel held the whole batch, so
 # an attempt found its batch-mates' completions in its memory (the collector lists every
 # object once unfrozen) and passed by running a correct one: in an RL group, every completion
