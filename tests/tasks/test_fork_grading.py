@@ -417,7 +417,9 @@ async def test_an_attempt_cannot_fill_the_budget_for_the_next():
     async with KernelPool(size=2, sandbox=SandboxConfig(level="bwrap")) as pool:
         graders = WarmGraders(pool)
         try:
-            ((seen, _),) = await graders.run_completions([(task, FILL_THE_BUDGET_AT_ITS_ROOT, 30.0)])
+            ((seen, _),) = await graders.run_completions(
+                [(task, FILL_THE_BUDGET_AT_ITS_ROOT, 30.0)]
+            )
             after = [await graders.grade_steps(task, [(right, 5.0)]) for _ in range(2)]
         finally:
             await graders.aclose()
