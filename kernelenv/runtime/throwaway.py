@@ -182,8 +182,7 @@ def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict
         # the next attempt's child (forked ahead once this request is answered) and could stop
         # it, or this kernel, between requests. Killed before the next one as well. What it
         # wrote goes too, and a budget it leaves full has this kernel replaced (see run_batch).
-        _kill_strays()
-        _remove_what_attempts_wrote(spec.get("work_dir"))
+        _clear_after_attempts(None, spec.get("work_dir"))
     return report
 
 
@@ -293,8 +292,8 @@ _GUARDED: list[bool] = []
 
 
 def _clear_after_attempts(keep: _Child | None, work_dir: str | None) -> bool:
-    """Before an attempt in a warm grading kernel: what earlier attempts left is gone, so none
-    can reach this one. Their processes are killed (:func:`_kill_strays`); the files they wrote
+    """Before an attempt in a warm grading kernel (and once each has answered): what earlier
+    attempts left is gone, so none can reach this one. Their processes are killed (:func:`_kill_strays`); the files they wrote
     by absolute path into this kernel's own folders are removed: its working directory (which
     each attempt works in a copy of: a module left there would be imported by later attempts)
     and what was not there at first in its episode's /tmp and /dev/shm. Returns whether a
@@ -437,16 +436,7 @@ def _tree(roots: list[int]) -> list[tuple[int, int | None]]:
             continue
         seen.add(pid)
         found.append((pid, parent))
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children") as listing:
-                    todo += [(int(child), pid) for child in listing.read().split()]
-            except OSError:
-                pass
+        todo += [(child, pid) for child in _children(pid)]
     return found
 
 
@@ -507,17 +497,18 @@ def _thread_ids() -> list[int]:
         return []
 
 
-def _children() -> list[int]:
-    """This process's children, from its threads' ``children`` lists in /proc (none found
-    where its /proc cannot be read: a live fork at level limits, never a warm kernel)."""
+def _children(pid: int | str = "self") -> list[int]:
+    """A process's children (default: this one's), from its threads' ``children`` lists in
+    /proc (none found where that /proc cannot be read: a live fork at level limits, never a
+    warm kernel)."""
     found: list[int] = []
     try:
-        tids = os.listdir("/proc/self/task")
+        tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return found
     for tid in tids:
         try:
-            with open(f"/proc/self/task/{tid}/children") as listing:
+            with open(f"/proc/{pid}/task/{tid}/children") as listing:
                 found += [int(pid) for pid in listing.read().split()]
         except OSError:
             pass
@@ -974,14 +965,6 @@ def _child(
         return 0
     spec, compiled, copy_dir = run
     cells = spec["cells"]
-    if spec.get("grading"):
-        # It holds its warm kernel's session key and knows its sockets: connected to them, it
-        # had the warm kernel run code of its own; stopped by it, the warm kernel stalled every
-        # attempt behind it (see attempt_filter).
-        from . import attempt_filter
-
-        if attempt_filter.supported():  # raises: the run ends before any cell
-            attempt_filter.install(attempt_filter.warm_kernel_pids(*warm))
     pipe.max_output = int(spec["max_output_bytes"])
     _remember_sources(cells, compiled)
     if copy_dir is not None:
@@ -995,8 +978,13 @@ def _child(
             shutil.copytree(spec["work_dir"], work, symlinks=True)
         os.chdir(os.path.normpath(os.path.join(work, relative)))
     if spec.get("grading"):
+        # It holds its warm kernel's session key and knows its sockets: connected to them, it
+        # had the warm kernel run code of its own; stopped by it, the warm kernel stalled every
+        # attempt behind it (see attempt_filter). Both raise: the run ends before any cell.
         from . import attempt_filter
 
+        if attempt_filter.supported():
+            attempt_filter.install(attempt_filter.warm_kernel_pids(*warm))
         # Its own folders only (its working copy, scratch space): not its warm kernel's /proc.
         attempt_filter.confine_writes(
             [os.getcwd(), tempfile.gettempdir(), "/tmp", "/dev/shm", "/dev"]
