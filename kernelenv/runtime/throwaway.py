@@ -293,11 +293,11 @@ _GUARDED: list[bool] = []
 
 def _clear_after_attempts(keep: _Child | None, work_dir: str | None) -> bool:
     """Before an attempt in a warm grading kernel (and once each has answered): what earlier
-    attempts left is gone, so none can reach this one. Their processes are killed (:func:`_kill_strays`); the files they wrote
-    by absolute path into this kernel's own folders are removed: its working directory (which
-    each attempt works in a copy of: a module left there would be imported by later attempts)
-    and what was not there at first in its episode's /tmp and /dev/shm. Returns whether a
-    process was left."""
+    attempts left is gone, so none can reach this one. Their processes are killed
+    (:func:`_kill_strays`); the files they wrote by absolute path into this kernel's own
+    folders are removed: its working directory (which each attempt works in a copy of: a
+    module left there would be imported by later attempts) and what was not there at first in
+    its episode's folders (:func:`_scratch_folders`). Returns whether a process was left."""
     strays = _kill_strays(keep)
     _remove_what_attempts_wrote(work_dir)
     return strays
