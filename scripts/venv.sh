@@ -33,12 +33,34 @@ lock=requirements/${name/#demo/test}.txt
 # The build backend is pinned too: an editable install builds kernelenv with it.
 tools=(pip 'hatchling>=1.21')
 
-[ -x "$venv/bin/python" ] || { echo "creating $venv ($python)"; bash scripts/make-venv.sh "$python" "$venv"; }
+[ -x "$venv/bin/python" ] || {
+  echo "creating $venv ($python)"; bash scripts/make-venv.sh "$python" "$venv" --without-pip
+}
 # uv (itself pinned, in requirements/uv.txt) installs in seconds where pip takes a minute or
-# more a venv, and lists each package it installs. Unlike pip, uv writes no bytecode unless
-# asked: sandboxed kernels cannot write it into the venv (and PYTHONDONTWRITEBYTECODE stops
-# everyone else), so without it every process compiles every module it imports, each start.
-uv_install=(bash scripts/uv.sh pip install --compile-bytecode --python "$venv/bin/python")
+# more a venv, and lists each package it installs.
+uv_install=(bash scripts/uv.sh pip install --python "$venv/bin/python")
+# What a kernel imports (IPython's stack; numpy, matplotlib and PIL for plots), compiled to
+# bytecode once installed: sandboxed kernels cannot write bytecode into the venv (and their
+# PYTHONDONTWRITEBYTECODE stops the rest of a kernel's processes), so without it each kernel
+# start compiled them all again. Other processes write the bytecode of what they import on
+# first use; compiling every package at install (uv's --compile-bytecode) took two of CI's
+# three minutes of set-up, most of it for packages no test imports whole (torch, ray).
+kernel_packages=(
+  IPython PIL asttokens colorama comm cycler dateutil decorator.py executing fontTools
+  ipykernel ipykernel_launcher.py jupyter_client jupyter_core kiwisolver matplotlib
+  matplotlib_inline mpl_toolkits msgpack numpy packaging platformdirs psutil pure_eval
+  pygments pyparsing stack_data tornado traitlets typing_extensions.py zmq
+)
+compile_kernel_packages() {
+  local site paths=() package
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+  for package in "${kernel_packages[@]}"; do
+    [ -e "$site/$package" ] && paths+=("$site/$package")
+  done
+  # A file that does not compile (a package's test data) is left as it is, as uv leaves it.
+  [ ${#paths[@]} -eq 0 ] || "$venv/bin/python" -m compileall -q -j 0 "${paths[@]}" >/dev/null ||
+    echo "some files in $venv did not compile to bytecode (left as they are)"
+}
 export PYTHON="$python"
 
 case $mode in
@@ -58,6 +80,8 @@ case $mode in
     ;;
   *) echo "scripts/venv.sh: MODE is locked, latest or lock" >&2; exit 2 ;;
 esac
+
+compile_kernel_packages
 
 if [ "$mode" = lock ]; then
   {
