@@ -62,7 +62,7 @@ _PIPE_CHUNK = 1 << 16
 _dumps = json.dumps
 
 
-def run_batch(specs_json: str, grading: bool = False) -> _Raw:
+def run_batch(specs_json: str, grading: bool = False, ahead_only: bool = False) -> _Raw:
     """Run each spec of ``specs_json`` (a JSON list) in a throwaway fork of its own, one after
     the other; return ``{"batch": [report, ...]}`` as JSON text. One request for many attempts:
     the host's round trip is paid once.
@@ -86,19 +86,30 @@ def run_batch(specs_json: str, grading: bool = False) -> _Raw:
     while it grades, and drops the request's content once answered (:func:`_forget_request`);
     each attempt's process refuses itself ``connect()`` and any signal or limit aimed at this
     kernel (:mod:`.attempt_filter`).
+
+    ``ahead_only``: the batch holds attempts' code, so each of several runs only in a child
+    forked before this request (:func:`prepare_spares`); one without is refused with
+    ``again``, for the host to send alone.
     """
     _watch_cells()
     if grading:
         _guard_grading_kernel()
-    spare = _take_spare()
     # An attempt can signal its warm kernel: an interrupt must not end the batch (the host
     # never interrupts a grading kernel; it replaces one that stops answering).
     sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if grading else None
     try:
         reports = []
-        for i, spec in enumerate(json.loads(specs_json)):
+        specs = json.loads(specs_json)
+        for spec in specs:
+            spare = _take_spare()
+            several = ahead_only and len(specs) > 1
+            if several and spare is None:
+                # Forked now, a child would hold its batch-mates' code (this request): the
+                # host sends it again alone.
+                reports.append({"refused": "no child was forked ahead for it", "again": True})
+                continue
             try:
-                reports.append(_run(spec, grading, spare if i == 0 else None))
+                reports.append(_run(spec, grading, spare, fresh=not several))
             except Exception as exc:  # noqa: BLE001 - what one run sent broke the harness
                 why = f"the harness failed on what this run sent ({exc!r:.200})"
                 reports.append({"refused": why})
@@ -114,6 +125,27 @@ def run_batch(specs_json: str, grading: bool = False) -> _Raw:
     report = _Raw(_dumps({"batch": reports}))
     _fork_spare_soon()
     return report
+
+
+# The most children a warm grading kernel forks ahead for one batch.
+MAX_SPARES = 8
+
+
+def prepare_spares(count: int) -> _Raw:
+    """Fork children ahead (up to ``count``, at most :data:`MAX_SPARES` waiting) for the next
+    batch of a warm grading kernel, in a request of their own: a child forked while this kernel
+    holds a batch holds every attempt of it, and an attempt ran its batch-mate's completion
+    (see :func:`run_batch`). Returns how many wait."""
+    _watch_cells()
+    _guard_grading_kernel()
+    _warm_once()
+    _kill_strays()  # none should be left; a spare must not wait beside one
+    while len(_SPARE) < min(count, MAX_SPARES):
+        child = _Child.fork()
+        if isinstance(child, str):
+            break
+        _SPARE.append(child)
+    return _Raw(str(len(_SPARE)))
 
 
 def _forget_request() -> None:
@@ -133,14 +165,19 @@ def _forget_request() -> None:
         content["code"] = ""
 
 
-def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict:
-    """One parsed spec of :func:`run_batch` (in ``spare`` if there is one); returns its report."""
+def _run(
+    spec: dict, grading: bool = False, spare: _Child | None = None, fresh: bool = True
+) -> dict:
+    """One parsed spec of :func:`run_batch` (in ``spare`` if there is one); returns its report.
+    ``fresh``: a child may be forked now if the spare cannot run it (not in a grading batch of
+    several, whose request a child forked now would hold: then the host sends it again)."""
     if grading:
         if _clear_after_attempts(spare, spec.get("work_dir")) and spare is not None:
-            # It waited beside a process an attempt left running, which could have stopped
-            # or signalled it: a fresh child runs this attempt.
+            # It (and any other spare) waited beside a process an attempt left running, which
+            # could have stopped or signalled it: a fresh child runs this attempt.
             spare.discard()
             spare = None
+            discard_spare()
     else:
         reap_exiting()
     _warm_once()
@@ -148,11 +185,18 @@ def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict
     compiled = [_hidden_code(cell["code"]) if cell.get("silent") else None for cell in cells]
     max_output = int(spec["max_output_bytes"])
     copy_dir = _copy_target(spec.get("work_dir"))
-    payload = marshal.dumps(({**spec, "grading": grading}, compiled, copy_dir))
+    # The spares waiting beside it (a batch's next attempts): not to be signalled either.
+    siblings = [pid for other in _SPARE for pid in (other.pid, -other.pid)]
+    payload = marshal.dumps(({**spec, "grading": grading, "siblings": siblings}, compiled,
+                             copy_dir))  # fmt: skip
     child = spare
     if child is not None and not child.hand_over(payload):  # the spare died waiting
         child.discard()
         child = None
+    if child is None and not fresh:
+        if copy_dir is not None:
+            _remove_tree(copy_dir[0])
+        return {"refused": "its child forked ahead was gone", "again": True}
     if child is None:
         forked = _Child.fork()
         if isinstance(forked, str):
@@ -177,12 +221,12 @@ def _run(spec: dict, grading: bool = False, spare: _Child | None = None) -> dict
         _kill_group(child.pid)
         if copy_dir is not None:
             _remove_tree(copy_dir[0])
-    if grading:
-        # Nothing an attempt started outlives its answer: a process it left would wait beside
-        # the next attempt's child (forked ahead once this request is answered) and could stop
-        # it, or this kernel, between requests. Killed before the next one as well. What it
-        # wrote goes too, and a budget it leaves full has this kernel replaced (see run_batch).
-        _clear_after_attempts(None, spec.get("work_dir"))
+    # Nothing an attempt started outlives its answer: a process it left would wait beside the
+    # next attempt's child (forked ahead) and could stop it, or this kernel, between requests.
+    # Killed before the next one as well. What it wrote goes too, and a budget it leaves full
+    # has this kernel replaced (see run_batch). Spares that waited beside it go.
+    if grading and _clear_after_attempts(None, spec.get("work_dir")):
+        discard_spare()
     return report
 
 
@@ -548,13 +592,14 @@ def _spare_is_current(spare: _Child) -> bool:
 
 
 def _take_spare() -> _Child | None:
-    """The spare, if it is current (else it is discarded)."""
-    spare = _SPARE.pop() if _SPARE else None
-    if spare is not None and not _spare_is_current(spare):
+    """The oldest spare that is current (those out of date are discarded), or None."""
+    while _SPARE:
+        spare = _SPARE.pop(0)
+        if _spare_is_current(spare):
+            return spare
         if spare.owner == os.getpid():
             spare.discard()
-        return None
-    return spare
+    return None
 
 
 def discard_spare() -> None:
@@ -984,7 +1029,8 @@ def _child(
         from . import attempt_filter
 
         if attempt_filter.supported():
-            attempt_filter.install(attempt_filter.warm_kernel_pids(*warm))
+            protected = attempt_filter.warm_kernel_pids(*warm)
+            attempt_filter.install([*spec.get("siblings", ()), *protected])
         # Its own folders only (its working copy, scratch space): not its warm kernel's /proc.
         attempt_filter.confine_writes(
             [os.getcwd(), tempfile.gettempdir(), "/tmp", "/dev/shm", "/dev"]

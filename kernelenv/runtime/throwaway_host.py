@@ -68,6 +68,7 @@ class ForkRun:
     killed_in: int | None = None  # the cell killed after its interrupt did not stop it
     overflow: bool = False  # the fork sent more than it may: killed
     refused: str | None = None  # why the kernel could not fork (threads, child processes)
+    again: bool = False  # refused in a batch for want of a child forked ahead: send it alone
     kernel_lost: bool = False  # the warm kernel itself died or stopped answering
     fd_output: dict[str, str] = field(default_factory=dict)
     fd_output_dropped: bool = False
@@ -108,6 +109,7 @@ async def run_batch_in_forks(
     grace_s: float,
     work_dir: Path | None = None,
     grading: bool = False,
+    ahead_only: bool = False,
 ) -> list[ForkRun]:
     """Run each ``(cells, read)`` of ``batch`` in a throwaway fork of its own, one after the
     other, in one request to the kernel (as :func:`run_in_fork` each). A kernel lost on the way
@@ -115,7 +117,9 @@ async def run_batch_in_forks(
 
     ``grading``: ``kernel`` runs nothing but throwaways (a warm grading kernel): what an
     attempt leaves running is killed before the next (see
-    :func:`kernelenv.runtime.throwaway.run_batch`).
+    :func:`kernelenv.runtime.throwaway.run_batch`). ``ahead_only``: the batch holds attempts'
+    code: each runs only in a child forked ahead (see ``run_batch``; the others come back with
+    ``again``).
     """
     specs = [
         {
@@ -133,7 +137,7 @@ async def run_batch_in_forks(
     ]  # fmt: skip
     expression = (
         "__import__('kernelenv.runtime.throwaway', fromlist=['run_batch'])"
-        f".run_batch({json.dumps(specs)!r}, grading={grading!r})"
+        f".run_batch({json.dumps(specs)!r}, grading={grading!r}, ahead_only={ahead_only!r})"
     )
     budget = EVALUATE_MARGIN_S + sum(
         sum(c.timeout_s for c in cells) + (len(cells) + 2) * grace_s for cells, _ in batch
@@ -165,7 +169,7 @@ def parse_report(report: dict[str, Any]) -> ForkRun:
     """A :class:`ForkRun` from the kernel's report (pure). Lines that are not the harness's
     (attempt code can write to the pipe) are ignored."""
     if "refused" in report:
-        return ForkRun(refused=str(report["refused"]))
+        return ForkRun(refused=str(report["refused"]), again=report.get("again") is True)
     run = ForkRun(
         exit_code=report.get("exit_code"),
         interrupted=list(report.get("interrupted") or []),

@@ -20,15 +20,24 @@ cannot reach) are graded the three-kernel way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import KernelCommunicationError
 from ..models import CodeObservation, ErrorInfo, StepStatus
 from ..runtime.kernel import Kernel
 from ..runtime.outputs import DEFAULT_MAX_OUTPUT_BYTES
 from ..runtime.pool import KernelPool
-from ..runtime.throwaway_host import ForkCell, ForkRun, cell_observation, run_batch_in_forks
+from ..runtime.throwaway import MAX_SPARES
+from ..runtime.throwaway_host import (
+    EVALUATE_MARGIN_S,
+    ForkCell,
+    ForkRun,
+    cell_observation,
+    run_batch_in_forks,
+)
 from .format import Task
 from .grading import MAX_ANSWER_CHARS, Grade, grade_left
 
@@ -82,19 +91,28 @@ class WarmGraders:
     async def _fork_batch(
         self, which: str, batch: list[tuple[list[ForkCell], str | None]]
     ) -> list[ForkRun]:
-        if which == "_attempt" and len(batch) > 1:
-            # One attempt a request: a child forked while its request held the batch found its
-            # batch-mates' completions in its memory, and passed by running one. Answers, which
-            # the grader kernel gets, reach no attempt: they go in batches.
-            return [run for item in batch for run in await self._fork_batch(which, [item])]
+        if which == "_attempt" and len(batch) > MAX_SPARES:  # as many as it forks ahead
+            head, rest = batch[:MAX_SPARES], batch[MAX_SPARES:]
+            return [*await self._fork_batch(which, head), *await self._fork_batch(which, rest)]
         kernel = await self._warm(which)
+        if which == "_attempt" and len(batch) > 1:
+            # A child forked while its request held the batch found its batch-mates'
+            # completions in its memory, and passed by running one: the attempt kernel forks
+            # a child for each ahead, in a request of its own, and refuses to fork one in the
+            # batch's (see throwaway.prepare_spares). Answers, which the grader kernel gets,
+            # reach no attempt.
+            await _prepare_spares(kernel, len(batch))
         runs = await run_batch_in_forks(
             kernel, batch, max_output_bytes=DEFAULT_MAX_OUTPUT_BYTES, grace_s=GRACE_S,
-            work_dir=kernel.work_dir, grading=True,
+            work_dir=kernel.work_dir, grading=True, ahead_only=which == "_attempt",
         )  # fmt: skip
         if any(run.kernel_lost for run in runs):  # an attempt killed its parent: replace it
             self.pool.release(kernel)
             setattr(self, which, None)
+        elif len(batch) > 1 and any(run.again for run in runs):  # no child ahead: alone
+            for index, run in enumerate(runs):
+                if run.again:
+                    (runs[index],) = await self._fork_batch(which, [batch[index]])
         return runs
 
     # -- attempts -------------------------------------------------------------------------
@@ -135,8 +153,9 @@ class WarmGraders:
         self, attempts: Sequence[tuple[Task, str, float]]
     ) -> list[tuple[CodeObservation, Grade]]:
         """:meth:`run_completion` for several ``(task, code, timeout_s)`` at once, each in a fork
-        of its own: one request each to the attempt kernel (see :meth:`_fork_batch`), one for
-        all their answers to the grader kernel. An attempt that kills the warm kernel costs the
+        of its own: one request to the attempt kernel for all of them (each in a child it
+        forked ahead, see :meth:`_fork_batch`), one for all their answers to the grader
+        kernel. An attempt that kills the warm kernel costs the
         others nothing: they are graded again one by one."""
         plans = []
         for task, code, timeout_s in attempts:
@@ -217,6 +236,17 @@ class WarmGraders:
             _grade_of(run, task, [name for _, name in hidden])
             for (task, _), hidden, run in zip(answers, plans, runs)
         ]
+
+
+async def _prepare_spares(kernel: Kernel, count: int) -> None:
+    """Have ``kernel`` fork ``count`` children ahead; a kernel that cannot is found out by the
+    batch (its attempts come back to be sent alone, or it is lost and replaced)."""
+    expression = (
+        "__import__('kernelenv.runtime.throwaway', fromlist=['prepare_spares'])"
+        f".prepare_spares({int(count)})"
+    )
+    with contextlib.suppress(KernelCommunicationError):
+        await kernel.evaluate(expression, timeout_s=EVALUATE_MARGIN_S)
 
 
 def _grade_of(run: ForkRun, task: Task, names: list[str]) -> Grade:

@@ -472,6 +472,39 @@ async def test_an_attempt_cannot_copy_a_batch_mates_completion(imported_library)
     assert [r.passed for r in report.results] == [True, False] * 4, report.results
 
 
+# A batch's attempts run in children forked ahead, which wait beside the attempts before them
+# (see throwaway.prepare_spares): an attempt that stopped them, and their process groups, would
+# have every later one time out. (Its siblings only: the test stops nothing else.)
+STOP_MY_SIBLINGS = r'''
+import os, signal
+for _pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{_pid}/stat") as _stat:
+            _parent = int(_stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        continue
+    if _parent == os.getppid() and int(_pid) != os.getpid():
+        for _target in (int(_pid), -int(_pid)):
+            try:
+                os.kill(_target, signal.SIGSTOP)
+                print("stopped", _target)
+            except OSError as _exc:
+                print("refused", _target, _exc.errno)
+'''
+
+
+async def test_an_attempt_cannot_stop_the_children_waiting_for_its_batch_mates(
+    imported_library,
+):
+    right = "    return a + b\n"
+    items = [{"task_id": "HumanEval/0", "completion": c}
+             for c in [STOP_MY_SIBLINGS, right, right, right]]  # fmt: skip
+    async with KernelPool(size=2) as pool:
+        report = await evaluate(items, library=imported_library, workers=1, pool=pool)
+    assert [r.passed for r in report.results] == [False, True, True, True], report.results
+    assert all(r.status != "timeout" for r in report.results), report.results
+
+
 # Found by a second outside red team. An attempt made itself dumpable and had a process of its
 # own seize it with ptrace: killed, it stays a zombie its warm kernel cannot reap while the
 # tracer lives, and the kernel waited for it to the host's budget (55 s for a 4 s step)...
