@@ -155,8 +155,8 @@ class WarmGraders:
         """:meth:`run_completion` for several ``(task, code, timeout_s)`` at once, each in a fork
         of its own: one request to the attempt kernel for all of them (each in a child it
         forked ahead, see :meth:`_fork_batch`), one for all their answers to the grader
-        kernel. An attempt that kills the warm kernel costs the
-        others nothing: they are graded again one by one."""
+        kernel. An attempt that kills the warm kernel costs the others nothing: they are
+        graded again one by one."""
         plans = []
         for task, code, timeout_s in attempts:
             hidden = _hidden_cells(task, (task.setup, "setup"))
