@@ -91,7 +91,7 @@ def test_pipelined_frames_are_not_read_ahead(server_sound):
                 # Long enough to outlast the sending; the closed sockets' sessions end with it
                 # (a socket the server stopped reading shows its close only then).
                 _send_frame(sock, protocol, {"type": "step", "data": {
-                    "code": "import time; time.sleep(15)", "timeout_s": 60}})
+                    "code": "import time; time.sleep(18)", "timeout_s": 60}})
                 padding = {"type": "state", "pad": ""}
                 padding["pad"] = "x" * (frame_bytes - len(json.dumps(padding)))
                 protocol.send_text(json.dumps(padding).encode())
