@@ -171,8 +171,9 @@ def _run(
     """One parsed spec of :func:`run_batch` (in ``spare`` if there is one); returns its report.
     ``fresh``: a child may be forked now if the spare cannot run it (not in a grading batch of
     several, whose request a child forked now would hold: then the host sends it again)."""
+    own_ipc = spec.get("own_ipc") is True
     if grading:
-        if _clear_after_attempts(spare, spec.get("work_dir")) and spare is not None:
+        if _clear_after_attempts(spare, spec.get("work_dir"), own_ipc) and spare is not None:
             # It (and any other spare) waited beside a process an attempt left running, which
             # could have stopped or signalled it: a fresh child runs this attempt.
             spare.discard()
@@ -225,7 +226,7 @@ def _run(
     # next attempt's child (forked ahead) and could stop it, or this kernel, between requests.
     # Killed before the next one as well. What it wrote goes too, and a budget it leaves full
     # has this kernel replaced (see run_batch). Spares that waited beside it go.
-    if grading and _clear_after_attempts(None, spec.get("work_dir")):
+    if grading and _clear_after_attempts(None, spec.get("work_dir"), own_ipc):
         discard_spare()
     return report
 
@@ -335,16 +336,48 @@ def _guard_grading_kernel() -> None:
 _GUARDED: list[bool] = []
 
 
-def _clear_after_attempts(keep: _Child | None, work_dir: str | None) -> bool:
+def _clear_after_attempts(
+    keep: _Child | None, work_dir: str | None, own_ipc: bool = False
+) -> bool:
     """Before an attempt in a warm grading kernel (and once each has answered): what earlier
     attempts left is gone, so none can reach this one. Their processes are killed
     (:func:`_kill_strays`); the files they wrote by absolute path into this kernel's own
     folders are removed: its working directory (which each attempt works in a copy of: a
     module left there would be imported by later attempts) and what was not there at first in
-    its episode's folders (:func:`_scratch_folders`). Returns whether a process was left."""
+    its episode's folders (:func:`_scratch_folders`), and, ``own_ipc`` (the kernel has an IPC
+    namespace of its own: bwrap), the SysV IPC objects they made (:func:`_remove_ipc_objects`).
+    Returns whether a process was left."""
     strays = _kill_strays(keep)
     _remove_what_attempts_wrote(work_dir)
+    if own_ipc:
+        _remove_ipc_objects()
     return strays
+
+
+# The SysV IPC objects (by table: shm, msg, sem) of this kernel's IPC namespace when first seen.
+_IPC_SEEN: dict[str, set[int]] = {}
+
+
+def _remove_ipc_objects() -> None:
+    """Remove the SysV shared memory segments, message queues and semaphore sets that were not
+    there at first: they outlive the attempt that made them, charged to this kernel's memory
+    (an outside red team left 2 GiB of segments, and the next batch had the kernel OOM-killed),
+    and a later attempt could read them. Only in an IPC namespace of the kernel's own."""
+    import ctypes
+
+    libc = None
+    for table in ("shm", "msg", "sem"):
+        try:
+            with open(f"/proc/sysvipc/{table}") as listing:
+                ids = {int(row.split()[1]) for row in listing.readlines()[1:] if row.strip()}
+        except (OSError, ValueError, IndexError):
+            continue
+        for ident in ids - _IPC_SEEN.setdefault(table, ids):
+            libc = libc or ctypes.CDLL(None, use_errno=True)
+            if table == "sem":
+                libc.semctl(ident, 0, 0)  # IPC_RMID
+            else:
+                getattr(libc, f"{table}ctl")(ident, 0, None)  # IPC_RMID
 
 
 def _remove_what_attempts_wrote(work_dir: str | None) -> None:

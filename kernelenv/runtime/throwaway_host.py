@@ -110,6 +110,7 @@ async def run_batch_in_forks(
     work_dir: Path | None = None,
     grading: bool = False,
     ahead_only: bool = False,
+    own_ipc: bool = False,
 ) -> list[ForkRun]:
     """Run each ``(cells, read)`` of ``batch`` in a throwaway fork of its own, one after the
     other, in one request to the kernel (as :func:`run_in_fork` each). A kernel lost on the way
@@ -119,7 +120,8 @@ async def run_batch_in_forks(
     attempt leaves running is killed before the next (see
     :func:`kernelenv.runtime.throwaway.run_batch`). ``ahead_only``: the batch holds attempts'
     code: each runs only in a child forked ahead (see ``run_batch``; the others come back with
-    ``again``).
+    ``again``). ``own_ipc``: the kernel has an IPC namespace of its own (bwrap), whose SysV
+    objects a grading kernel removes after each attempt.
     """
     specs = [
         {
@@ -132,6 +134,7 @@ async def run_batch_in_forks(
             "max_output_bytes": max_output_bytes,
             "grace_s": grace_s,
             "work_dir": str(work_dir) if work_dir is not None else None,
+            "own_ipc": own_ipc,
         }
         for cells, read in batch
     ]  # fmt: skip

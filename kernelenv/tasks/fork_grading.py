@@ -105,6 +105,7 @@ class WarmGraders:
         runs = await run_batch_in_forks(
             kernel, batch, max_output_bytes=DEFAULT_MAX_OUTPUT_BYTES, grace_s=GRACE_S,
             work_dir=kernel.work_dir, grading=True, ahead_only=which == "_attempt",
+            own_ipc=self.pool.sandbox.level == "bwrap",  # each kernel's own (see namespaces)
         )  # fmt: skip
         if any(run.kernel_lost for run in runs):  # an attempt killed its parent: replace it
             self.pool.release(kernel)

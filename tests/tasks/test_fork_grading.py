@@ -427,6 +427,46 @@ async def test_an_attempt_cannot_fill_the_budget_for_the_next():
     assert all(grade.passed for grade in after), [grade.feedback for grade in after]
 
 
+# Found by an outside red team: SysV shared memory outlives the attempt that made it (the
+# kernel's IPC namespace lives as long as the kernel), charged to the kernel's memory: 2 GiB
+# of it had the next batch's kernel OOM-killed, and a later attempt could read it.
+LEAVE_SYSV_OBJECTS = r'''
+    return a + b
+import ctypes
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.shmget.restype = ctypes.c_int
+_made = [_libc.shmget(0, 1 << 20, 0o1600), _libc.msgget(0, 0o1600), _libc.semget(0, 1, 0o1600)]
+print("made", _made)
+'''
+COUNT_SYSV_OBJECTS = r'''
+    return a + b
+print("objects", sum(len(open(f"/proc/sysvipc/{_t}").readlines()) - 1
+                     for _t in ("shm", "msg", "sem")))
+'''
+
+
+async def test_sysv_ipc_objects_an_attempt_leaves_are_removed(imported_library):
+    if bwrap_problem() is not None:
+        pytest.skip(f"a kernel has an IPC namespace of its own at bwrap: {bwrap_problem()}")
+    task = TaskLibrary(imported_library).resolve(["HumanEval/0"])[0]
+    async with KernelPool(size=2, sandbox=SandboxConfig(level="bwrap")) as pool:
+        graders = WarmGraders(pool)
+        try:
+            seen = await graders.run_completions([
+                (task, attempt_code(task, code), 4.0)
+                for code in (LEAVE_SYSV_OBJECTS, COUNT_SYSV_OBJECTS, LEAVE_SYSV_OBJECTS)
+            ])  # fmt: skip
+            (after,) = await graders.run_completions(
+                [(task, attempt_code(task, COUNT_SYSV_OBJECTS), 4.0)]
+            )
+        finally:
+            await graders.aclose()
+    made = [observation.stdout for observation, _ in seen[::2]]
+    assert all("made [" in out and "-1" not in out for out in made), made  # the attack ran
+    assert [seen[1][0].stdout, after[0].stdout] == ["objects 0\n"] * 2, (seen, after)
+    assert all(grade.passed for _, grade in [*seen, after])
+
+
 # Attempts batched in one request were forked while the warm kernel held the whole batch, so
 # an attempt found its batch-mates' completions in its memory (the collector lists every
 # object once unfrozen) and passed by running a correct one: in an RL group, every completion
