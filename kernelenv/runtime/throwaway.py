@@ -100,9 +100,9 @@ def run_batch(specs_json: str, grading: bool = False, ahead_only: bool = False) 
     try:
         reports = []
         specs = json.loads(specs_json)
+        several = ahead_only and len(specs) > 1
         for spec in specs:
             spare = _take_spare()
-            several = ahead_only and len(specs) > 1
             if several and spare is None:
                 # Forked now, a child would hold its batch-mates' code (this request): the
                 # host sends it again alone.

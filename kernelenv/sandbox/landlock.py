@@ -29,9 +29,9 @@ SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446  # the same 
 RULE_PATH_BENEATH = 1
 CREATE_RULESET_VERSION = 1
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1, 2, 4, 8
-# Every right that changes a file or a folder: writing, removing, making, linking, truncating.
-WRITE_RIGHTS = ((1 << 13) - 1) & ~(EXECUTE | READ_FILE | READ_DIR) | (1 << 13) | (1 << 14)
 REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+# Every right that changes a file or a folder: writing, removing, making, linking, truncating.
+WRITE_RIGHTS = (REFER - 1) & ~(EXECUTE | READ_FILE | READ_DIR) | REFER | TRUNCATE
 FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
 READ_RIGHTS = EXECUTE | READ_FILE | READ_DIR
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1, 2
